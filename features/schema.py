@@ -1,0 +1,169 @@
+"""The canonical data model, checked on every load (see docs/data-model.md).
+
+A bad table raises `SchemaError` naming the file, the column, the offending value and its row,
+before anything downstream is computed or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nextbest.constants import CHANNELS, STATUSES
+
+
+class SchemaError(ValueError):
+    """A raw table breaks the canonical schema."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # "str" | "float" | "int" | "bool" | "datetime"
+    nullable: bool = False
+    allowed: tuple[str, ...] | None = None
+    min_value: float | None = None
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    columns: tuple[Column, ...]
+    unique: tuple[str, ...] = field(default_factory=tuple)
+
+
+SCHEMAS: dict[str, TableSchema] = {
+    "customers": TableSchema("customers", (
+        Column("customer_id", "str"),
+        Column("birth_date", "datetime", nullable=True),
+        Column("gender", "str", nullable=True),
+        Column("region", "str", nullable=True),
+        Column("income", "float", nullable=True, min_value=0),
+        Column("join_date", "datetime", nullable=True),
+        Column("status", "str", allowed=STATUSES),
+        Column("marketing_opt_out", "bool"),
+        Column("consent_email", "bool"),
+        Column("consent_push", "bool"),
+        Column("consent_sms", "bool"),
+        Column("consent_call", "bool"),
+    ), unique=("customer_id",)),
+    "holdings": TableSchema("holdings", (
+        Column("customer_id", "str"),
+        Column("snapshot_date", "datetime"),
+        Column("product_id", "str"),
+        Column("balance", "float", nullable=True),
+    ), unique=("customer_id", "snapshot_date", "product_id")),
+    "transactions": TableSchema("transactions", (
+        Column("txn_id", "str"),
+        Column("customer_id", "str"),
+        Column("txn_date", "datetime"),
+        Column("posted_date", "datetime"),
+        Column("amount", "float", min_value=0),
+        Column("direction", "str", allowed=("in", "out")),
+        Column("category", "str"),
+    )),
+    "interactions": TableSchema("interactions", (
+        Column("customer_id", "str"),
+        Column("event_date", "datetime"),
+        Column("event_type", "str"),
+        Column("product_id", "str", nullable=True),
+        Column("count", "int", min_value=1),
+    )),
+    "offers": TableSchema("offers", (
+        Column("offer_id", "str"),
+        Column("customer_id", "str"),
+        Column("product_id", "str"),
+        Column("channel", "str", allowed=CHANNELS),
+        Column("offered_at", "datetime"),
+        Column("response", "str", allowed=("accept", "reject", "no_response")),
+    ), unique=("offer_id",)),
+}
+
+_KIND_CHECK = {
+    "str": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s),
+    "float": pd.api.types.is_numeric_dtype,
+    "int": pd.api.types.is_integer_dtype,
+    "bool": pd.api.types.is_bool_dtype,
+    "datetime": pd.api.types.is_datetime64_any_dtype,
+}
+
+
+def _fail(source: str, column: str, row: int, value: object, why: str) -> SchemaError:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return SchemaError(f"{source}: column '{column}', row {row}: value {value!r} {why}")
+
+
+def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
+             products: list[str] | None = None) -> pd.DataFrame:
+    """Checks one table against the canonical schema and returns it unchanged.
+
+    Args:
+        df: the table.
+        table: canonical table name (`customers`, `holdings`, ...).
+        source: file name used in error messages.
+        products: known product ids; product columns must hold one of them.
+
+    Raises:
+        SchemaError: naming the file, column, row and offending value.
+    """
+    schema = SCHEMAS[table]
+    source = str(source)
+    missing = [c.name for c in schema.columns if c.name not in df.columns]
+    if missing:
+        raise SchemaError(f"{source}: missing column(s) {missing} (has {list(df.columns)})")
+    for col in schema.columns:
+        s = df[col.name]
+        if s.isna().all() and len(s) and col.nullable:
+            continue
+        if not _KIND_CHECK[col.kind](s):
+            bad = _first_bad_type(s, col.kind)
+            raise _fail(source, col.name, bad, s.iloc[bad] if bad >= 0 else None,
+                        f"is not of type {col.kind} (column dtype {s.dtype})")
+        nulls = s.isna().to_numpy()
+        if not col.nullable and nulls.any():
+            row = int(np.argmax(nulls))
+            raise _fail(source, col.name, row, None, "is missing but the column is required")
+        allowed = col.allowed
+        if col.name == "product_id" and products is not None:
+            allowed = tuple(products)
+        if allowed is not None:
+            bad_mask = ~s.isin(allowed).to_numpy() & ~nulls
+            if bad_mask.any():
+                row = int(np.argmax(bad_mask))
+                raise _fail(source, col.name, row, s.iloc[row], f"is not one of {list(allowed)}")
+        if col.min_value is not None:
+            bad_mask = (s.to_numpy(dtype=float, na_value=np.nan) < col.min_value)
+            if bad_mask.any():
+                row = int(np.argmax(bad_mask))
+                raise _fail(source, col.name, row, s.iloc[row], f"is below the minimum {col.min_value}")
+    if schema.unique:
+        dup = df.duplicated(list(schema.unique)).to_numpy()
+        if dup.any():
+            row = int(np.argmax(dup))
+            key = tuple(df.iloc[row][list(schema.unique)])
+            raise SchemaError(f"{source}: column(s) {list(schema.unique)}, row {row}: duplicate key {key!r}")
+    return df
+
+
+def _first_bad_type(s: pd.Series, kind: str) -> int:
+    """Row of the first value that does not convert to `kind`, or -1 if none is found."""
+    converters = {
+        "float": lambda v: float(v),
+        "int": lambda v: int(v) if float(v).is_integer() else (_ for _ in ()).throw(ValueError()),
+        "bool": lambda v: v if isinstance(v, (bool, np.bool_)) else (_ for _ in ()).throw(ValueError()),
+        "datetime": lambda v: pd.Timestamp(v),
+        "str": lambda v: v if isinstance(v, str) else (_ for _ in ()).throw(ValueError()),
+    }
+    conv = converters[kind]
+    for i, v in enumerate(s.to_numpy()):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        try:
+            conv(v)
+        except (TypeError, ValueError):
+            return i
+    return -1

@@ -1,0 +1,368 @@
+"""The `nextbest` command: one thin Typer command per pipeline stage.
+
+Heavy libraries (Feast, MLflow, Evidently, torch) are imported inside the commands that need
+them, so `nextbest --help` and light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WORKDIR_ENV
+from nextbest.settings import REPO_ROOT, Paths
+
+app = typer.Typer(help="nextbest: next-best-offer platform for retail banks.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+features_app = typer.Typer(help="Feature tables and the Feast feature store.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+console = Console(stderr=True)
+
+WorkdirOpt = typer.Option(None, "--workdir", "-w", help=f"Work directory (env {WORKDIR_ENV}, default ./.nextbest).")
+
+
+class StageError(Exception):
+    """A stage failed with a message meant for the user (no stack trace)."""
+
+
+@contextmanager
+def stage(name: str):
+    """Prints a status line while a stage runs and its timing when it ends."""
+    started = time.perf_counter()
+    with console.status(f"[bold]{name}[/]…"):
+        yield
+    console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - started:.1f}s)[/]")
+
+
+def _paths(workdir: Optional[Path]) -> Paths:
+    return Paths.from_workdir(workdir).ensure()
+
+
+def _user_errors():
+    from features.schema import SchemaError
+    from nextbest.config import ConfigError
+
+    return (SchemaError, ConfigError, FileNotFoundError, LookupError, StageError, ValueError)
+
+
+def _run(fn, *args, **kwargs):
+    """Runs a stage, turning expected failures into a one-line error and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str]) -> dict[str, int]:
+    import pandas as pd
+
+    from nextbest.config import load_catalogue
+    from simulation.bank import BankSpec, last_month_end
+    from simulation.write import generate_to
+
+    if customers < 10:
+        raise StageError(f"--customers must be at least 10, got {customers}")
+    if months < 4:
+        raise StageError(f"--months must be at least 4 (train, validation and test months need history), got {months}")
+    spec = BankSpec(n_customers=customers, n_months=months, seed=seed,
+                    end=pd.Timestamp(end) if end else last_month_end())
+    with stage(f"generate a synthetic bank ({customers:,} customers x {months} months, seed {seed})"):
+        rows = generate_to(paths, load_catalogue(), spec)
+    return rows
+
+
+def do_features_build(paths: Paths) -> None:
+    from features.pipeline import build_features_to
+    from nextbest.config import load_catalogue
+
+    with stage("build feature tables"):
+        build_features_to(paths, load_catalogue())
+
+
+def do_features_apply(paths: Paths) -> list[str]:
+    from feature_repo.store import apply
+
+    with stage("feast apply (registry in feast/registry.db)"):
+        return apply(paths)
+
+
+def do_features_materialize(paths: Paths) -> int:
+    from feature_repo.store import materialize
+
+    with stage("feast materialize (SQLite online store)"):
+        return materialize(paths)
+
+
+def do_train(paths: Paths, task: str, config: Optional[Path]):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nextbest.config import load_train_config
+    from training.pipeline import train_model
+
+    cfg = load_train_config(task, config)
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        bar = progress.add_task(f"train {task}", total=cfg.max_epochs, info="")
+
+        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            progress.update(bar, completed=epoch + 1,
+                            info=f"epoch {epoch + 1} loss {m['train_loss']:.4f} val {m['val_metric']:.4f}")
+
+        result = train_model(paths, task, cfg, on_epoch=on_epoch,
+                             on_stage=lambda s: progress.update(bar, info=s))
+    console.print(f"[green]✓[/] train {task}: registered version {result.version} as champion "
+                  f"[dim]({time.perf_counter() - started:.1f}s)[/]")
+    table = Table(title=f"{task}: test month {', '.join(result.months['test'])}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    return result
+
+
+def do_monitor(paths: Paths) -> dict:
+    import pandas as pd
+
+    from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW
+    from monitoring.drift import drift_report, split_windows, write_report
+    from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME
+
+    reference_months = None
+    meta_path = _champion_meta(paths, NBP_MODEL_NAME)
+    if meta_path is not None:
+        reference_months = json.loads(meta_path.read_text())["extra"]["split_months"]["train"]
+    with stage("Evidently data-drift report (latest snapshot vs training window)"):
+        frames = []
+        for view in (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW):
+            path = paths.features / f"{view}.parquet"
+            if not path.exists():
+                raise StageError(f"{path}: not found; run `nextbest features build` first")
+            frames.append(pd.read_parquet(path).set_index([CUSTOMER_ID, EVENT_TIMESTAMP]))
+        features = pd.concat(frames, axis=1).reset_index()
+        reference, current = split_windows(features, reference_months)
+        if reference.empty:
+            raise StageError("no reference rows: the feature tables hold a single snapshot")
+        snapshot, summary = drift_report(reference, current)
+        out_dir = paths.reports / time.strftime("%Y-%m-%d")
+        files = write_report(snapshot, summary, out_dir)
+    console.print(f"drifted columns: {len(summary.drifted_columns)} of {len(summary.columns)} "
+                  f"(share {summary.share_drifted:.2f}); report: {files['html']}")
+    return {"files": {k: str(v) for k, v in files.items()}, **summary.to_dict()}
+
+
+def _champion_meta(paths: Paths, name: str) -> Optional[Path]:
+    try:
+        from training.registry import fetch_alias
+
+        return fetch_alias(paths, name).local_dir / "model.json"
+    except LookupError:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(paths: Paths, port: int, host: str = "127.0.0.1") -> list[str]:
+    bentoml = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml if bentoml.exists() else "bentoml"), "serve", "serving.service:NextBest",
+            "--working-dir", str(REPO_ROOT), "--host", host, "--port", str(port)]
+
+
+def serve_env(paths: Paths) -> dict[str, str]:
+    env = dict(os.environ)
+    env[WORKDIR_ENV] = str(paths.root)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StageError(f"the service exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise StageError(f"the service was not ready on port {port} within {timeout:.0f}s")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """Stops `bentoml serve` and its workers with SIGTERM (SIGKILL only if it hangs)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+@app.command()
+def generate(
+    customers: int = typer.Option(2000, help="Number of customers."),
+    months: int = typer.Option(12, help="Number of monthly snapshots."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Random seed (same seed, same bank)."),
+    end: Optional[str] = typer.Option(None, help="Last snapshot (month end, YYYY-MM-DD); default: last month end."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Generate a synthetic bank into raw/ (and its truth into truth/)."""
+    paths = _paths(workdir)
+    rows = _run(do_generate, paths, customers, months, seed, end)
+    for name, n in sorted(rows.items()):
+        console.print(f"  {name}.parquet: {n:,} rows")
+
+
+@features_app.command("build")
+def features_build(workdir: Optional[Path] = WorkdirOpt):
+    """Validate raw/ and build the feature tables in features/."""
+    _run(do_features_build, _paths(workdir))
+
+
+@features_app.command("apply")
+def features_apply(workdir: Optional[Path] = WorkdirOpt):
+    """Register entities, feature views and feature services in the Feast registry."""
+    names = _run(do_features_apply, _paths(workdir))
+    console.print("  applied: " + ", ".join(names))
+
+
+@features_app.command("materialize")
+def features_materialize(workdir: Optional[Path] = WorkdirOpt):
+    """Load the latest snapshot into the Feast online store."""
+    rows = _run(do_features_materialize, _paths(workdir))
+    console.print(f"  {rows:,} rows materialised")
+
+
+@app.command()
+def train(
+    task: str = typer.Argument(..., help="nbp or churn"),
+    config: Optional[Path] = typer.Option(None, help="Config file (default configs/<task>.yaml)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Train a model, log it to MLflow and register it as champion."""
+    if task not in ("nbp", "churn"):
+        console.print(f"[red]error:[/] TASK must be 'nbp' or 'churn', got {task!r}")
+        raise typer.Exit(2)
+    _run(do_train, _paths(workdir), task, config)
+
+
+@app.command()
+def monitor(workdir: Optional[Path] = WorkdirOpt):
+    """Write an Evidently data-drift report (HTML and JSON) under reports/<date>/."""
+    _run(do_monitor, _paths(workdir))
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(DEFAULT_PORT, help="HTTP port."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Serve the champion models over HTTP with BentoML (POST /recommend, /feedback)."""
+    paths = _paths(workdir)
+    cmd = serve_command(paths, port, host)
+    console.print(f"serving {paths.root} on http://{host}:{port} (Ctrl-C to stop)")
+    os.execvpe(cmd[0], cmd, serve_env(paths))
+
+
+@app.command()
+def quickstart(
+    customers: int = typer.Option(2000, help="Number of synthetic customers."),
+    months: int = typer.Option(12, help="Number of monthly snapshots."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Random seed."),
+    port: Optional[int] = typer.Option(None, help="Port for the demo service (default: a free port)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Synthetic bank -> features -> Feast -> models -> MLflow -> drift report -> served recommendation."""
+    started = time.perf_counter()
+    paths = _paths(workdir)
+    console.print(f"[bold]nextbest quickstart[/] in {paths.root}")
+    _run(do_generate, paths, customers, months, seed, None)
+    _run(do_features_build, paths)
+    _run(do_features_apply, paths)
+    _run(do_features_materialize, paths)
+    _run(do_train, paths, "nbp", None)
+    _run(do_train, paths, "churn", None)
+    report = _run(do_monitor, paths)
+    answer = _run(_demo_request, paths, port or free_port())
+    console.print_json(json.dumps(answer))
+    console.print(f"\n[bold]done in {time.perf_counter() - started:.0f}s.[/] Next:")
+    console.print(f"  serve:     nextbest serve --workdir {paths.root} --port {DEFAULT_PORT}")
+    console.print(f"  MLflow UI: mlflow ui --backend-store-uri {paths.mlflow_uri} --port 5000")
+    console.print(f"  report:    {report['files']['html']}")
+
+
+def _demo_request(paths: Paths, port: int) -> dict:
+    import httpx
+    import pandas as pd
+
+    from features.build import HOLDINGS_VIEW
+
+    holdings = pd.read_parquet(paths.features / f"{HOLDINGS_VIEW}.parquet", columns=["customer_id", "event_timestamp", "n_products"])
+    latest = holdings[(holdings.event_timestamp == holdings.event_timestamp.max()) & (holdings.n_products > 0)]
+    customer_id = str(latest.customer_id.iloc[0])
+    with stage(f"start the BentoML service on port {port}"):
+        proc = subprocess.Popen(serve_command(paths, port), env=serve_env(paths), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True, cwd=REPO_ROOT)
+        try:
+            wait_ready(port, proc)
+        except StageError:
+            stop_server(proc)
+            raise StageError(f"service failed to start: {proc.stderr.read().decode()[-2000:]}") from None
+    try:
+        with stage(f"POST /recommend for {customer_id}"):
+            resp = httpx.post(f"http://127.0.0.1:{port}/recommend",
+                              json={"customer_id": customer_id, "channel": "mobile_app", "k": 3}, timeout=30)
+            if resp.status_code != 200:
+                raise StageError(f"/recommend answered {resp.status_code}: {resp.text}")
+    finally:
+        with stage("stop the service"):
+            stop_server(proc)
+    return resp.json()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    _quiet_third_party()
+    app()
+
+
+def _quiet_third_party() -> None:
+    """Keeps the terminal to our own progress lines: libraries' deprecation chatter is not for users."""
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,110 @@
+"""Typed configuration loaded from `configs/*.yaml`; nothing is read at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nextbest.settings import CONFIG_DIR
+
+Category = Literal["account", "card", "deposit", "loan", "investment", "insurance", "service"]
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing or invalid; the message names the file and field."""
+
+
+class Eligibility(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_age: int = 18
+    max_age: int = 120
+    requires: list[str] = Field(default_factory=list, description="At least one of these must be held.")
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str
+    category: Category
+    margin: float = Field(ge=0)
+    eligibility: Eligibility = Field(default_factory=Eligibility)
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    products: list[Product]
+
+    @model_validator(mode="after")
+    def _unique_and_known(self) -> "Catalogue":
+        ids = [p.product_id for p in self.products]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate product_id {dupes}")
+        for p in self.products:
+            unknown = [r for r in p.eligibility.requires if r not in ids]
+            if unknown:
+                raise ValueError(f"product {p.product_id!r} requires unknown product(s) {unknown}")
+        return self
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.product_id for p in self.products]
+
+    def by_id(self) -> dict[str, Product]:
+        return {p.product_id: p for p in self.products}
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one PyTorch model (`configs/nbp.yaml`, `configs/churn.yaml`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    embedding_dim: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    batch_size: int = Field(default=512, ge=1)
+    max_epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=4, ge=1)
+    seed: int = 42
+    horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
+    val_months: int = Field(default=1, ge=1)
+    test_months: int = Field(default=1, ge=1)
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _validated(model: type[BaseModel], path: Path) -> BaseModel:
+    try:
+        return model.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ConfigError(f"{path}: field {where}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def load_catalogue(path: Path | None = None) -> Catalogue:
+    return _validated(Catalogue, path or CONFIG_DIR / "products.yaml")
+
+
+def load_train_config(name: str, path: Path | None = None) -> TrainConfig:
+    """Loads `configs/<name>.yaml` (name is `nbp` or `churn`)."""
+    return _validated(TrainConfig, path or CONFIG_DIR / f"{name}.yaml")

@@ -1,0 +1,36 @@
+"""Names of the domain, defined once (column names, defaults, seeds).
+
+Every other module imports these instead of spelling the strings again, so a rename
+is one edit and a typo is an ImportError rather than a silent empty column.
+"""
+
+from __future__ import annotations
+
+# Columns of the canonical tables.
+CUSTOMER_ID = "customer_id"
+SNAPSHOT_DATE = "snapshot_date"
+PRODUCT_ID = "product_id"
+EVENT_TIMESTAMP = "event_timestamp"
+
+# Defaults shared by the CLI, training and serving.
+DEFAULT_SEED = 42
+DEFAULT_K = 3
+MAX_K = 10
+DEFAULT_PORT = 3000
+DEFAULT_WORKDIR = ".nextbest"
+WORKDIR_ENV = "NEXTBEST_HOME"
+
+CHANNELS = ("mobile_app", "web", "email", "push", "sms", "branch", "call_center")
+
+# Feast names: one FeatureService per model, used by name in training and serving.
+ENTITY_NAME = "customer"
+NBP_FEATURE_SERVICE = "next_best_product_v1"
+CHURN_FEATURE_SERVICE = "churn_v1"
+
+# MLflow registry.
+NBP_MODEL_NAME = "nbp"
+CHURN_MODEL_NAME = "churn"
+CHAMPION_ALIAS = "champion"
+
+# Lifecycle states of the canonical customers table.
+STATUSES = ("prospect", "active", "dormant", "former")

@@ -1,0 +1,84 @@
+"""Reading and writing the work directory's tables (the I/O edge; the core stays pure)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.schema import SchemaError, validate
+
+RAW_TABLES = ("customers", "holdings", "transactions", "interactions", "offers")
+
+
+def atomic_write_parquet(table: pd.DataFrame | pa.Table, path: Path) -> Path:
+    """Writes a parquet file via a temp file in the same directory, then renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class StreamingParquetWriter:
+    """Appends Arrow batches to several parquet files; all appear atomically on `commit()`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = {}
+
+    def write(self, name: str, table: pa.Table) -> None:
+        if name not in self._writers:
+            final = self.root / f"{name}.parquet"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp")
+            self._writers[name] = (pq.ParquetWriter(tmp, table.schema), tmp, final)
+        writer = self._writers[name][0]
+        writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+
+    def commit(self) -> list[Path]:
+        out = []
+        for writer, tmp, final in self._writers.values():
+            writer.close()
+            os.replace(tmp, final)
+            out.append(final)
+        self._writers.clear()
+        return out
+
+    def abort(self) -> None:
+        for writer, tmp, _ in self._writers.values():
+            writer.close()
+            tmp.unlink(missing_ok=True)
+        self._writers.clear()
+
+
+def read_raw(raw_dir: Path, products: list[str], tables: tuple[str, ...] = RAW_TABLES) -> dict[str, pd.DataFrame]:
+    """Reads and validates the canonical raw tables; a missing optional `offers` table is empty.
+
+    Raises:
+        SchemaError: a table is missing or breaks the schema (the message names file, column, row).
+    """
+    out: dict[str, pd.DataFrame] = {}
+    for name in tables:
+        path = raw_dir / f"{name}.parquet"
+        if not path.exists():
+            if name == "offers":
+                continue
+            raise SchemaError(f"{path}: file not found (run `nextbest generate` or `nextbest ingest` first)")
+        try:
+            df = pd.read_parquet(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise SchemaError(f"{path}: not a readable parquet file ({exc})") from None
+        out[name] = validate(df, name, source=path, products=products)
+    return out

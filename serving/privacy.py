@@ -1,0 +1,29 @@
+"""Pseudonymisation of customer identifiers for logs, metrics and reports (keyed HMAC-SHA256)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+KEY_ENV = "NEXTBEST_PSEUDONYM_KEY"
+
+
+def load_key(root: Path) -> bytes:
+    """The HMAC key: `$NEXTBEST_PSEUDONYM_KEY`, else `<workdir>/secrets/pseudonym.key` (created 0600)."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    path = root / "secrets" / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def pseudonymise(customer_id: str, key: bytes) -> str:
+    """Stable, non-reversible token for a customer id (same id and key -> same token)."""
+    return "p_" + hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()[:24]

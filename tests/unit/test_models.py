@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nextbest.config import TrainConfig
+from training.models import ModelMeta, Preprocessor, from_checkpoint, predict_proba, save_checkpoint
+from training.train import fit, masked_scores, nbp_task, predict_logits
+
+PRODUCTS = ["a", "b", "c"]
+
+
+def _data(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    held_a = rng.random(n) < 0.5
+    df = pd.DataFrame({"x": x, "held_a": held_a.astype(int), "held_b": 0, "held_c": 0,
+                       "seg": rng.choice(["u", "v"], n)})
+    # b is acquired when x is high; c when x is low; a is held by half and never acquired then.
+    df["label_a"] = ((rng.random(n) < 0.3) & ~held_a).astype(int)
+    df["label_b"] = (x + rng.normal(0, 0.3, n) > 0.8).astype(int)
+    df["label_c"] = (x + rng.normal(0, 0.3, n) < -0.8).astype(int)
+    return df
+
+
+def _meta(pre):
+    return ModelMeta(task="nbp", feature_service="test_v1", preprocessor=pre, outputs=PRODUCTS,
+                     hidden=[16], embedding_dim=2, dropout=0.0)
+
+
+def test_loss_falls_and_model_learns_direction():
+    df = _data()
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"])
+    data = nbp_task(df, pre, PRODUCTS)
+    cfg = TrainConfig(hidden=[16], max_epochs=15, patience=15, batch_size=64, lr=0.01)
+    result = fit("nbp", _meta(pre), data, data, cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0] * 0.8
+    hi = pd.DataFrame({"x": [2.0], "held_a": [0], "held_b": [0], "held_c": [0], "seg": ["u"]})
+    lo = hi.assign(x=-2.0)
+    p_hi, p_lo = predict_proba(result.model, _meta(pre), hi)[0], predict_proba(result.model, _meta(pre), lo)[0]
+    assert p_hi[1] > p_lo[1] and p_lo[2] > p_hi[2]
+
+
+def test_held_products_are_masked_from_loss_and_ranking():
+    df = _data()
+    pre = Preprocessor.fit(df, ["x"], [])
+    data = nbp_task(df, pre, PRODUCTS)
+    assert torch.equal(data.mask[:, 0], torch.from_numpy(1.0 - df.held_a.to_numpy(dtype=np.float32)))
+    scores = masked_scores(torch.zeros(len(df), 3), data.mask)
+    assert np.isneginf(scores[df.held_a.to_numpy() == 1, 0]).all()
+
+
+def test_checkpoint_roundtrip_without_pickle(tmp_path):
+    df = _data(100)
+    pre = Preprocessor.fit(df, ["x", "held_a"], ["seg"])
+    meta = _meta(pre)
+    cfg = TrainConfig(hidden=[16], max_epochs=2, patience=2)
+    model = fit("nbp", meta, nbp_task(df, pre, PRODUCTS), nbp_task(df, pre, PRODUCTS), cfg).model
+    save_checkpoint(tmp_path, model, meta)
+    assert json.loads((tmp_path / "model.json").read_text())["preprocessor"]["vocabs"]["seg"] == ["u", "v"]
+    loaded, meta2 = from_checkpoint(tmp_path)
+    np.testing.assert_allclose(predict_proba(loaded, meta2, df), predict_proba(model, meta, df), rtol=1e-6)
+    # An unseen category maps to the reserved index instead of failing.
+    unseen = df.head(2).assign(seg="w")
+    assert predict_proba(loaded, meta2, unseen).shape == (2, 3)
+
+
+def test_weights_file_refuses_arbitrary_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    df = _data(50)
+    pre = Preprocessor.fit(df, ["x"], [])
+    meta = _meta(pre)
+    save_checkpoint(tmp_path, fit("nbp", meta, nbp_task(df, pre, PRODUCTS), nbp_task(df, pre, PRODUCTS),
+                                  TrainConfig(hidden=[16], max_epochs=1, patience=1)).model, meta)
+    torch.save({"evil": Evil()}, tmp_path / "weights.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
+        from_checkpoint(tmp_path)

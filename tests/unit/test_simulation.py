@@ -1,0 +1,70 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulation.bank import BankSpec, simulate_frames
+from simulation.response import accept_probability
+from tests.conftest import END
+
+
+def test_same_seed_same_bank_other_seed_other_bank(catalogue):
+    a = simulate_frames(catalogue, BankSpec(n_customers=300, n_months=5, seed=1, end=END))
+    b = simulate_frames(catalogue, BankSpec(n_customers=300, n_months=5, seed=1, end=END))
+    c = simulate_frames(catalogue, BankSpec(n_customers=300, n_months=5, seed=2, end=END))
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+    assert not a["raw/holdings"].equals(c["raw/holdings"])
+
+
+def test_marginals_look_like_a_retail_bank(raw):
+    """Santander: current account most held, most clients hold 1-2 products, ~3.5% add one a month."""
+    h = raw["holdings"]
+    dates = sorted(h.snapshot_date.unique())
+    last = h[h.snapshot_date == dates[-1]]
+    share = last.groupby("product_id").customer_id.nunique() / last.customer_id.nunique()
+    assert share.idxmax() == "current_account" and share.max() > 0.6
+    per_client = last.groupby("customer_id").size()
+    assert per_client.isin([1, 2]).mean() > 0.5
+    rates = []
+    for a, b in zip(dates[:-1], dates[1:]):
+        before = set(zip(h[h.snapshot_date == a].customer_id, h[h.snapshot_date == a].product_id))
+        clients = {c for c, _ in before}
+        after = h[h.snapshot_date == b]
+        added = {c for c, p in zip(after.customer_id, after.product_id) if (c, p) not in before and c in clients}
+        rates.append(len(added) / len(clients))
+    assert 0.02 < np.mean(rates) < 0.05
+
+
+def test_truth_is_consistent_with_holdings(small_bank):
+    truth = small_bank["truth/acquisition"]
+    h = small_bank["raw/holdings"]
+    held = h.assign(held=1).pivot_table(index=["customer_id", "snapshot_date"], columns="product_id",
+                                        values="held", fill_value=0)
+    merged = truth.set_index(["customer_id", "snapshot_date"]).join(held, rsuffix="_held", how="inner")
+    for p in ("current_account", "credit_card", "mortgage"):
+        # A held product cannot be acquired: its true probability is exactly zero.
+        assert (merged.loc[merged[f"{p}_held"] == 1, p] == 0).all()
+    probs = truth.drop(columns=["customer_id", "snapshot_date"]).to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    churn = small_bank["truth/churn"]
+    assert churn.p_churn.between(0, 1).all()
+
+
+def test_data_quality_quirks_are_present(raw):
+    tx = raw["transactions"]
+    assert tx.txn_id.duplicated().any(), "duplicated events"
+    assert ((tx.posted_date - tx.txn_date).dt.days > 15).any(), "late-arriving transactions"
+    assert raw["customers"].income.isna().any(), "missing incomes"
+    active_ids = set(tx.customer_id)
+    clients = set(raw["holdings"].customer_id)
+    assert clients - active_ids, "clients with no activity"
+
+
+def test_offer_response_truth_moves_with_channel_and_timing():
+    p = np.full(4, 0.02)
+    affinity = np.full(4, 0.9)
+    good = accept_probability(p, np.array(["mobile_app"] * 4), np.array([20] * 4), np.array([2] * 4), affinity)
+    bad = accept_probability(p, np.array(["sms"] * 4), np.array([4] * 4), np.array([2] * 4), affinity)
+    assert (good > bad).all() and (good > p).all()
+    assert accept_probability(np.array([0.2]), np.array(["web"]), np.array([21]), np.array([0]), np.array([0.5]))[0] > \
+        accept_probability(np.array([0.01]), np.array(["web"]), np.array([21]), np.array([0]), np.array([0.5]))[0]

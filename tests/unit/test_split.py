@@ -1,0 +1,45 @@
+import pandas as pd
+import pytest
+
+from training.datasets import chrono_split, churn_labels, nbp_labels
+
+
+def _frame(months: int) -> pd.DataFrame:
+    dates = pd.date_range("2026-01-31", periods=months, freq="ME", tz="UTC")
+    return pd.DataFrame({"customer_id": [f"C{i}" for i in range(months * 3)],
+                         "event_timestamp": list(dates) * 3})
+
+
+def test_split_is_chronological_and_complete():
+    df = _frame(6).sample(frac=1, random_state=0)
+    split = chrono_split(df, val_months=1, test_months=1)
+    assert split.train.event_timestamp.max() < split.val.event_timestamp.min()
+    assert split.val.event_timestamp.max() < split.test.event_timestamp.min()
+    assert split.test.event_timestamp.nunique() == 1
+    assert split.test.event_timestamp.iloc[0] == df.event_timestamp.max()
+    assert len(split.train) + len(split.val) + len(split.test) == len(df)
+
+
+def test_split_needs_enough_months():
+    with pytest.raises(ValueError, match="at least 3 snapshots"):
+        chrono_split(_frame(2))
+
+
+def test_nbp_labels_mark_only_new_products(raw, catalogue):
+    labels = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], catalogue.ids)
+    h = raw["holdings"]
+    # Pick a labelled acquisition and check it against the raw snapshots.
+    row = labels[labels["label_credit_card"] == 1].iloc[0]
+    t = row.event_timestamp.tz_localize(None)
+    nxt = (t + pd.offsets.MonthEnd(1))
+    mine = h[(h.customer_id == row.customer_id) & (h.product_id == "credit_card")]
+    assert (mine.snapshot_date == nxt).any() and not (mine.snapshot_date == t).any()
+    # The last snapshot has no next month, so it is never labelled.
+    assert labels.event_timestamp.max().tz_localize(None) < h.snapshot_date.max()
+
+
+def test_churn_labels_leave_horizon_months_unlabelled(raw, catalogue):
+    labels = churn_labels(raw["customers"], raw["holdings"], raw["interactions"], catalogue.ids, horizon=3)
+    last = raw["holdings"].snapshot_date.max()
+    assert labels.event_timestamp.max().tz_localize(None) == last - pd.offsets.MonthEnd(3)
+    assert 0 < labels.label_churn.mean() < 0.2

@@ -1,0 +1,96 @@
+"""Labels, entity frames and chronological splits (pure), plus the Feast training-set pull.
+
+Labels come from the holdings snapshots: a product is *acquired* at month t if it is held at
+t+1 and not at t; a client *churns* if they hold products at t and none at some month in
+t+1..t+horizon. Features come from Feast by FeatureService, point-in-time at t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.build import month_grid
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+
+LABEL_PREFIX = "label_"
+
+
+def nbp_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd.DataFrame,
+               products: list[str]) -> pd.DataFrame:
+    """One row per client-month with a known next month: `label_<product>` = acquired next month.
+
+    Returns:
+        Entity frame: `customer_id`, `event_timestamp` (UTC month end), `label_<product>` (int8).
+    """
+    grid = month_grid(customers, holdings, interactions, products)
+    held = grid.held
+    acquired = held[:, 1:] & ~held[:, :-1]  # [n_customers, n_months - 1, n_products]
+    client = held[:, :-1].any(2)
+    c, m = np.nonzero(client)
+    out = pd.DataFrame({CUSTOMER_ID: grid.customers.values[c],
+                        EVENT_TIMESTAMP: pd.to_datetime(grid.months.values[m]).tz_localize("UTC")})
+    labels = acquired[c, m].astype(np.int8)
+    for j, p in enumerate(products):
+        out[f"{LABEL_PREFIX}{p}"] = labels[:, j]
+    return out
+
+
+def churn_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd.DataFrame,
+                 products: list[str], horizon: int = 3) -> pd.DataFrame:
+    """One row per client-month with `horizon` months observed after it: `label_churn` (int8)."""
+    grid = month_grid(customers, holdings, interactions, products)
+    client = grid.held.any(2)  # [n_customers, n_months]
+    n_months = client.shape[1]
+    rows_c, rows_m, labels = [], [], []
+    for m in range(n_months - horizon):
+        c = np.flatnonzero(client[:, m])
+        gone = (~client[c, m + 1:m + 1 + horizon]).any(1)
+        rows_c.append(c)
+        rows_m.append(np.full(len(c), m))
+        labels.append(gone)
+    c = np.concatenate(rows_c) if rows_c else np.array([], int)
+    m = np.concatenate(rows_m) if rows_m else np.array([], int)
+    return pd.DataFrame({
+        CUSTOMER_ID: grid.customers.values[c],
+        EVENT_TIMESTAMP: pd.to_datetime(grid.months.values[m]).tz_localize("UTC"),
+        f"{LABEL_PREFIX}churn": (np.concatenate(labels) if labels else np.array([], bool)).astype(np.int8),
+    })
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def months(self) -> dict[str, list[str]]:
+        return {name: sorted(pd.to_datetime(df[EVENT_TIMESTAMP]).dt.strftime("%Y-%m-%d").unique().tolist())
+                for name, df in (("train", self.train), ("val", self.val), ("test", self.test))}
+
+
+def chrono_split(df: pd.DataFrame, val_months: int = 1, test_months: int = 1,
+                 time_col: str = EVENT_TIMESTAMP) -> Split:
+    """Splits by time: the last `test_months` snapshots are test, the ones before validation.
+
+    Raises:
+        ValueError: fewer than `val_months + test_months + 1` distinct snapshots.
+    """
+    months = np.sort(df[time_col].unique())
+    need = val_months + test_months + 1
+    if len(months) < need:
+        raise ValueError(f"chronological split needs at least {need} snapshots with labels, got {len(months)}; "
+                         "generate more months (--months)")
+    test_start = months[-test_months]
+    val_start = months[-(test_months + val_months)]
+    t = df[time_col]
+    return Split(df[t < val_start].reset_index(drop=True),
+                 df[(t >= val_start) & (t < test_start)].reset_index(drop=True),
+                 df[t >= test_start].reset_index(drop=True))
+
+
+def label_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith(LABEL_PREFIX)]

@@ -1,0 +1,134 @@
+"""PyTorch models and their self-describing checkpoints.
+
+A checkpoint is a directory holding `weights.pt` (a plain `state_dict`, loaded with
+`weights_only=True`) and `model.json` (feature names, vocabularies, scaler statistics, product
+index, feature-service name, config). `from_checkpoint` rebuilds the model from those alone:
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "model.json"
+
+
+@dataclass
+class Preprocessor:
+    """Turns a feature frame into model tensors; fitted on the training window only."""
+
+    numeric: list[str]
+    categorical: list[str]
+    means: list[float] = field(default_factory=list)
+    stds: list[float] = field(default_factory=list)
+    vocabs: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> "Preprocessor":
+        x = df[numeric].to_numpy(dtype=np.float64)
+        # Heavy-tailed money amounts are compressed before scaling so one rich customer does not set the scale.
+        x = np.sign(x) * np.log1p(np.abs(x))
+        means = np.nanmean(x, axis=0)
+        stds = np.nanstd(x, axis=0)
+        stds = np.where(stds < 1e-6, 1.0, stds)
+        vocabs = {c: sorted(df[c].astype(str).unique().tolist()) for c in categorical}
+        return cls(numeric, categorical, means.tolist(), stds.tolist(), vocabs)
+
+    def transform(self, df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (numeric float32 [n, n_numeric], categorical int64 [n, n_categorical])."""
+        x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        x = np.sign(x) * np.log1p(np.abs(x))
+        x = (x - np.asarray(self.means)) / np.asarray(self.stds)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        cats = np.zeros((len(df), len(self.categorical)), dtype=np.int64)
+        for j, c in enumerate(self.categorical):
+            # Index 0 is reserved for values never seen in training.
+            index = {v: i + 1 for i, v in enumerate(self.vocabs[c])}
+            cats[:, j] = [index.get(str(v), 0) for v in df[c].to_numpy()]
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(cats)
+
+
+class TabularNet(nn.Module):
+    """MLP over standardised numeric features and embedded categoricals.
+
+    Output: logits of shape [batch, n_outputs] (one per product, or one for churn).
+    """
+
+    def __init__(self, n_numeric: int, vocab_sizes: list[int], n_outputs: int, hidden: list[int],
+                 embedding_dim: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(size + 1, embedding_dim) for size in vocab_sizes)
+        layers: list[nn.Module] = []
+        width = n_numeric + embedding_dim * len(vocab_sizes)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, n_outputs))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        # x_num: [B, n_numeric], x_cat: [B, n_categorical] -> [B, n_outputs]
+        parts = [x_num] + [emb(x_cat[:, j]) for j, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to rebuild and feed the model, stored as JSON beside the weights."""
+
+    task: str  # "nbp" | "churn"
+    feature_service: str
+    preprocessor: Preprocessor
+    outputs: list[str]  # product ids for nbp, ["churn"] for churn
+    hidden: list[int]
+    embedding_dim: int
+    dropout: float
+    temperature: float = 1.0  # calibration: probabilities are sigmoid(logit / temperature)
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMeta":
+        data = json.loads(text)
+        data["preprocessor"] = Preprocessor(**data["preprocessor"])
+        return cls(**data)
+
+
+def build_model(meta: ModelMeta) -> TabularNet:
+    pre = meta.preprocessor
+    return TabularNet(len(pre.numeric), [len(pre.vocabs[c]) for c in pre.categorical], len(meta.outputs),
+                      meta.hidden, meta.embedding_dim, meta.dropout)
+
+
+def save_checkpoint(directory: Path, model: TabularNet, meta: ModelMeta) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+    (directory / META_FILE).write_text(meta.to_json())
+    return directory
+
+
+def from_checkpoint(directory: Path) -> tuple[TabularNet, ModelMeta]:
+    """Rebuilds a model from a checkpoint directory without unpickling arbitrary objects."""
+    meta = ModelMeta.from_json((Path(directory) / META_FILE).read_text())
+    model = build_model(meta)
+    state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model, meta
+
+
+@torch.no_grad()
+def predict_proba(model: TabularNet, meta: ModelMeta, df: pd.DataFrame) -> np.ndarray:
+    """Calibrated probabilities, shape [len(df), len(meta.outputs)]."""
+    x_num, x_cat = meta.preprocessor.transform(df)
+    return torch.sigmoid(model(x_num, x_cat) / meta.temperature).numpy()

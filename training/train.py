@@ -1,0 +1,144 @@
+"""Training loops for the next-best-product and churn models (tensors in, model out)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from nextbest.config import TrainConfig
+from training.metrics import map_at_k, roc_auc
+from training.models import ModelMeta, Preprocessor, TabularNet, build_model
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TaskData:
+    """Model inputs of one split: features, targets and the mask of what may be predicted."""
+
+    x_num: torch.Tensor  # [n, n_numeric] float32
+    x_cat: torch.Tensor  # [n, n_categorical] int64
+    y: torch.Tensor  # [n, n_outputs] float32
+    mask: torch.Tensor  # [n, n_outputs] float32, 0 where the output is not a valid target (held product)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def nbp_task(df: pd.DataFrame, pre: Preprocessor, products: list[str]) -> TaskData:
+    """Targets = acquired next month; mask = products not held now (held ones cannot be acquired)."""
+    x_num, x_cat = pre.transform(df)
+    y = torch.from_numpy(df[[f"label_{p}" for p in products]].to_numpy(dtype=np.float32))
+    held = df[[f"held_{p}" for p in products]].to_numpy(dtype=np.float32)
+    return TaskData(x_num, x_cat, y, torch.from_numpy(1.0 - held))
+
+
+def churn_task(df: pd.DataFrame, pre: Preprocessor) -> TaskData:
+    x_num, x_cat = pre.transform(df)
+    y = torch.from_numpy(df[["label_churn"]].to_numpy(dtype=np.float32))
+    return TaskData(x_num, x_cat, y, torch.ones_like(y))
+
+
+@torch.no_grad()
+def predict_logits(model: TabularNet, data: TaskData, batch_size: int = 8192) -> torch.Tensor:
+    model.eval()
+    out = [model(data.x_num[i:i + batch_size], data.x_cat[i:i + batch_size])
+           for i in range(0, len(data), batch_size)]
+    return torch.cat(out) if out else torch.zeros_like(data.y)
+
+
+def masked_scores(logits: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Scores for ranking with non-targets (held products) pushed to -inf."""
+    return torch.where(mask > 0, logits, torch.full_like(logits, -np.inf)).numpy()
+
+
+def validation_metric(task: str, model: TabularNet, data: TaskData) -> float:
+    logits = predict_logits(model, data)
+    if task == "nbp":
+        return map_at_k(data.y.numpy(), masked_scores(logits, data.mask), k=7)
+    return roc_auc(data.y.numpy(), logits.numpy())
+
+
+@dataclass
+class FitResult:
+    model: TabularNet
+    best_epoch: int
+    best_val: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainConfig,
+        on_epoch: EpochCallback | None = None) -> FitResult:
+    """Trains with masked BCE, Adam and early stopping on the validation metric.
+
+    Args:
+        task: "nbp" (metric MAP@7) or "churn" (metric ROC AUC).
+        meta: model description (sizes come from its preprocessor and outputs).
+        train, val: model inputs.
+        cfg: hyper-parameters.
+        on_epoch: called after each epoch with (epoch, metrics); used for progress and logging.
+    """
+    seed_everything(cfg.seed)
+    model = build_model(meta)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = FitResult(copy.deepcopy(model), -1, -np.inf)
+    stale = 0
+    for epoch in range(cfg.max_epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        total, weight = 0.0, 0.0
+        for i in range(0, len(train), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            logits = model(train.x_num[idx], train.x_cat[idx])  # [B, n_outputs]
+            mask = train.mask[idx]
+            loss = (loss_fn(logits, train.y[idx]) * mask).sum() / mask.sum().clamp(min=1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * float(mask.sum())
+            weight += float(mask.sum())
+        val_metric = validation_metric(task, model, val)
+        metrics = {"train_loss": total / max(weight, 1.0), "val_metric": val_metric}
+        best.history.append({"epoch": epoch, **metrics})
+        if on_epoch:
+            on_epoch(epoch, metrics)
+        if val_metric > best.best_val + 1e-5:
+            best.model, best.best_epoch, best.best_val = copy.deepcopy(model), epoch, val_metric
+            stale = 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    best.model.eval()
+    return best
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+    """Temperature scaling on validation logits (calibration without changing the ranking)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+
+    def closure():
+        opt.zero_grad()
+        loss = (loss_fn(logits / log_t.exp(), y) * mask).sum() / mask.sum().clamp(min=1.0)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
