@@ -6,8 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
-from feast import Entity, FeatureView, Field
-from feast.types import Float32, Int64, String
+from feast import Entity, FeatureView, Field, OnDemandFeatureView, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float32, Float64, Int64, String
 
 from feature_repo.data_sources import file_source
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
@@ -30,3 +31,32 @@ def feature_view(view: str, sample: pd.DataFrame, entity: Entity, features_dir: 
               for c in sample.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP)]
     return FeatureView(name=view, entities=[entity], ttl=SNAPSHOT_TTL, schema=fields,
                        source=file_source(features_dir, view), online=True)
+
+
+def request_context_view() -> OnDemandFeatureView:
+    """On-demand features of the request (channel, hour, weekday): the same function runs for
+    training sets (request columns in the entity frame) and online (request data in the row)."""
+    source = RequestSource(name="request_context_source", schema=[
+        Field(name="channel", dtype=String), Field(name="hour", dtype=Int64), Field(name="weekday", dtype=Int64)])
+
+    @on_demand_feature_view(
+        sources=[source],
+        schema=[Field(name="channel_digital", dtype=Int64), Field(name="hour_sin", dtype=Float64),
+                Field(name="hour_cos", dtype=Float64), Field(name="is_weekend", dtype=Int64),
+                Field(name="is_evening", dtype=Int64)],
+        mode="python",
+    )
+    def request_context(inputs: dict) -> dict:
+        import math
+
+        digital = ("mobile_app", "web", "email", "push")
+        hours = [int(h) for h in inputs["hour"]]
+        return {
+            "channel_digital": [int(c in digital) for c in inputs["channel"]],
+            "hour_sin": [math.sin(2 * math.pi * h / 24) for h in hours],
+            "hour_cos": [math.cos(2 * math.pi * h / 24) for h in hours],
+            "is_weekend": [int(int(d) >= 5) for d in inputs["weekday"]],
+            "is_evening": [int(h >= 18) for h in hours],
+        }
+
+    return request_context

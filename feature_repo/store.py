@@ -14,11 +14,10 @@ import pyarrow.parquet as pq
 
 from feature_repo.entities import customer_entity
 from feature_repo.feature_services import feature_services
-from feature_repo.features import feature_view
-from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW
+from feature_repo.features import feature_view, request_context_view
+from features.build import PROFILE_VIEW, VIEWS
 from nextbest.settings import REPO_ROOT, Paths
 
-VIEWS = (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW)
 
 
 def write_store_config(paths: Paths) -> Path:
@@ -51,9 +50,10 @@ def apply(paths: Paths) -> list[str]:
             raise FileNotFoundError(f"{path}: not found; run `nextbest features build` first")
         sample = pq.read_table(path).slice(0, 1000).to_pandas()
         views[view] = feature_view(view, sample, entity, paths.features)
-    services = feature_services(views)
-    store.apply([entity, *views.values(), *services])
-    return [entity.name, *views, *(s.name for s in services)]
+    context = request_context_view()
+    services = feature_services(views, context)
+    store.apply([entity, *views.values(), context, *services])
+    return [entity.name, *views, context.name, *(s.name for s in services)]
 
 
 def latest_snapshot(paths: Paths) -> pd.Timestamp:

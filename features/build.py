@@ -1,8 +1,9 @@
 """Raw canonical tables -> monthly customer feature tables (pure functions, no I/O).
 
-One row per customer and month-end snapshot in which the customer is known to the bank.
-Each table becomes one Feast feature view; `event_timestamp` is the snapshot date, and a
-value at a snapshot uses only what was known by then (transactions are counted once posted).
+One row per customer and month-end snapshot from the first month the customer is known to the
+bank (client, former client, or prospect seen on the web or in a branch). Each table becomes
+one Feast feature view; `event_timestamp` is the snapshot date. A value at a snapshot uses only
+what was known by then: transactions count once posted, windows end at the snapshot.
 """
 
 from __future__ import annotations
@@ -12,25 +13,38 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.segments import lifecycle_states, segment_frame
+from nextbest.config import Catalogue, SegmentsConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, PRODUCT_ID, SNAPSHOT_DATE
-from simulation.params import SPEND_CATEGORIES
 
 PROFILE_VIEW = "customer_profile"
 HOLDINGS_VIEW = "customer_holdings"
 ACTIVITY_VIEW = "customer_activity"
-CATEGORICAL_FEATURES = ("gender", "region")
+SEGMENTS_VIEW = "customer_segments"
+VIEWS = (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW, SEGMENTS_VIEW)
+
+CATEGORICAL_FEATURES = ("gender", "region", "last_offer_response", "lifecycle", "relationship", "product_load",
+                        "balance_tier", "value_tier")
 # Served with the profile so every decision can enforce them, but never model inputs.
 POLICY_FEATURES = ("marketing_opt_out", "consent_email", "consent_push", "consent_sms", "consent_call")
+HOLDING_LAGS = (1, 2, 3, 6, 12)
+SPEND_CATEGORIES = ("groceries", "utilities", "travel", "entertainment", "shopping", "transfer_out")
+NEVER = 99  # "months since" for events never observed
+NO_CONTACT_DAYS = 999
 
 
 @dataclass(frozen=True)
 class MonthGrid:
     """Customers x months index shared by all feature computations."""
 
-    customers: pd.Index  # customer_id, position = row in the cube
+    customers: pd.Index  # customer_id; position = row in the arrays
     months: pd.DatetimeIndex  # month-end snapshot dates
-    held: np.ndarray  # bool, shape (n_customers, n_months, n_products)
-    known: np.ndarray  # bool, shape (n_customers, n_months): customer is a client, former client or seen
+    held: np.ndarray  # bool [n_customers, n_months, n_products]
+    known: np.ndarray  # bool [n_customers, n_months]: client, former client or seen by then
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(customer index, month index) of every feature row, in output order."""
+        return np.nonzero(self.known)
 
 
 def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd.DataFrame,
@@ -51,17 +65,14 @@ def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd
         imi = np.searchsorted(months.values, pd.to_datetime(interactions["event_date"]).values)
         ok = (ici >= 0) & (imi < len(months))
         seen[ici[ok], imi[ok]] = True
-    client = held.any(2)
-    # Known from the first month the customer was a client or was seen, onwards.
-    known = np.logical_or.accumulate(client | seen, axis=1)
+    known = np.logical_or.accumulate(held.any(2) | seen, axis=1)
     return MonthGrid(cust_index, months, held, known)
 
 
 def _frame(grid: MonthGrid, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Flattens (customers, months) arrays into rows for the known customer-months."""
-    c, m = np.nonzero(grid.known)
-    out = {CUSTOMER_ID: grid.customers.values[c],
-           EVENT_TIMESTAMP: grid.months.values[m]}
+    """Flattens [n_customers, n_months] (or [n_customers]) arrays into rows for known customer-months."""
+    c, m = grid.rows()
+    out = {CUSTOMER_ID: grid.customers.values[c], EVENT_TIMESTAMP: grid.months.values[m]}
     for name, arr in columns.items():
         out[name] = arr[c, m] if arr.ndim == 2 else arr[c]
     df = pd.DataFrame(out)
@@ -69,150 +80,251 @@ def _frame(grid: MonthGrid, columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return df
 
 
+def _f32(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in columns.items()}
+
+
+# -- profile -----------------------------------------------------------------------------------
+
 def profile_features(customers: pd.DataFrame, grid: MonthGrid) -> pd.DataFrame:
-    """Age, income, tenure and demographics per customer-month."""
+    """Age, income, tenure, demographics, and the consent flags every decision must enforce."""
     cust = customers.drop_duplicates(CUSTOMER_ID).set_index(CUSTOMER_ID).reindex(grid.customers)
-    birth = pd.to_datetime(cust["birth_date"]).to_numpy()
     months = grid.months.to_numpy()
-    age_days = (months[None, :] - birth[:, None]).astype("timedelta64[D]").astype(float)
-    age = np.floor(age_days / 365.25)
+    birth = pd.to_datetime(cust["birth_date"]).to_numpy()
+    age = np.floor((months[None, :] - birth[:, None]).astype("timedelta64[D]").astype(float) / 365.25)
     join = pd.to_datetime(cust["join_date"]).to_numpy()
     tenure = (months[None, :] - join[:, None]).astype("timedelta64[D]").astype(float) / 30.44
-    tenure = np.where(np.isnan(tenure), -1.0, np.maximum(tenure, -1.0))
     income = cust["income"].to_numpy(dtype=float)
-    return _frame(grid, {
-        "age": np.nan_to_num(age, nan=-1.0).astype(np.float32),
-        "income": np.nan_to_num(income, nan=0.0).astype(np.float32),
+    return _frame(grid, _f32({
+        "age": np.nan_to_num(age, nan=-1.0),
+        "income": np.nan_to_num(income, nan=0.0),
         "income_missing": np.isnan(income).astype(np.int64),
-        "tenure_months": tenure.astype(np.float32),
+        "tenure_months": np.where(np.isnan(tenure), -1.0, np.maximum(tenure, -1.0)),
         "gender": cust["gender"].fillna("unknown").astype(str).to_numpy(),
         "region": cust["region"].fillna("unknown").astype(str).to_numpy(),
-        # A missing flag is treated as the restrictive value: opted out, no consent.
+        # A missing flag is the restrictive value: opted out, no consent.
         **{c: cust[c].fillna(c == "marketing_opt_out").astype(bool).to_numpy().astype(np.int64)
            for c in POLICY_FEATURES},
-    })
+    }))
+
+
+# -- holdings ----------------------------------------------------------------------------------
+
+def _shift(x: np.ndarray, lag: int, fill=0) -> np.ndarray:
+    """x shifted `lag` months later along axis 1 (value at t is x at t - lag)."""
+    out = np.full_like(x, fill)
+    if lag < x.shape[1]:
+        out[:, lag:] = x[:, :-lag]
+    return out
+
+
+def _months_since(event: np.ndarray) -> np.ndarray:
+    """Months since the last True along axis 1 (0 = this month), NEVER if none yet."""
+    idx = np.arange(event.shape[1]).reshape((1, -1) + (1,) * (event.ndim - 2))
+    last = np.maximum.accumulate(np.where(event, idx, -1), axis=1)
+    return np.where(last >= 0, idx - last, NEVER).astype(np.float32)
 
 
 def holdings_features(holdings: pd.DataFrame, grid: MonthGrid, products: list[str]) -> pd.DataFrame:
-    """Product flags, their one-month lag, product count, balances, months since last change."""
+    """Product flags with lags 1/2/3/6/12, months since each product's last acquisition and
+    closure (the features that won the Santander competition), product count and balances."""
     held = grid.held
-    n_c, n_m, _ = held.shape
-    lag1 = np.concatenate([np.zeros((n_c, 1, held.shape[2]), bool), held[:, :-1]], axis=1)
-    added = held & ~lag1
-    added[:, 0] = False
-    dropped = ~held & lag1
-    months_idx = np.arange(n_m)[None, :]
+    lag1 = _shift(held, 1, False)
+    added, dropped = held & ~lag1, ~held & lag1
+    # The first snapshot has no history: nothing counts as added or dropped there.
+    added[:, 0] = dropped[:, 0] = False
 
-    def months_since(event: np.ndarray) -> np.ndarray:
-        last = np.where(event, months_idx, -1)
-        last = np.maximum.accumulate(last, axis=1)
-        return np.where(last >= 0, months_idx - last, 99).astype(np.float32)
-
+    n_c, n_m = held.shape[:2]
     balance = np.zeros((n_c, n_m))
-    ci = grid.customers.get_indexer(holdings[CUSTOMER_ID])
-    mi = grid.months.get_indexer(pd.to_datetime(holdings[SNAPSHOT_DATE]))
     if "balance" in holdings:
+        ci = grid.customers.get_indexer(holdings[CUSTOMER_ID])
+        mi = grid.months.get_indexer(pd.to_datetime(holdings[SNAPSHOT_DATE]))
         ok = (ci >= 0) & (mi >= 0)
-        np.add.at(balance, (ci[ok], mi[ok]), holdings["balance"].fillna(0).to_numpy()[ok])
-    balance_3m = np.concatenate([np.repeat(balance[:, :1], 3, axis=1), balance], axis=1)[:, :n_m]
+        np.add.at(balance, (ci[ok], mi[ok]), holdings["balance"].fillna(0).to_numpy(dtype=float)[ok])
 
     cols: dict[str, np.ndarray] = {}
     for j, p in enumerate(products):
         cols[f"held_{p}"] = held[:, :, j].astype(np.int64)
+    for lag in HOLDING_LAGS:
+        shifted = _shift(held, lag, False)
+        for j, p in enumerate(products):
+            cols[f"held_lag{lag}_{p}"] = shifted[:, :, j].astype(np.int64)
+    since_add, since_drop = _months_since(added), _months_since(dropped)
     for j, p in enumerate(products):
-        cols[f"held_lag1_{p}"] = lag1[:, :, j].astype(np.int64)
+        cols[f"months_since_acq_{p}"] = since_add[:, :, j]
+        cols[f"months_since_close_{p}"] = since_drop[:, :, j]
     cols["n_products"] = held.sum(2).astype(np.int64)
-    cols["months_since_acquisition"] = months_since(added.any(2))
-    cols["months_since_closure"] = months_since(dropped.any(2))
-    cols["total_balance"] = balance.astype(np.float32)
-    cols["balance_change_3m"] = (balance - balance_3m).astype(np.float32)
-    return _frame(grid, cols)
+    cols["n_products_change_3m"] = (held.sum(2) - _shift(held.sum(2), 3, 0) * (np.arange(n_m) >= 3)).astype(np.int64)
+    cols["months_since_acquisition"] = _months_since(added.any(2))
+    cols["months_since_closure"] = _months_since(dropped.any(2))
+    cols["total_balance"] = balance
+    first = np.repeat(balance[:, :1], n_m, axis=1)
+    cols["balance_change_3m"] = balance - np.where(np.arange(n_m) >= 3, _shift(balance, 3, 0.0), first)
+    cols["balance_change_6m"] = balance - np.where(np.arange(n_m) >= 6, _shift(balance, 6, 0.0), first)
+    return _frame(grid, _f32(cols))
 
 
-def _monthly_sum(df: pd.DataFrame, grid: MonthGrid, date_col: str, value: np.ndarray,
-                 known_col: str | None = None) -> np.ndarray:
-    """Sums `value` per customer and month-end; rows known only after the month end are dropped."""
-    out = np.zeros((len(grid.customers), len(grid.months)))
-    if not len(df):
+# -- activity ----------------------------------------------------------------------------------
+
+class _Events:
+    """Dated rows of one table, sorted by date, for windowed sums ending at each snapshot."""
+
+    def __init__(self, df: pd.DataFrame, grid: MonthGrid, date_col: str, known_col: str | None = None):
+        ci = grid.customers.get_indexer(df[CUSTOMER_ID]) if len(df) else np.array([], int)
+        dates = pd.to_datetime(df[date_col]).to_numpy() if len(df) else np.array([], "datetime64[ns]")
+        keep = ci >= 0
+        order = np.argsort(dates[keep], kind="stable")
+        self.rows = np.flatnonzero(keep)[order]
+        self.ci = ci[keep][order]
+        self.dates = dates[keep][order].astype("datetime64[ns]")
+        self.known = (pd.to_datetime(df[known_col]).to_numpy()[self.rows].astype("datetime64[ns]")
+                      if known_col and len(df) else None)
+        self.grid = grid
+
+    def window_sum(self, values: np.ndarray, days: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """Sum of `values` (aligned with the original frame) in (snapshot - days, snapshot], per customer-month."""
+        grid = self.grid
+        out = np.zeros((len(grid.customers), len(grid.months)))
+        vals = values[self.rows]
+        sel = mask[self.rows] if mask is not None else None
+        for m, snap in enumerate(grid.months.values.astype("datetime64[ns]")):
+            lo = np.searchsorted(self.dates, snap - np.timedelta64(days, "D"), side="right")
+            hi = np.searchsorted(self.dates, snap + np.timedelta64(1, "D"), side="left")
+            s = slice(lo, hi)
+            ok = np.ones(hi - lo, dtype=bool)
+            if self.known is not None:
+                ok &= self.known[s] <= snap + np.timedelta64(1, "D") - np.timedelta64(1, "ns")
+            if sel is not None:
+                ok &= sel[s]
+            out[:, m] = np.bincount(self.ci[s][ok], weights=vals[s][ok], minlength=len(grid.customers))
         return out
-    ci = grid.customers.get_indexer(df[CUSTOMER_ID])
-    dates = pd.to_datetime(df[date_col]).values
-    mi = np.searchsorted(grid.months.values, dates)
-    ok = (ci >= 0) & (mi < len(grid.months))
-    if known_col is not None:
-        known_at = pd.to_datetime(df[known_col]).values
-        ok &= known_at <= grid.months.values[np.minimum(mi, len(grid.months) - 1)]
-    np.add.at(out, (ci[ok], mi[ok]), value[ok])
+
+
+def activity_features(transactions: pd.DataFrame, interactions: pd.DataFrame, offers: pd.DataFrame | None,
+                      grid: MonthGrid, products: list[str]) -> pd.DataFrame:
+    """Money flows over 30/90/180 days, spending by category, detected salary, digital engagement
+    over 7/30 days, product-page views, service contacts over 90 days and offer history."""
+    cols: dict[str, np.ndarray] = {}
+    tx = transactions.drop_duplicates("txn_id") if "txn_id" in transactions else transactions
+    tx = tx.reset_index(drop=True)
+    ev = _Events(tx, grid, "txn_date", known_col="posted_date")
+    amount = tx["amount"].to_numpy(dtype=float)
+    inflow, outflow = (tx["direction"] == "in").to_numpy(), (tx["direction"] == "out").to_numpy()
+    category = tx["category"].to_numpy()
+    for days in (30, 90, 180):
+        cols[f"inflow_{days}d"] = ev.window_sum(amount, days, inflow)
+        cols[f"outflow_{days}d"] = ev.window_sum(amount, days, outflow)
+        cols[f"outflow_ratio_{days}d"] = cols[f"outflow_{days}d"] / (cols[f"inflow_{days}d"] + 50.0 * days / 30)
+    cols["n_transactions_30d"] = ev.window_sum(np.ones(len(tx)), 30)
+    salary = category == "salary"
+    cols["salary_90d"] = ev.window_sum(amount, 90, salary)
+    # A salary is "detected" when it arrived in at least two of the last three months.
+    cols["salary_detected"] = (ev.window_sum(np.ones(len(tx)), 90, salary) >= 2).astype(np.int64)
+    for cat in SPEND_CATEGORIES:
+        cols[f"spend_{cat}_30d"] = ev.window_sum(amount, 30, category == cat)
+        cols[f"spend_{cat}_90d"] = ev.window_sum(amount, 90, category == cat)
+    # Inflow this month against the average of the three months before: falling inflows precede churn.
+    cols["inflow_trend"] = cols["inflow_30d"] - (ev.window_sum(amount, 120, inflow) - cols["inflow_30d"]) / 3
+
+    ie = _Events(interactions.reset_index(drop=True), grid, "event_date")
+    counts = interactions["count"].to_numpy(dtype=float)
+    kinds = interactions["event_type"].to_numpy()
+    for kind in ("login_app", "login_web"):
+        for days in (7, 30):
+            cols[f"{kind}s_{days}d"] = ie.window_sum(counts, days, kinds == kind)
+    logins_30 = cols["login_apps_30d"] + cols["login_webs_30d"]
+    logins_60 = ie.window_sum(counts, 60, np.isin(kinds, ("login_app", "login_web")))
+    cols["logins_change_30d"] = logins_30 - (logins_60 - logins_30)
+    views = kinds == "page_view"
+    cols["page_views_7d"] = ie.window_sum(counts, 7, views)
+    cols["page_views_30d"] = ie.window_sum(counts, 30, views)
+    product_col = interactions["product_id"].to_numpy()
+    for p in products:
+        cols[f"views_{p}_30d"] = ie.window_sum(counts, 30, views & (product_col == p))
+    cols["calls_90d"] = ie.window_sum(counts, 90, kinds == "call")
+    cols["complaints_90d"] = ie.window_sum(counts, 90, kinds == "complaint")
+    cols.update(offer_history(offers, grid))
+    # Rename the plural helper names to the documented ones.
+    cols = {k.replace("login_apps_", "logins_app_").replace("login_webs_", "logins_web_"): v for k, v in cols.items()}
+    return _frame(grid, _f32(cols))
+
+
+def offer_history(offers: pd.DataFrame | None, grid: MonthGrid) -> dict[str, np.ndarray]:
+    """Offers seen and accepted over 180 days, days since the last contact and its response."""
+    shape = (len(grid.customers), len(grid.months))
+    if offers is None or not len(offers):
+        return {"offers_180d": np.zeros(shape), "offers_accepted_180d": np.zeros(shape),
+                "days_since_last_offer": np.full(shape, float(NO_CONTACT_DAYS)),
+                "last_offer_response": np.full(shape, "none", dtype=object)}
+    offers = offers.reset_index(drop=True)
+    oe = _Events(offers, grid, "offered_at")
+    accepted = (offers["response"] == "accept").to_numpy()
+    out = {"offers_180d": oe.window_sum(np.ones(len(offers)), 180),
+           "offers_accepted_180d": oe.window_sum(accepted.astype(float), 180)}
+    days = np.full(shape, float(NO_CONTACT_DAYS))
+    last = np.full(shape, "none", dtype=object)
+    responses = offers["response"].to_numpy()[oe.rows]
+    for m, snap in enumerate(grid.months.values.astype("datetime64[ns]")):
+        end = snap + np.timedelta64(1, "D")
+        hi = np.searchsorted(oe.dates, end, side="left")
+        # Last offer per customer before the snapshot (rows are sorted by date).
+        rev_customers, rev_first = np.unique(oe.ci[:hi][::-1], return_index=True)
+        idx = hi - 1 - rev_first
+        days[rev_customers, m] = (end - oe.dates[idx]) / np.timedelta64(1, "D")
+        last[rev_customers, m] = responses[idx]
+    out["days_since_last_offer"] = np.minimum(np.floor(days), NO_CONTACT_DAYS)
+    out["last_offer_response"] = last
     return out
 
 
-def _rolling(x: np.ndarray, months: int) -> np.ndarray:
-    """Sum over the last `months` months along axis 1 (the month itself included)."""
-    c = np.cumsum(np.pad(x, ((0, 0), (1, 0))), axis=1)
-    idx = np.arange(1, x.shape[1] + 1)
-    return c[:, idx] - c[:, np.maximum(idx - months, 0)]
+# -- segments ----------------------------------------------------------------------------------
+
+def segments_features(base: pd.DataFrame, grid: MonthGrid, catalogue: Catalogue, cfg: SegmentsConfig) -> pd.DataFrame:
+    """Lifecycle state, rule-based segments, need flags and value tier at every snapshot.
+
+    Args:
+        base: profile, holdings and activity columns for the grid's rows, in the grid's row order.
+    """
+    active_month = np.zeros(grid.known.shape, dtype=bool)
+    c, m = grid.rows()
+    activity = (base["n_transactions_30d"].to_numpy() > 0) | (base["logins_app_30d"].to_numpy() > 0) | \
+               (base["logins_web_30d"].to_numpy() > 0)
+    active_month[c, m] = activity
+    states = lifecycle_states(grid.held, active_month, grid.known, cfg.lifecycle.new_months,
+                              cfg.lifecycle.dormant_months)
+    margins = np.array([p.margin for p in catalogue.products])
+    yearly_margin = (grid.held[c, m] * margins).sum(1)
+    cols = {"lifecycle": states[c, m], **segment_frame(base, cfg, yearly_margin)}
+    out = base[[CUSTOMER_ID, EVENT_TIMESTAMP]].copy()
+    for k, v in cols.items():
+        out[k] = v
+    return out
 
 
-def activity_features(transactions: pd.DataFrame, interactions: pd.DataFrame, grid: MonthGrid,
-                      products: list[str]) -> pd.DataFrame:
-    """Money flows, spending by category, digital engagement, page views and service contacts."""
-    tx = transactions.drop_duplicates("txn_id") if "txn_id" in transactions else transactions
-    amount = tx["amount"].to_numpy(dtype=float)
-    cols: dict[str, np.ndarray] = {}
-
-    def tx_sum(mask: np.ndarray) -> np.ndarray:
-        return _monthly_sum(tx[mask], grid, "txn_date", amount[mask], known_col="posted_date")
-
-    inflow = tx_sum((tx["direction"] == "in").to_numpy())
-    outflow = tx_sum((tx["direction"] == "out").to_numpy())
-    salary = tx_sum((tx["category"] == "salary").to_numpy())
-    cols["inflow_1m"] = inflow
-    cols["outflow_1m"] = outflow
-    cols["inflow_3m"] = _rolling(inflow, 3)
-    cols["outflow_3m"] = _rolling(outflow, 3)
-    cols["salary_1m"] = salary
-    cols["salary_detected"] = (_rolling((salary > 0).astype(float), 3) >= 2).astype(np.int64)
-    for cat in (*SPEND_CATEGORIES, "transfer_out"):
-        cols[f"spend_{cat}_1m"] = tx_sum((tx["category"] == cat).to_numpy())
-    cols["outflow_ratio_1m"] = outflow / (inflow + 50.0)
-    cols["outflow_ratio_3m"] = cols["outflow_3m"] / (cols["inflow_3m"] + 150.0)
-
-    counts = interactions["count"].to_numpy(dtype=float)
-    kinds = interactions["event_type"].to_numpy()
-
-    def ev_sum(mask: np.ndarray) -> np.ndarray:
-        return _monthly_sum(interactions[mask], grid, "event_date", counts[mask])
-
-    logins = ev_sum(np.isin(kinds, ("login_app", "login_web")))
-    cols["logins_app_1m"] = ev_sum(kinds == "login_app")
-    cols["logins_web_1m"] = ev_sum(kinds == "login_web")
-    cols["logins_3m"] = _rolling(logins, 3)
-    prev = np.concatenate([logins[:, :1], logins[:, :-1]], axis=1)
-    cols["logins_change_1m"] = logins - prev
-    calls = ev_sum(kinds == "call")
-    complaints = ev_sum(kinds == "complaint")
-    cols["calls_3m"] = _rolling(calls, 3)
-    cols["complaints_3m"] = _rolling(complaints, 3)
-    views = kinds == "page_view"
-    prod_col = interactions["product_id"].to_numpy()
-    for p in products:
-        cols[f"views_{p}_1m"] = ev_sum(views & (prod_col == p))
-    return _frame(grid, {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in cols.items()})
-
-
-def build_feature_tables(raw: dict[str, pd.DataFrame], products: list[str]) -> dict[str, pd.DataFrame]:
+def build_feature_tables(raw: dict[str, pd.DataFrame], catalogue: Catalogue,
+                         segments: SegmentsConfig) -> dict[str, pd.DataFrame]:
     """All feature views from the raw tables.
 
     Args:
-        raw: canonical tables by name (`customers`, `holdings`, `transactions`, `interactions`).
-        products: product ids in catalogue order.
+        raw: canonical tables by name (`customers`, `holdings`, `transactions`, `interactions`,
+            optionally `offers`).
+        catalogue: the product catalogue (order of products, margins).
+        segments: segment and lifecycle rules.
 
     Returns:
-        Feature view name -> DataFrame with `customer_id`, `event_timestamp` and features.
+        Feature view name -> DataFrame with `customer_id`, `event_timestamp` and features; all
+        tables share the same rows in the same order.
     """
+    products = catalogue.ids
     grid = month_grid(raw["customers"], raw["holdings"], raw["interactions"], products)
+    profile = profile_features(raw["customers"], grid)
+    holdings = holdings_features(raw["holdings"], grid, products)
+    activity = activity_features(raw["transactions"], raw["interactions"], raw.get("offers"), grid, products)
+    keys = [CUSTOMER_ID, EVENT_TIMESTAMP]
+    base = pd.concat([profile, holdings.drop(columns=keys), activity.drop(columns=keys)], axis=1)
     return {
-        PROFILE_VIEW: profile_features(raw["customers"], grid),
-        HOLDINGS_VIEW: holdings_features(raw["holdings"], grid, products),
-        ACTIVITY_VIEW: activity_features(raw["transactions"], raw["interactions"], grid, products),
+        PROFILE_VIEW: profile,
+        HOLDINGS_VIEW: holdings,
+        ACTIVITY_VIEW: activity,
+        SEGMENTS_VIEW: segments_features(base, grid, catalogue, segments),
     }

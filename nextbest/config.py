@@ -80,6 +80,66 @@ class TrainConfig(BaseModel):
     test_months: int = Field(default=1, ge=1)
 
 
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature: str
+    op: Literal["<", "<=", ">", ">=", "==", "!=", "in"]
+    value: float | int | str | bool | list[float | int | str | bool]
+
+
+class Rule(BaseModel):
+    """Conditions on feature columns: `all` must all hold and, if given, at least one of `any`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    all: list[Condition] = Field(default_factory=list)
+    any: list[Condition] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Rule":
+        if not self.all and not self.any:
+            raise ValueError(f"rule {self.name!r} has no conditions")
+        return self
+
+    @property
+    def features(self) -> set[str]:
+        return {c.feature for c in (*self.all, *self.any)}
+
+
+class SegmentGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: str
+    rules: list[Rule]
+
+
+class LifecycleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    new_months: int = Field(default=6, ge=1)
+    dormant_months: int = Field(default=3, ge=1)
+
+
+class ValueTierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top_share: float = Field(default=0.2, gt=0, lt=1)
+
+
+class SegmentsConfig(BaseModel):
+    """`configs/segments.yaml`: lifecycle thresholds, segment groups, need flags, value tier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    groups: dict[str, SegmentGroup]
+    needs: dict[str, Rule] = Field(default_factory=dict)
+    value_tier: ValueTierConfig = Field(default_factory=ValueTierConfig)
+
+
 def _load_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
@@ -103,6 +163,10 @@ def _validated(model: type[BaseModel], path: Path) -> BaseModel:
 
 def load_catalogue(path: Path | None = None) -> Catalogue:
     return _validated(Catalogue, path or CONFIG_DIR / "products.yaml")
+
+
+def load_segments(path: Path | None = None) -> SegmentsConfig:
+    return _validated(SegmentsConfig, path or CONFIG_DIR / "segments.yaml")
 
 
 def load_train_config(name: str, path: Path | None = None) -> TrainConfig:

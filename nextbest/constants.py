@@ -26,6 +26,9 @@ CHANNELS = ("mobile_app", "web", "email", "push", "sms", "branch", "call_center"
 ENTITY_NAME = "customer"
 NBP_FEATURE_SERVICE = "next_best_product_v1"
 CHURN_FEATURE_SERVICE = "churn_v1"
+OFFER_CONTEXT_FEATURE_SERVICE = "offer_context_v1"
+REQUEST_CONTEXT_VIEW = "request_context"
+DIGITAL_CHANNELS = ("mobile_app", "web", "email", "push")
 
 # MLflow registry.
 NBP_MODEL_NAME = "nbp"

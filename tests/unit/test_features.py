@@ -1,7 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, build_feature_tables
+from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW, build_feature_tables
+from nextbest.config import Catalogue, Product, load_segments
 
 
 def _tiny_bank():
@@ -32,29 +33,45 @@ def _tiny_bank():
             "interactions": interactions}
 
 
+def _catalogue():
+    return Catalogue(version=1, products=[Product(product_id="current_account", name="Current", category="account", margin=60),
+                                          Product(product_id="credit_card", name="Card", category="card", margin=140)])
+
+
+def _build():
+    segments = load_segments()
+    # The shipped rules refer to the full catalogue; keep the groups that fit this two-product bank.
+    segments.groups = {"balance_tier": segments.groups["balance_tier"]}
+    segments.needs = {"income": segments.needs["income"]}
+    return build_feature_tables(_tiny_bank(), _catalogue(), segments)
+
+
 def _at(df, customer, month):
     ts = pd.Timestamp(month, tz="UTC")
     return df[(df.customer_id == customer) & (df.event_timestamp == ts)].iloc[0]
 
 
 def test_point_in_time_dedup_and_late_transactions():
-    products = ["current_account", "credit_card"]
-    tables = build_feature_tables(_tiny_bank(), products)
+    tables = _build()
     act = tables[ACTIVITY_VIEW]
     feb = _at(act, "A", "2026-02-28")
-    assert feb.inflow_1m == 1000.0  # duplicate counted once
-    assert feb.spend_groceries_1m == 0.0  # t2 was not yet posted at the February snapshot
+    assert feb.inflow_30d == 1000.0  # duplicate counted once
+    assert feb.spend_groceries_30d == 0.0  # t2 was not yet posted at the February snapshot
     mar = _at(act, "A", "2026-03-31")
-    assert mar.spend_groceries_1m == 40.0  # t2 belongs to February and stays there
-    assert mar.views_credit_card_1m == 2.0
+    assert mar.spend_groceries_30d == 40.0  # t3 only: t2 (Feb 20) is outside the 30 days
+    assert mar.spend_groceries_90d == 120.0  # t2 known now, inside 90 days
+    assert mar.views_credit_card_30d == 2.0 and mar.page_views_7d == 0.0
+    assert _at(act, "B", "2026-02-28").logins_app_30d == 5.0
 
 
 def test_holdings_lags_profile_and_known_customers():
-    tables = build_feature_tables(_tiny_bank(), ["current_account", "credit_card"])
+    tables = _build()
     hold = tables[HOLDINGS_VIEW]
     mar = _at(hold, "A", "2026-03-31")
     assert (mar.held_credit_card, mar.held_lag1_credit_card, mar.n_products) == (1, 0, 2)
-    assert mar.months_since_acquisition == 0
+    assert (mar.held_lag1_current_account, mar.held_lag2_current_account, mar.held_lag3_current_account) == (1, 1, 0)
+    assert mar.months_since_acquisition == 0 and mar.months_since_acq_credit_card == 0
+    assert mar.months_since_acq_current_account == 99  # held since before the window: never seen acquired
     assert _at(hold, "A", "2026-02-28").months_since_acquisition == 99
     # B is unknown before it was a client or seen: no January row.
     assert not ((hold.customer_id == "B") & (hold.event_timestamp == pd.Timestamp("2026-01-31", tz="UTC"))).any()
@@ -62,3 +79,14 @@ def test_holdings_lags_profile_and_known_customers():
     b = _at(prof, "B", "2026-03-31")
     assert (b.income, b.income_missing, b.marketing_opt_out, b.consent_email) == (0.0, 1, 1, 0)
     assert _at(prof, "A", "2026-03-31").age == 45
+
+
+def test_segments_and_lifecycle_per_snapshot():
+    seg = _build()[SEGMENTS_VIEW]
+    # B joined in February (first product seen then): new; A held products from the first snapshot.
+    assert _at(seg, "B", "2026-02-28").lifecycle == "new"
+    assert _at(seg, "A", "2026-03-31").lifecycle == "active"
+    assert _at(seg, "A", "2026-03-31").yearly_margin == 200.0
+    mar = seg[seg.event_timestamp == pd.Timestamp("2026-03-31", tz="UTC")].set_index("customer_id")
+    assert mar.loc["A", "value_tier"] == "top" and mar.loc["B", "value_tier"] == "rest"
+    assert set(mar.balance_tier) == {"low"}
