@@ -108,6 +108,24 @@ def do_features_materialize(paths: Paths) -> int:
         return materialize(paths)
 
 
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    """Model, baselines and oracle side by side: one row per metric, one column per ranker."""
+    rankers = ["test", "popularity", "lightgbm", "oracle"]
+    names = {"test": "model (PyTorch)", "popularity": "popularity", "lightgbm": "LightGBM", "oracle": "oracle"}
+    present = [r for r in rankers if any(k.startswith(f"{r}_") for k in metrics)]
+    suffixes = sorted({k[len(r) + 1:] for r in present for k in metrics if k.startswith(f"{r}_")},
+                      key=lambda s: (not s.startswith(("map", "roc")), s))
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in present:
+        table.add_column(names[r], justify="right")
+    for s in suffixes:
+        if all(f"{r}_{s}" not in metrics for r in present[1:]) and s not in ("map_at_7", "roc_auc", "brier"):
+            continue
+        table.add_row(s, *[f"{metrics[f'{r}_{s}']:.4f}" if f"{r}_{s}" in metrics else "" for r in present])
+    return table
+
+
 def do_train(paths: Paths, task: str, config: Optional[Path]):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -126,15 +144,22 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
 
         result = train_model(paths, task, cfg, on_epoch=on_epoch,
                              on_stage=lambda s: progress.update(bar, info=s))
-    console.print(f"[green]✓[/] train {task}: registered version {result.version} as champion "
-                  f"[dim]({time.perf_counter() - started:.1f}s)[/]")
-    table = Table(title=f"{task}: test month {', '.join(result.months['test'])}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.metrics.items():
-        table.add_row(k, f"{v:.4f}")
-    console.print(table)
+    alias = "champion" if result.promoted else "challenger"
+    console.print(f"[green]✓[/] train {task}: version {result.version} registered as {alias} "
+                  f"[dim]({time.perf_counter() - started:.1f}s; {result.promotion_reason})[/]")
+    console.print(_metrics_table(f"{task}: test month {', '.join(result.months['test'])}", result.metrics))
     return result
+
+
+def do_evaluate(paths: Paths, task: str, version: Optional[str], config: Optional[Path]):
+    from nextbest.config import load_train_config
+    from training.pipeline import evaluate_registered
+
+    cfg = load_train_config(task, config)
+    with stage(f"evaluate {task}"):
+        version, evaluation = evaluate_registered(paths, task, cfg, version)
+    console.print(_metrics_table(f"{task} v{version}", evaluation.metrics))
+    return evaluation
 
 
 def do_monitor(paths: Paths) -> dict:
@@ -267,11 +292,57 @@ def train(
     config: Optional[Path] = typer.Option(None, help="Config file (default configs/<task>.yaml)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Train a model, log it to MLflow and register it as champion."""
+    """Train a model, evaluate it beside the baselines, log it to MLflow, register it as challenger
+    and promote it to champion if it beats the current one (margin in the config)."""
+    _check_task(task)
+    _run(do_train, _paths(workdir), task, config)
+
+
+@app.command()
+def evaluate(
+    task: str = typer.Argument(..., help="nbp or churn"),
+    version: Optional[str] = typer.Option(None, help="Registered version (default: the champion)."),
+    config: Optional[Path] = typer.Option(None, help="Config file (default configs/<task>.yaml)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Evaluate a registered model beside popularity, LightGBM and the oracle on the test month."""
+    _check_task(task)
+    _run(do_evaluate, _paths(workdir), task, version, config)
+
+
+registry_app = typer.Typer(help="Model registry: promote a version to champion, or roll back.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    task: str = typer.Argument(..., help="nbp or churn"),
+    version: str = typer.Option(..., help="Version to make champion."),
+    reason: str = typer.Option("promoted by hand", help="Recorded with the promotion."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Make a registered version the champion (serving loads it at its next start)."""
+    from training.registry import promote
+
+    _check_task(task)
+    previous = _run(promote, _paths(workdir), task, version, reason)
+    console.print(f"{task}: champion is now v{version} (was {f'v{previous}' if previous else 'none'})")
+
+
+@registry_app.command("rollback")
+def registry_rollback(task: str = typer.Argument(..., help="nbp or churn"), workdir: Optional[Path] = WorkdirOpt):
+    """Restore the champion before the last promotion."""
+    from training.registry import rollback
+
+    _check_task(task)
+    restored = _run(rollback, _paths(workdir), task)
+    console.print(f"{task}: champion rolled back to v{restored}")
+
+
+def _check_task(task: str) -> None:
     if task not in ("nbp", "churn"):
         console.print(f"[red]error:[/] TASK must be 'nbp' or 'churn', got {task!r}")
         raise typer.Exit(2)
-    _run(do_train, _paths(workdir), task, config)
 
 
 @app.command()
@@ -355,13 +426,22 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 def _quiet_third_party() -> None:
-    """Keeps the terminal to our own progress lines: libraries' deprecation chatter is not for users."""
+    """Keeps the terminal to our own progress lines: libraries' warnings and INFO chatter are not for
+    users. Set NEXTBEST_VERBOSE=1 to see them."""
+    import logging
     import warnings
 
-    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    if os.environ.get("NEXTBEST_VERBOSE"):
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    warnings.simplefilter("ignore")
+    # Some libraries reset the warning filters on import; routing warnings to a silenced logger holds.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    for name in ("mlflow", "feast", "alembic", "evidently", "lightgbm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -78,6 +78,10 @@ class TrainConfig(BaseModel):
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
     val_months: int = Field(default=1, ge=1)
     test_months: int = Field(default=1, ge=1)
+    promotion_margin: float = Field(default=0.0, ge=0,
+                                    description="A challenger becomes champion only if its test metric beats the "
+                                                "champion's on the same month by at least this much.")
+    baselines: bool = Field(default=True, description="Also fit LightGBM and the popularity baseline.")
 
 
 class Condition(BaseModel):

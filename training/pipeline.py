@@ -1,12 +1,14 @@
-"""Train one model end to end: labels -> Feast training set -> PyTorch -> evaluation -> MLflow.
+"""Train and evaluate one model end to end: labels -> Feast training set -> PyTorch -> side-by-side
+evaluation -> MLflow run -> registry (challenger, promotion gate).
 
 This is the I/O edge of `training/`: it reads the work directory, calls the pure pieces and
-writes to MLflow. The CLI and quickstart call `train_model`.
+writes to MLflow. The CLI and quickstart call `train_model` and `evaluate_registered`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -24,18 +26,44 @@ from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_MODEL_NAME, CUSTOME
                                 NBP_FEATURE_SERVICE, NBP_MODEL_NAME)
 from nextbest.io import read_raw
 from nextbest.settings import Paths
+from training import evaluate as ev
 from training import registry
-from training.datasets import chrono_split, churn_labels, label_columns, nbp_labels
-from training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
-from training.models import ModelMeta, Preprocessor, save_checkpoint
-from training.train import (churn_task, fit, fit_temperature, masked_scores, nbp_task, predict_logits)
+from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels
+from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, save_checkpoint
+from training.train import churn_task, fit, fit_temperature, nbp_task, predict_logits
 
 log = logging.getLogger(__name__)
 
 TASKS = {
-    "nbp": (NBP_FEATURE_SERVICE, NBP_MODEL_NAME),
-    "churn": (CHURN_FEATURE_SERVICE, CHURN_MODEL_NAME),
+    "nbp": (NBP_FEATURE_SERVICE, NBP_MODEL_NAME, "test_map_at_7"),
+    "churn": (CHURN_FEATURE_SERVICE, CHURN_MODEL_NAME, "test_roc_auc"),
 }
+SEGMENT_COLUMN = "relationship"
+Stage = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """A task's training set from Feast, split by time."""
+
+    task: str
+    products: list[str]
+    df: pd.DataFrame
+    split: Split
+    numeric: list[str]
+    categorical: list[str]
+    truth: pd.DataFrame | None
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    details: dict = field(default_factory=dict)  # JSON-able per-product / per-segment numbers
+    figures: dict = field(default_factory=dict)  # file name -> matplotlib figure
 
 
 @dataclass
@@ -47,6 +75,8 @@ class TrainResult:
     months: dict[str, list[str]]
     rows: dict[str, int]
     seconds: float
+    promoted: bool
+    promotion_reason: str
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -73,59 +103,20 @@ def _truth(paths: Paths, name: str) -> pd.DataFrame | None:
     return df
 
 
-def _align(df: pd.DataFrame, truth: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
+def _align(df: pd.DataFrame, truth: pd.DataFrame | None, columns: list[str]) -> np.ndarray | None:
+    if truth is None:
+        return None
     merged = df[[CUSTOMER_ID, EVENT_TIMESTAMP]].merge(truth, on=[CUSTOMER_ID, EVENT_TIMESTAMP], how="left")
     values = merged[columns].to_numpy(dtype=float)
     return None if np.isnan(values).any() else values
 
 
-def evaluate_nbp(model, meta: ModelMeta, train_df: pd.DataFrame, test_df: pd.DataFrame, products: list[str],
-                 truth: pd.DataFrame | None) -> dict[str, float]:
-    """Model, popularity baseline and oracle on the same test month (MAP@7 etc.)."""
-    test = nbp_task(test_df, meta.preprocessor, products)
-    y = test.y.numpy()
-    scores = masked_scores(predict_logits(model, test), test.mask)
-    out = {
-        "test_map_at_7": map_at_k(y, scores, 7),
-        "test_ndcg_at_7": ndcg_at_k(y, scores, 7),
-        "test_recall_at_3": recall_at_k(y, scores, 3),
-    }
-    popularity = train_df[[f"label_{p}" for p in products]].mean().to_numpy()
-    pop_scores = masked_scores(torch.from_numpy(np.tile(popularity, (len(y), 1))), test.mask)
-    out["popularity_map_at_7"] = map_at_k(y, pop_scores, 7)
-    if truth is not None:
-        true_p = _align(test_df, truth, products)
-        if true_p is not None:
-            out["oracle_map_at_7"] = map_at_k(y, masked_scores(torch.from_numpy(true_p), test.mask), 7)
-    out["test_positive_rate"] = float((y.sum(1) > 0).mean())
-    return out
-
-
-def evaluate_churn(model, meta: ModelMeta, test_df: pd.DataFrame, truth: pd.DataFrame | None) -> dict[str, float]:
-    test = churn_task(test_df, meta.preprocessor)
-    y = test.y.numpy().ravel()
-    prob = torch.sigmoid(predict_logits(model, test) / meta.temperature).numpy().ravel()
-    out = {"test_roc_auc": roc_auc(y, prob), "test_brier": brier(y, prob), "test_churn_rate": float(y.mean())}
-    if truth is not None:
-        true_p = _align(test_df, truth, ["p_churn"])
-        if true_p is not None:
-            out["oracle_roc_auc"] = roc_auc(y, true_p.ravel())
-    return out
-
-
-def train_model(paths: Paths, task: str, cfg: TrainConfig,
-                on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                on_stage: Callable[[str], None] | None = None) -> TrainResult:
-    """Trains, evaluates, logs and registers one model; the new version becomes `champion`."""
+def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) -> Prepared:
+    """Labels from the holdings, features from Feast by FeatureService, chronological split."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-    stage = on_stage or (lambda s: log.info(s))
-    started = time.perf_counter()
-    service, model_name = TASKS[task]
-    catalogue = load_catalogue()
-    products = catalogue.ids
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-
+    service = TASKS[task][0]
+    products = load_catalogue().ids
     stage("labels from holdings")
     raw = read_raw(paths.raw, products, tables=("customers", "holdings", "interactions"))
     if task == "nbp":
@@ -139,7 +130,166 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
     categorical = [c for c in CATEGORICAL_FEATURES if c in features]
     numeric = [c for c in features if c not in categorical]
-    pre = Preprocessor.fit(split.train, numeric, categorical)
+    truth = _truth(paths, "acquisition" if task == "nbp" else "churn")
+    return Prepared(task, products, df, split, numeric, categorical, truth)
+
+
+def _probabilities(model: TabularNet, meta: ModelMeta, df: pd.DataFrame, products: list[str]) -> np.ndarray:
+    data = nbp_task(df, meta.preprocessor, products) if meta.task == "nbp" else churn_task(df, meta.preprocessor)
+    return torch.sigmoid(predict_logits(model, data) / meta.temperature).numpy()
+
+
+def evaluate(prep: Prepared, model: TabularNet, meta: ModelMeta, cfg: TrainConfig, baselines: bool = True) -> Evaluation:
+    """The model beside the baselines and the oracle on the test month."""
+    split, products = prep.split, prep.products
+    prob = _probabilities(model, meta, split.test, products)
+    if prep.task == "nbp":
+        return _evaluate_nbp(prep, prob, cfg, baselines)
+    return _evaluate_churn(prep, prob.ravel(), cfg, baselines)
+
+
+def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool) -> Evaluation:
+    split, products = prep.split, prep.products
+    label_cols = [f"label_{p}" for p in products]
+    held_cols = [f"held_{p}" for p in products]
+
+    def arrays(df):
+        return df[label_cols].to_numpy(dtype=float), 1.0 - df[held_cols].to_numpy(dtype=float)
+
+    (y_tr, m_tr), (y_va, m_va), (y_te, m_te) = arrays(split.train), arrays(split.val), arrays(split.test)
+    seg_tr = split.train[SEGMENT_COLUMN].to_numpy() if SEGMENT_COLUMN in split.train else None
+    seg_te = split.test[SEGMENT_COLUMN].to_numpy() if SEGMENT_COLUMN in split.test else None
+    scores = {"test": prob}
+    if baselines:
+        scores["popularity"] = np.broadcast_to(ev.popularity_scores(y_tr, m_tr, seg_tr, seg_te), y_te.shape)
+        pre = Preprocessor(prep.numeric, prep.categorical, vocabs={c: sorted(split.train[c].astype(str).unique())
+                                                                   for c in prep.categorical})
+        x_tr, _, cats = ev.lightgbm_matrix(split.train, pre)
+        x_va, x_te = ev.lightgbm_matrix(split.val, pre)[0], ev.lightgbm_matrix(split.test, pre)[0]
+        scores["lightgbm"] = ev.lightgbm_nbp(x_tr, y_tr, m_tr, x_va, y_va, m_va, x_te, cats, seed=cfg.seed)
+    oracle = _align(split.test, prep.truth, products)
+    if oracle is not None:
+        scores["oracle"] = oracle
+    result = ev.evaluate_rankers(ev.NbpEvaluation(y_te, m_te, scores, products, seg_te))
+    metrics = dict(result.metrics)
+    if "oracle_map_at_7" in metrics and metrics["oracle_map_at_7"] > 0:
+        metrics["test_map_at_7_vs_oracle"] = metrics["test_map_at_7"] / metrics["oracle_map_at_7"]
+    if "lightgbm_map_at_7" in metrics and metrics["lightgbm_map_at_7"] > 0:
+        metrics["test_map_at_7_vs_lightgbm"] = metrics["test_map_at_7"] / metrics["lightgbm_map_at_7"]
+    figures = {}
+    flat_y = (y_te * m_te).ravel()
+    rows = m_te.ravel() > 0
+    figures["gains_lift.png"] = ev.plot_gains({n: ev.gains_table(flat_y[rows], s.ravel()[rows]) for n, s in scores.items()},
+                                              "next-best-product (customer x product)")
+    figures["calibration.png"] = ev.plot_calibration({"test": ev.calibration_table(flat_y[rows], prob.ravel()[rows])},
+                                                     "next-best-product")
+    figures["per_product_auc.png"] = ev.plot_bars(result.per_product_auc, "ROC AUC per product (test month)", "ROC AUC")
+    if result.per_segment_map:
+        figures["per_segment_map.png"] = ev.plot_bars(result.per_segment_map, f"MAP@7 per {SEGMENT_COLUMN} segment",
+                                                      "MAP@7")
+    details = {"per_product_auc": result.per_product_auc, "per_segment_map_at_7": result.per_segment_map}
+    return Evaluation(metrics, details, figures)
+
+
+def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool) -> Evaluation:
+    split = prep.split
+    y_te = split.test["label_churn"].to_numpy(dtype=float)
+    scores = {"test": prob}
+    if baselines:
+        pre = Preprocessor(prep.numeric, prep.categorical, vocabs={c: sorted(split.train[c].astype(str).unique())
+                                                                   for c in prep.categorical})
+        x_tr, _, cats = ev.lightgbm_matrix(split.train, pre)
+        x_va, x_te = ev.lightgbm_matrix(split.val, pre)[0], ev.lightgbm_matrix(split.test, pre)[0]
+        scores["lightgbm"] = ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
+                                                split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
+    oracle = _align(split.test, prep.truth, ["p_churn"])
+    if oracle is not None:
+        # The truth is the next-month hazard; over the horizon it compounds (same ranking, comparable scale).
+        scores["oracle"] = 1 - (1 - oracle.ravel()) ** cfg.horizon_months
+    metrics: dict[str, float] = {}
+    for name, s in scores.items():
+        metrics.update(ev.binary_metrics(name, y_te, s))
+    metrics["test_churn_rate"] = float(y_te.mean())
+    metrics["test_rows"] = float(len(y_te))
+    if "oracle_roc_auc" in metrics and metrics["oracle_roc_auc"] > 0:
+        metrics["test_roc_auc_vs_oracle"] = metrics["test_roc_auc"] / metrics["oracle_roc_auc"]
+    figures = {
+        "gains_lift.png": ev.plot_gains({n: ev.gains_table(y_te, s) for n, s in scores.items()}, "churn"),
+        "calibration.png": ev.plot_calibration({n: ev.calibration_table(y_te, s) for n, s in scores.items()}, "churn"),
+    }
+    details = {"calibration": {n: ev.calibration_table(y_te, s).to_dict(orient="list") for n, s in scores.items()}}
+    return Evaluation(metrics, details, figures)
+
+
+def _log_evaluation(mlflow, evaluation: Evaluation) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_metrics({k: float(v) for k, v in evaluation.metrics.items() if np.isfinite(v)})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fig in evaluation.figures.items():
+            fig.savefig(Path(tmp) / name, dpi=90)
+            plt.close(fig)
+        (Path(tmp) / "evaluation.json").write_text(json.dumps(evaluation.details, indent=1, default=float))
+        mlflow.log_artifacts(tmp, artifact_path="evaluation")
+
+
+def _signature(meta: ModelMeta, example: pd.DataFrame, prob: np.ndarray) -> dict:
+    from mlflow.models import infer_signature
+
+    inputs = example[meta.preprocessor.numeric + meta.preprocessor.categorical].head(5)
+    return infer_signature(inputs, pd.DataFrame(prob[:5], columns=meta.outputs)).to_dict()
+
+
+def _champion_metric(paths: Paths, prep: Prepared, model_name: str, metric: str, cfg: TrainConfig) -> tuple[str | None, float | None, str]:
+    """The current champion's metric on the same test month, or why it cannot be computed."""
+    version = registry.alias_version(paths, model_name)
+    if version is None:
+        return None, None, "no champion yet"
+    try:
+        champion, meta = from_checkpoint(registry.fetch_version(paths, model_name, version).local_dir)
+        missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in prep.df.columns]
+        if missing:
+            return version, None, f"champion v{version} needs features the current training set lacks: {missing[:5]}"
+        prob = _probabilities(champion, meta, prep.split.test, prep.products)
+        return version, evaluate_metric(prep, prob), ""
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        return version, None, f"champion v{version} could not be evaluated: {exc}"
+
+
+def evaluate_metric(prep: Prepared, prob: np.ndarray) -> float:
+    """The gate metric: MAP@7 for nbp, ROC AUC for churn, on the test month."""
+    from training.metrics import map_at_k, roc_auc
+
+    test = prep.split.test
+    if prep.task == "nbp":
+        y = test[[f"label_{p}" for p in prep.products]].to_numpy(float)
+        mask = 1.0 - test[[f"held_{p}" for p in prep.products]].to_numpy(float)
+        return map_at_k(y, ev.masked(prob, mask), 7)
+    return roc_auc(test["label_churn"].to_numpy(float), prob.ravel())
+
+
+def gate(challenger: float, champion: float | None, margin: float, reason_if_none: str) -> tuple[bool, str]:
+    """Promotion decision: the challenger must beat the champion by at least `margin`."""
+    if champion is None:
+        if reason_if_none == "no champion yet":
+            return True, "first model: no champion yet"
+        return False, f"not promoted: {reason_if_none}"
+    if challenger >= champion + margin:
+        return True, f"challenger {challenger:.5f} >= champion {champion:.5f} + margin {margin}"
+    return False, f"not promoted: challenger {challenger:.5f} < champion {champion:.5f} + margin {margin}"
+
+
+def train_model(paths: Paths, task: str, cfg: TrainConfig,
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                on_stage: Stage | None = None, prepared: Prepared | None = None) -> TrainResult:
+    """Trains, evaluates beside the baselines, logs to MLflow, registers the version as
+    `challenger`, and promotes it to `champion` if it passes the gate."""
+    stage = on_stage or log.info
+    started = time.perf_counter()
+    service, model_name, gate_metric = TASKS[task]
+    prep = prepared or prepare(paths, task, cfg, stage)
+    split, products = prep.split, prep.products
+    pre = Preprocessor.fit(split.train, prep.numeric, prep.categorical)
     outputs = products if task == "nbp" else ["churn"]
     meta = ModelMeta(task=task, feature_service=service, preprocessor=pre, outputs=outputs,
                      hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim, dropout=cfg.dropout)
@@ -148,40 +298,65 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
 
     stage(f"training {task} ({len(split.train):,} train / {len(split.val):,} val / {len(split.test):,} test rows)")
     result = fit(task, meta, train_data, val_data, cfg, on_epoch=on_epoch)
-    val_logits = predict_logits(result.model, val_data)
-    meta.temperature = fit_temperature(val_logits, val_data.y, val_data.mask)
+    meta.temperature = fit_temperature(predict_logits(result.model, val_data), val_data.y, val_data.mask)
     meta.extra = {"split_months": split.months, "best_epoch": result.best_epoch}
 
-    stage("evaluating on the test month")
-    if task == "nbp":
-        metrics = evaluate_nbp(result.model, meta, split.train, split.test, products, _truth(paths, "acquisition"))
-    else:
-        metrics = evaluate_churn(result.model, meta, split.test, _truth(paths, "churn"))
-    metrics["val_metric"] = result.best_val
+    stage("evaluating beside popularity, LightGBM and the oracle" if cfg.baselines else "evaluating")
+    evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines)
+    evaluation.metrics["val_metric"] = result.best_val
+    challenger_metric = evaluation.metrics[gate_metric]
+    champion_version, champion_metric, why = _champion_metric(paths, prep, model_name, gate_metric, cfg)
 
     stage("logging to MLflow and registering")
     mlflow = registry.tracking(paths)
     exp = registry.experiment_id(paths, task)
     with mlflow.start_run(experiment_id=exp, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.log_params({**cfg.model_dump(exclude={"hidden"}), "hidden": ",".join(map(str, cfg.hidden)),
-                           "feature_service": service, "n_features": len(features),
-                           "train_rows": len(split.train), "data_hash": data_hash(df)})
-        mlflow.set_tags({"feature_service": service, "task": task,
-                         "test_month": ",".join(split.months["test"])})
-        client = mlflow.MlflowClient()
+                           "feature_service": service, "n_features": len(prep.features),
+                           "train_rows": len(split.train), "data_hash": data_hash(prep.df)})
+        mlflow.set_tags({"feature_service": service, "task": task, "test_month": ",".join(split.months["test"])})
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         epoch_metrics = [Metric(k, float(v), now, int(h["epoch"])) for h in result.history
                          for k, v in h.items() if k != "epoch"]
-        for i in range(0, len(epoch_metrics), 900):  # one call per batch, not per epoch
+        client = mlflow.MlflowClient()
+        for i in range(0, len(epoch_metrics), 900):  # one call per batch, not one per epoch
             client.log_batch(run.info.run_id, metrics=epoch_metrics[i:i + 900])
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+        if champion_metric is not None:
+            evaluation.metrics[f"champion_{gate_metric}"] = champion_metric
+        _log_evaluation(mlflow, evaluation)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / registry.MODEL_ARTIFACT_PATH, result.model, meta)
+            example_prob = _probabilities(result.model, meta, split.test.head(5), products)
+            (ckpt / "signature.json").write_text(json.dumps(_signature(meta, split.test, example_prob)))
             mlflow.log_artifacts(str(ckpt), artifact_path=registry.MODEL_ARTIFACT_PATH)
         run_id = run.info.run_id
     version = registry.register(paths, model_name, run_id)
-    return TrainResult(task, run_id, version, metrics, split.months,
+    promoted, reason = gate(challenger_metric, champion_metric, cfg.promotion_margin, why)
+    if promoted:
+        registry.promote(paths, model_name, version, reason)
+    client.set_model_version_tag(model_name, version, "gate", reason)
+    return TrainResult(task, run_id, version, evaluation.metrics, split.months,
                        {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-                       time.perf_counter() - started, result.history)
+                       time.perf_counter() - started, promoted, reason, result.history)
+
+
+def evaluate_registered(paths: Paths, task: str, cfg: TrainConfig, version: str | None = None,
+                        on_stage: Stage | None = None) -> tuple[str, Evaluation]:
+    """Re-evaluates a registered version (default: the champion) on the latest test month beside
+    the baselines and the oracle, and logs it as an evaluation run in MLflow."""
+    stage = on_stage or log.info
+    _, model_name, _ = TASKS[task]
+    version = version or registry.alias_version(paths, model_name)
+    if version is None:
+        raise LookupError(f"no champion for '{model_name}': train one first (nextbest train {task})")
+    model, meta = from_checkpoint(registry.fetch_version(paths, model_name, version).local_dir)
+    prep = prepare(paths, task, cfg, stage)
+    stage(f"evaluating {model_name} v{version} beside the baselines")
+    evaluation = evaluate(prep, model, meta, cfg, baselines=cfg.baselines)
+    mlflow = registry.tracking(paths)
+    with mlflow.start_run(experiment_id=registry.experiment_id(paths, task), run_name=f"evaluate-{task}-v{version}"):
+        mlflow.set_tags({"evaluation_of": f"{model_name}/{version}", "test_month": ",".join(prep.split.months["test"])})
+        _log_evaluation(mlflow, evaluation)
+    return version, evaluation

@@ -2,14 +2,19 @@
 
 Models are registered from plain checkpoint directories (`weights.pt` + `model.json`), not
 from a pickled MLflow flavour, so loading a registered model never unpickles code.
+
+Aliases: every new version becomes `challenger`; `champion` is what serving loads. Promotion
+history is kept in the registered model's `champion_history` tag so `rollback` can undo it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +23,14 @@ from nextbest.settings import Paths
 
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT_PATH = "model"
+CHALLENGER_ALIAS = "challenger"
+HISTORY_TAG = "champion_history"
 
 
 def _mlflow():
     # MLflow is imported lazily: it is slow to import and the service imports this module.
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     return mlflow
@@ -45,20 +53,67 @@ def experiment_id(paths: Paths, name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=(paths.mlflow_artifacts / name).as_uri())
 
 
-def register(paths: Paths, name: str, run_id: str, alias: str = CHAMPION_ALIAS) -> str:
-    """Registers the run's `model/` artifact directory as a new version of `name` and sets `alias`.
+def register(paths: Paths, name: str, run_id: str, alias: str = CHALLENGER_ALIAS) -> str:
+    """Registers the run's `model/` artifact directory as a new version of `name` with `alias`.
 
     Returns:
         The new version number as a string.
     """
-    mlflow = tracking(paths)
-    client = mlflow.MlflowClient()
+    client = tracking(paths).MlflowClient()
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name)
     source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
     version = client.create_model_version(name, source=source, run_id=run_id)
     client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+def alias_version(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+    """Version behind `name@alias`, or None if the model or alias does not exist."""
+    mlflow = tracking(paths)
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _history(client, name: str) -> list[dict]:
+    tags = client.get_registered_model(name).tags
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def promote(paths: Paths, name: str, version: str, reason: str) -> str | None:
+    """Makes `version` the champion; returns the previous champion's version (or None)."""
+    mlflow = tracking(paths)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException:
+        raise LookupError(f"model '{name}' has no version {version!r}") from None
+    previous = alias_version(paths, name)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+    history = _history(client, name)
+    history.append({"version": str(version), "previous": previous, "reason": reason, "at": time.time()})
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
+    client.set_model_version_tag(name, str(version), "promoted_reason", reason)
+    return previous
+
+
+def rollback(paths: Paths, name: str) -> str:
+    """Restores the champion before the last promotion; returns the restored version.
+
+    Raises:
+        LookupError: there is no earlier champion to go back to.
+    """
+    client = tracking(paths).MlflowClient()
+    history = _history(client, name) if client.search_registered_models(filter_string=f"name = '{name}'") else []
+    if not history or history[-1]["previous"] is None:
+        raise LookupError(f"model '{name}': no earlier champion to roll back to")
+    last = history.pop()
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, last["previous"])
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    client.set_model_version_tag(name, last["version"], "rolled_back", "true")
+    return last["previous"]
 
 
 @dataclass(frozen=True)
@@ -69,18 +124,10 @@ class RegisteredModel:
     local_dir: Path
 
 
-def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> RegisteredModel:
-    """Downloads the checkpoint behind `name@alias` into `<workdir>/models/` and returns where it is.
-
-    Raises:
-        LookupError: the model or alias is not registered.
-    """
+def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
+    """Downloads a registered version's checkpoint into `<workdir>/models/<name>/<version>/`."""
     mlflow = tracking(paths)
-    client = mlflow.MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException as exc:
-        raise LookupError(f"no model '{name}' with alias '{alias}' in {paths.mlflow_uri}: {exc.message}") from None
+    mv = mlflow.MlflowClient().get_model_version(name, str(version))
     target = paths.models / name / str(mv.version)
     if not (target / "model.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,3 +141,15 @@ def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> Registe
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return RegisteredModel(name, str(mv.version), mv.run_id, target)
+
+
+def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> RegisteredModel:
+    """Downloads the checkpoint behind `name@alias` and returns where it is.
+
+    Raises:
+        LookupError: the model or alias is not registered.
+    """
+    version = alias_version(paths, name, alias)
+    if version is None:
+        raise LookupError(f"no model '{name}' with alias '{alias}' in {paths.mlflow_uri}")
+    return fetch_version(paths, name, version)

@@ -1,0 +1,218 @@
+"""Side-by-side evaluation on one test month: the PyTorch model, baselines, LightGBM, the oracle.
+
+Pure functions over arrays and frames, plus plot helpers that return matplotlib figures; the
+pipeline logs their output to MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
+from training.models import Preprocessor
+
+NEG_INF = -np.inf
+
+
+@dataclass
+class NbpEvaluation:
+    """Scores of every ranker on the same test rows (held products at -inf)."""
+
+    y: np.ndarray  # [n, n_products] acquired next month
+    mask: np.ndarray  # [n, n_products] 1 = may be acquired (not held)
+    scores: dict[str, np.ndarray]  # ranker name -> [n, n_products]
+    products: list[str]
+    segments: np.ndarray | None = None  # [n] segment label per row
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_product_auc: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_segment_map: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def masked(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask > 0, scores, NEG_INF)
+
+
+def popularity_scores(train_labels: np.ndarray, train_mask: np.ndarray, train_segments: np.ndarray | None,
+                      test_segments: np.ndarray | None) -> np.ndarray:
+    """Acquisition rate per product among customers who could acquire it, per segment if given.
+
+    Returns:
+        [n_test, n_products] scores (unmasked).
+    """
+    def rate(rows: np.ndarray) -> np.ndarray:
+        return (train_labels[rows] * train_mask[rows]).sum(0) / np.maximum(train_mask[rows].sum(0), 1)
+
+    overall = rate(np.ones(len(train_labels), bool))
+    n_test = len(test_segments) if test_segments is not None else None
+    if train_segments is None or test_segments is None:
+        return overall[None, :]
+    out = np.tile(overall, (n_test, 1))
+    for seg in np.unique(test_segments):
+        rows = train_segments == seg
+        if rows.sum() >= 50:  # small segments fall back to the overall rate
+            out[test_segments == seg] = rate(rows)
+    return out
+
+
+def lightgbm_matrix(df: pd.DataFrame, pre: Preprocessor) -> tuple[np.ndarray, list[str], list[int]]:
+    """Features as LightGBM sees them: raw numeric values plus integer-coded categoricals."""
+    num = df[pre.numeric].to_numpy(dtype=np.float32, na_value=np.nan)
+    cats = np.zeros((len(df), len(pre.categorical)), dtype=np.float32)
+    for j, c in enumerate(pre.categorical):
+        index = {v: i + 1 for i, v in enumerate(pre.vocabs[c])}
+        cats[:, j] = [index.get(str(v), 0) for v in df[c].to_numpy()]
+    names = pre.numeric + pre.categorical
+    return np.hstack([num, cats]), names, list(range(len(pre.numeric), len(names)))
+
+
+def _lgb_params(seed: int) -> dict:
+    return {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 40,
+            "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
+            "verbose": -1, "seed": seed, "num_threads": 2, "deterministic": True, "force_row_wise": True}
+
+
+def lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.ndarray, x_val: np.ndarray,
+                 y_val: np.ndarray, mask_val: np.ndarray, x_test: np.ndarray, categorical: list[int],
+                 seed: int = 42, rounds: int = 300) -> np.ndarray:
+    """One binary LightGBM per product on the rows where it can be acquired (the approach of the
+    Santander competition's top finishers), early-stopped on the validation month.
+
+    Returns:
+        [n_test, n_products] probabilities (unmasked).
+    """
+    import lightgbm as lgb
+
+    out = np.zeros((len(x_test), y_train.shape[1]))
+    for j in range(y_train.shape[1]):
+        tr, va = mask_train[:, j] > 0, mask_val[:, j] > 0
+        pos = y_train[tr, j].sum()
+        if pos < 5 or tr.sum() - pos < 5:
+            out[:, j] = pos / max(tr.sum(), 1)
+            continue
+        train_set = lgb.Dataset(x_train[tr], y_train[tr, j], categorical_feature=categorical, free_raw_data=False)
+        callbacks = []
+        valid_sets = []
+        if y_val[va, j].sum() > 0:
+            valid_sets = [lgb.Dataset(x_val[va], y_val[va, j], categorical_feature=categorical, reference=train_set)]
+            callbacks = [lgb.early_stopping(30, verbose=False)]
+        booster = lgb.train(_lgb_params(seed), train_set, num_boost_round=rounds, valid_sets=valid_sets,
+                            callbacks=callbacks)
+        out[:, j] = booster.predict(x_test, num_iteration=booster.best_iteration or None)
+    return out
+
+
+def lightgbm_binary(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    x_test: np.ndarray, categorical: list[int], seed: int = 42, rounds: int = 500) -> np.ndarray:
+    """One binary LightGBM (churn, campaign response), early-stopped on validation."""
+    import lightgbm as lgb
+
+    train_set = lgb.Dataset(x_train, y_train, categorical_feature=categorical, free_raw_data=False)
+    valid = lgb.Dataset(x_val, y_val, categorical_feature=categorical, reference=train_set)
+    booster = lgb.train(_lgb_params(seed), train_set, num_boost_round=rounds, valid_sets=[valid],
+                        callbacks=[lgb.early_stopping(50, verbose=False)])
+    return booster.predict(x_test, num_iteration=booster.best_iteration or None)
+
+
+def evaluate_rankers(ev: NbpEvaluation, k: int = 7) -> NbpEvaluation:
+    """Fills MAP@k, NDCG@k, recall@3, per-product ROC AUC and per-segment MAP@k for every ranker."""
+    for name, raw in ev.scores.items():
+        s = masked(raw, ev.mask)
+        ev.metrics[f"{name}_map_at_{k}"] = map_at_k(ev.y, s, k)
+        ev.metrics[f"{name}_ndcg_at_{k}"] = ndcg_at_k(ev.y, s, k)
+        ev.metrics[f"{name}_recall_at_3"] = recall_at_k(ev.y, s, 3)
+        aucs = {}
+        for j, p in enumerate(ev.products):
+            rows = ev.mask[:, j] > 0
+            aucs[p] = roc_auc(ev.y[rows, j], raw[rows, j])
+        ev.per_product_auc[name] = aucs
+        finite = [v for v in aucs.values() if np.isfinite(v)]
+        ev.metrics[f"{name}_mean_product_auc"] = float(np.mean(finite)) if finite else float("nan")
+        if ev.segments is not None:
+            ev.per_segment_map[name] = {str(seg): map_at_k(ev.y[ev.segments == seg], s[ev.segments == seg], k)
+                                        for seg in np.unique(ev.segments)}
+    ev.metrics["test_positive_rate"] = float((ev.y.sum(1) > 0).mean())
+    ev.metrics["test_rows"] = float(len(ev.y))
+    return ev
+
+
+def binary_metrics(name: str, y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    return {f"{name}_roc_auc": roc_auc(y, prob), f"{name}_brier": brier(y, prob)}
+
+
+def calibration_table(y: np.ndarray, prob: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean predicted against observed rate per quantile bin of the prediction."""
+    y, prob = np.asarray(y, float).ravel(), np.asarray(prob, float).ravel()
+    edges = np.unique(np.quantile(prob, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, max(len(edges) - 2, 0))
+    df = pd.DataFrame({"bin": idx, "y": y, "p": prob})
+    return df.groupby("bin").agg(predicted=("p", "mean"), observed=("y", "mean"), n=("y", "size")).reset_index()
+
+
+def gains_table(y: np.ndarray, score: np.ndarray, points: int = 20) -> pd.DataFrame:
+    """Cumulative gains: share of positives captured in the top x% by score, and the lift."""
+    y, score = np.asarray(y, float).ravel(), np.asarray(score, float).ravel()
+    order = np.argsort(-score, kind="stable")
+    captured = np.cumsum(y[order]) / max(y.sum(), 1)
+    share = np.arange(1, len(y) + 1) / len(y)
+    at = np.unique(np.clip((np.linspace(0, 1, points + 1)[1:] * len(y)).astype(int) - 1, 0, len(y) - 1))
+    return pd.DataFrame({"population": share[at], "captured": captured[at], "lift": captured[at] / share[at]})
+
+
+# -- plots (matplotlib figures; the caller saves or logs them) ----------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gains(curves: dict[str, pd.DataFrame], title: str):
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, g in curves.items():
+        a.plot(g.population, g.captured, marker=".", label=name)
+        b.plot(g.population, g.lift, marker=".", label=name)
+    a.plot([0, 1], [0, 1], "k--", lw=0.8, label="random")
+    a.set(xlabel="share of customers contacted", ylabel="share of positives captured", title=f"{title}: gains")
+    b.axhline(1, color="k", ls="--", lw=0.8)
+    b.set(xlabel="share of customers contacted", ylabel="lift", title=f"{title}: lift")
+    a.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(tables: dict[str, pd.DataFrame], title: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = 0.0
+    for name, t in tables.items():
+        ax.plot(t.predicted, t.observed, marker="o", label=name)
+        top = max(top, t.predicted.max(), t.observed.max())
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="perfect")
+    ax.set(xlabel="mean predicted probability", ylabel="observed rate", title=f"{title}: calibration")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(values: dict[str, dict[str, float]], title: str, ylabel: str):
+    """Grouped bars: one group per key of the inner dicts, one bar per ranker."""
+    plt = _plt()
+    names = list(values)
+    keys = list(next(iter(values.values())).keys()) if values else []
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(keys) * max(len(names), 1)), 4.5))
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(keys))
+    for i, name in enumerate(names):
+        ax.bar(x + i * width, [np.nan_to_num(values[name].get(k, np.nan)) for k in keys], width, label=name)
+    ax.set_xticks(x + width * (len(names) - 1) / 2, keys, rotation=60, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
