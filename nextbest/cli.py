@@ -310,6 +310,43 @@ def evaluate(
     _run(do_evaluate, _paths(workdir), task, version, config)
 
 
+@app.command()
+def tune(
+    task: str = typer.Argument(..., help="nbp or churn"),
+    trials: int = typer.Option(20, min=1, help="Trials to run in this call (the study resumes across calls)."),
+    config: Optional[Path] = typer.Option(None, help="Base config (default configs/<task>.yaml)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Optuna search (TPE, median pruning); writes the best config to <workdir>/configs/<task>.tuned.yaml."""
+    _check_task(task)
+    _run(do_tune, _paths(workdir), task, trials, config)
+
+
+def do_tune(paths: Paths, task: str, trials: int, config: Optional[Path]):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nextbest.config import load_train_config
+    from training.tune import tune as run_tune
+
+    base = load_train_config(task, config)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        bar = progress.add_task(f"tune {task}", total=trials, info="")
+        done = []
+
+        def on_trial(number: int, value: float | None, state: str) -> None:
+            done.append(number)
+            progress.update(bar, completed=len(done),
+                            info=f"trial {number}: {state.lower()} {'' if value is None else f'{value:.4f}'}")
+
+        result = run_tune(paths, task, trials, base, on_trial=on_trial, on_stage=lambda s: progress.update(bar, info=s))
+    console.print(f"[green]✓[/] tune {task}: {result.n_trials} trials in the study ({result.n_pruned} pruned), "
+                  f"best validation metric {result.best_value:.4f}")
+    console.print(f"  best parameters: {result.best_params}")
+    console.print(f"  train with them: nextbest train {task} --config {result.config_path}")
+    return result
+
+
 registry_app = typer.Typer(help="Model registry: promote a version to champion, or roll back.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 

@@ -25,3 +25,19 @@ def small_bank(catalogue):
 @pytest.fixture(scope="session")
 def raw(small_bank):
     return {k.split("/", 1)[1]: v for k, v in small_bank.items() if k.startswith("raw/")}
+
+
+@pytest.fixture(scope="session")
+def feast_bank(tmp_path_factory, catalogue):
+    """A small bank through features, `feast apply` and materialisation (no models yet)."""
+    from feature_repo import store as feast_store
+    from features.pipeline import build_features_to
+    from nextbest.settings import Paths
+    from simulation.write import generate_to
+
+    paths = Paths.from_workdir(tmp_path_factory.mktemp("feast_bank")).ensure()
+    generate_to(paths, catalogue, BankSpec(n_customers=1200, n_months=8, seed=11, end=END))
+    build_features_to(paths, catalogue)
+    feast_store.apply(paths)
+    feast_store.materialize(paths)
+    return paths
