@@ -290,12 +290,28 @@ def features_materialize(workdir: Optional[Path] = WorkdirOpt):
 def train(
     task: str = typer.Argument(..., help="nbp or churn"),
     config: Optional[Path] = typer.Option(None, help="Config file (default configs/<task>.yaml)."),
+    processes: int = typer.Option(1, min=1, help="Train with DistributedDataParallel on N processes (torchrun, gloo)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Train a model, evaluate it beside the baselines, log it to MLflow, register it as challenger
     and promote it to champion if it beats the current one (margin in the config)."""
     _check_task(task)
-    _run(do_train, _paths(workdir), task, config)
+    paths = _paths(workdir)
+    if processes == 1:
+        _run(do_train, paths, task, config)
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+           "--master_port", str(free_port()), "-m", "training.distributed", task, "--workdir", str(paths.root)]
+    if config:
+        cmd += ["--config", str(config)]
+    with stage(f"train {task} on {processes} processes (torchrun, DDP/gloo)"):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        console.print(f"[red]error:[/] distributed training failed:\n{proc.stderr[-3000:]}")
+        raise typer.Exit(1)
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    console.print(f"version {result['version']} ({'champion' if result['promoted'] else 'challenger'})")
+    console.print(_metrics_table(f"{task} (DDP x{processes})", result["metrics"]))
 
 
 @app.command()

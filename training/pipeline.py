@@ -30,7 +30,7 @@ from training import evaluate as ev
 from training import registry
 from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels
 from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, save_checkpoint
-from training.train import churn_task, fit, fit_temperature, nbp_task, predict_logits
+from training.train import World, churn_task, fit, fit_temperature, nbp_task, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,23 @@ class Prepared:
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
+
+    def save(self, directory: Path) -> None:
+        """Writes the training set for other processes (parquet + JSON: nothing pickled)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.df.to_parquet(directory / "frame.parquet")
+        if self.truth is not None:
+            self.truth.to_parquet(directory / "truth.parquet")
+        (directory / "prepared.json").write_text(json.dumps(
+            {"task": self.task, "products": self.products, "numeric": self.numeric, "categorical": self.categorical}))
+
+    @classmethod
+    def load(cls, directory: Path, cfg: TrainConfig) -> "Prepared":
+        meta = json.loads((directory / "prepared.json").read_text())
+        df = pd.read_parquet(directory / "frame.parquet")
+        truth = pd.read_parquet(directory / "truth.parquet") if (directory / "truth.parquet").exists() else None
+        return cls(meta["task"], meta["products"], df, chrono_split(df, cfg.val_months, cfg.test_months),
+                   meta["numeric"], meta["categorical"], truth)
 
 
 @dataclass
@@ -281,9 +298,14 @@ def gate(challenger: float, champion: float | None, margin: float, reason_if_non
 
 def train_model(paths: Paths, task: str, cfg: TrainConfig,
                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                on_stage: Stage | None = None, prepared: Prepared | None = None) -> TrainResult:
+                on_stage: Stage | None = None, prepared: Prepared | None = None,
+                world: World | None = None) -> TrainResult | None:
     """Trains, evaluates beside the baselines, logs to MLflow, registers the version as
-    `challenger`, and promotes it to `champion` if it passes the gate."""
+    `challenger`, and promotes it to `champion` if it passes the gate.
+
+    Under torchrun (`world` set) every process trains; only rank 0 evaluates, logs and registers,
+    the others return None.
+    """
     stage = on_stage or log.info
     started = time.perf_counter()
     service, model_name, gate_metric = TASKS[task]
@@ -297,7 +319,9 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     train_data, val_data = make(split.train), make(split.val)
 
     stage(f"training {task} ({len(split.train):,} train / {len(split.val):,} val / {len(split.test):,} test rows)")
-    result = fit(task, meta, train_data, val_data, cfg, on_epoch=on_epoch)
+    result = fit(task, meta, train_data, val_data, cfg, on_epoch=on_epoch, world=world)
+    if world is not None and world.rank != 0:
+        return None
     meta.temperature = fit_temperature(predict_logits(result.model, val_data), val_data.y, val_data.mask)
     meta.extra = {"split_months": split.months, "best_epoch": result.best_epoch}
 

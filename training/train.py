@@ -80,8 +80,16 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class World:
+    """This process's place in a DistributedDataParallel run (torchrun, gloo on CPU)."""
+
+    rank: int
+    size: int
+
+
 def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainConfig,
-        on_epoch: EpochCallback | None = None) -> FitResult:
+        on_epoch: EpochCallback | None = None, world: World | None = None) -> FitResult:
     """Trains with masked BCE, Adam and early stopping on the validation metric.
 
     Args:
@@ -90,28 +98,41 @@ def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainCo
         train, val: model inputs.
         cfg: hyper-parameters.
         on_epoch: called after each epoch with (epoch, metrics); used for progress and logging.
+        world: set when running under torchrun; each global batch is split across the processes
+            and gradients are all-reduced, so the updates equal a single process's on the same batch.
     """
     seed_everything(cfg.seed)
     model = build_model(meta)
+    net: nn.Module = model
+    if world is not None and world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every process
     best = FitResult(copy.deepcopy(model), -1, -np.inf)
     stale = 0
     for epoch in range(cfg.max_epochs):
-        model.train()
+        net.train()
         order = torch.randperm(len(train), generator=gen)
         total, weight = 0.0, 0.0
         for i in range(0, len(train), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            logits = model(train.x_num[idx], train.x_cat[idx])  # [B, n_outputs]
+            count = train.mask[idx].sum()
+            if world is not None and world.size > 1:
+                idx = idx[world.rank::world.size]  # this process's share of the global batch
+            logits = net(train.x_num[idx], train.x_cat[idx])  # [B, n_outputs]
             mask = train.mask[idx]
-            loss = (loss_fn(logits, train.y[idx]) * mask).sum() / mask.sum().clamp(min=1.0)
+            # Normalised by the global batch's count (x world size: DDP averages gradients), the
+            # update equals the single-process one.
+            scale = world.size if world is not None and world.size > 1 else 1
+            loss = (loss_fn(logits, train.y[idx]) * mask).sum() * scale / count.clamp(min=1.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * float(mask.sum())
-            weight += float(mask.sum())
+            total += loss.item() / scale * float(count)
+            weight += float(count)
         val_metric = validation_metric(task, model, val)
         metrics = {"train_loss": total / max(weight, 1.0), "val_metric": val_metric}
         best.history.append({"epoch": epoch, **metrics})
