@@ -46,10 +46,15 @@ def nbp_task(df: pd.DataFrame, pre: Preprocessor, products: list[str]) -> TaskDa
     return TaskData(x_num, x_cat, y, torch.from_numpy(1.0 - held))
 
 
-def churn_task(df: pd.DataFrame, pre: Preprocessor) -> TaskData:
+def binary_task(df: pd.DataFrame, pre: Preprocessor, label: str) -> TaskData:
+    """One binary target, every row counted."""
     x_num, x_cat = pre.transform(df)
-    y = torch.from_numpy(df[["label_churn"]].to_numpy(dtype=np.float32))
+    y = torch.from_numpy(df[[label]].to_numpy(dtype=np.float32))
     return TaskData(x_num, x_cat, y, torch.ones_like(y))
+
+
+def churn_task(df: pd.DataFrame, pre: Preprocessor) -> TaskData:
+    return binary_task(df, pre, "label_churn")
 
 
 @torch.no_grad()
