@@ -38,13 +38,14 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(workdir):
     port = free_port()
+    log = open(workdir / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "nextbest.cli", "serve", "--workdir", str(workdir),
                              "--port", str(port)], cwd=REPO_ROOT, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+        assert proc.poll() is None, (workdir / "server.log").read_text()[-4000:]
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 break
@@ -57,6 +58,7 @@ def server(workdir):
     yield base, proc
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
 
 
 def _latest_holdings(workdir: Path) -> pd.DataFrame:
@@ -154,6 +156,21 @@ def test_feedback_is_recorded_once_and_errors_are_clear(workdir, server):
     assert r.status_code == 404 and "customer_id" in r.json()["error"]
     r = httpx.post(f"{base}/recommend", json={"customer_id": customer, "channel": "telegram"})
     assert r.status_code == 400 and ["channel"] in [d["loc"] for d in r.json()["detail"]]
+
+
+def test_server_logs_carry_no_customer_ids(workdir, server):
+    base, _ = server
+    secret = "SECRET-ID-" + "9" * 60  # too long: rejected by validation, quoted by a naive traceback
+    r = httpx.post(f"{base}/recommend", json={"customer_id": secret, "channel": "web"})
+    assert r.status_code == 400 and ["customer_id"] in [d["loc"] for d in r.json()["detail"]]
+    holdings = _latest_holdings(workdir)
+    served = holdings[holdings.n_products > 0].index[0]
+    httpx.post(f"{base}/recommend", json={"customer_id": served, "channel": "web"})
+    time.sleep(0.5)
+    log = (workdir / "server.log").read_text()
+    assert "invalid request on /recommend" in log
+    assert secret not in log and "Traceback" not in log
+    assert f"'{served}'" not in log and f" {served} " not in log
 
 
 def test_server_stops_cleanly_on_sigterm(server):
