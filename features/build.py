@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.schema import SchemaError
 from features.segments import lifecycle_states, segment_frame
 from nextbest.config import Catalogue, SegmentsConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, PRODUCT_ID, SNAPSHOT_DATE
@@ -52,6 +53,9 @@ def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd
     """Builds the holdings cube and the set of known customer-months."""
     cust_index = pd.Index(customers[CUSTOMER_ID].astype(str).unique(), name=CUSTOMER_ID)
     months = pd.DatetimeIndex(sorted(pd.to_datetime(holdings[SNAPSHOT_DATE]).unique()))
+    if len(months) == 0:
+        raise SchemaError("holdings.parquet: no monthly snapshots, so there are no customer-month features to "
+                          "build (contact-level data such as uci-bank-marketing feeds `nextbest campaign` instead)")
     held = np.zeros((len(cust_index), len(months), len(products)), dtype=bool)
     ci = cust_index.get_indexer(holdings[CUSTOMER_ID])
     mi = months.get_indexer(pd.to_datetime(holdings[SNAPSHOT_DATE]))

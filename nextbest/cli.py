@@ -266,6 +266,61 @@ def generate(
         console.print(f"  {name}.parquet: {n:,} rows")
 
 
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="santander or uci-bank-marketing"),
+    path: Path = typer.Option(..., "--path", help="The source file (train_ver2.csv[.zip] or bank-additional-full.csv)."),
+    chunksize: int = typer.Option(500_000, min=1000, help="Santander: rows parsed at a time (bounds memory)."),
+    mapping: Optional[Path] = typer.Option(None, help="Santander: flag -> product mapping (default "
+                                                      "configs/adapters/santander_products.yaml)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Map a real data set onto the canonical raw tables in raw/ (streamed, validated, atomic)."""
+    if source not in ("santander", "uci-bank-marketing"):
+        console.print(f"[red]error:[/] SOURCE must be 'santander' or 'uci-bank-marketing', got {source!r}")
+        raise typer.Exit(2)
+    report = _run(do_ingest, _paths(workdir), source, path, chunksize, mapping)
+    table = Table(title=f"ingest {source}: {report.source}")
+    table.add_column("")
+    table.add_column("rows", justify="right")
+    table.add_row("read", f"{report.rows_read:,}")
+    table.add_row("kept", f"{report.rows_kept:,}")
+    table.add_row("rejected", f"{report.rows_rejected:,}")
+    for reason, n in sorted(report.rejected_by_reason.items()):
+        table.add_row(f"  rejected: {reason}", f"{n:,}")
+    for column, n in sorted(report.values_nulled.items()):
+        table.add_row(f"  values set missing: {column}", f"{n:,}")
+    table.add_row("customers", f"{report.customers:,}")
+    table.add_row("snapshots / months", f"{report.snapshots:,}")
+    console.print(table)
+    for f in report.files:
+        console.print(f"  wrote {f}")
+
+
+def do_ingest(paths: Paths, source: str, path: Path, chunksize: int, mapping: Optional[Path] = None):
+    from nextbest.config import load_catalogue
+
+    catalogue = load_catalogue()
+    with stage(f"ingest {source} from {path}"):
+        if source == "santander":
+            from features.adapters.santander import ingest_santander, load_santander_mapping
+
+            flags = load_santander_mapping(catalogue, mapping) if mapping else None
+            report = ingest_santander(path, paths.raw, catalogue, chunksize=chunksize, mapping=flags)
+        else:
+            from features.adapters.uci_bank_marketing import ingest_uci
+
+            report = ingest_uci(path, paths.raw, catalogue)
+    # What was derived from the previous raw tables no longer describes them.
+    stale = [p for d in (paths.truth, paths.features) for p in d.glob("*.parquet")]
+    for p in stale:
+        p.unlink()
+    if stale:
+        console.print(f"  removed {len(stale)} stale file(s) from truth/ and features/ (derived from the previous "
+                      "raw tables); next: nextbest features build")
+    return report
+
+
 @features_app.command("build")
 def features_build(workdir: Optional[Path] = WorkdirOpt):
     """Validate raw/ and build the feature tables in features/."""

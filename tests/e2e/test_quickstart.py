@@ -85,7 +85,9 @@ def test_quickstart_produced_every_stage(workdir):
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
     for name, metric in (("nbp", "test_map_at_7"), ("churn", "test_roc_auc")):
         mv = client.get_model_version_by_alias(name, "champion")
