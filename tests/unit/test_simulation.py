@@ -17,14 +17,18 @@ def test_same_seed_same_bank_other_seed_other_bank(catalogue):
 
 
 def test_marginals_look_like_a_retail_bank(raw):
-    """Santander: current account most held, most clients hold 1-2 products, ~3.5% add one a month."""
+    """Santander: current account most held, most clients hold 1-2 products, ~3.5% add one a month.
+
+    Bounds from seeds 7..14 of this bank (2,000 x 10): current account 0.98, 1-2 products
+    0.77-0.80, add rate 0.032-0.036 (docs/simulator.md has the 1,000,000 x 18 figures).
+    """
     h = raw["holdings"]
     dates = sorted(h.snapshot_date.unique())
     last = h[h.snapshot_date == dates[-1]]
     share = last.groupby("product_id").customer_id.nunique() / last.customer_id.nunique()
-    assert share.idxmax() == "current_account" and share.max() > 0.6
+    assert share.idxmax() == "current_account" and share.max() > 0.8
     per_client = last.groupby("customer_id").size()
-    assert per_client.isin([1, 2]).mean() > 0.5
+    assert per_client.isin([1, 2]).mean() > 0.7
     rates = []
     for a, b in zip(dates[:-1], dates[1:]):
         before = set(zip(h[h.snapshot_date == a].customer_id, h[h.snapshot_date == a].product_id))
@@ -32,7 +36,15 @@ def test_marginals_look_like_a_retail_bank(raw):
         after = h[h.snapshot_date == b]
         added = {c for c, p in zip(after.customer_id, after.product_id) if (c, p) not in before and c in clients}
         rates.append(len(added) / len(clients))
-    assert 0.02 < np.mean(rates) < 0.05
+    assert 0.028 < np.mean(rates) < 0.042
+
+
+def test_bank_is_close_to_stationary(raw):
+    """Closures balance acquisitions: products per client drift < 5% over the window (was +13% at 10 months
+    before the closure hazards were calibrated), so marginals do not depend on the number of months."""
+    h = raw["holdings"]
+    per_client = h.groupby("snapshot_date").size() / h.groupby("snapshot_date").customer_id.nunique()
+    assert abs(per_client.iloc[-1] / per_client.iloc[0] - 1) < 0.05
 
 
 def test_truth_is_consistent_with_holdings(small_bank):
