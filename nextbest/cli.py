@@ -264,6 +264,13 @@ def generate(
     rows = _run(do_generate, paths, customers, months, seed, end)
     for name, n in sorted(rows.items()):
         console.print(f"  {name}.parquet: {n:,} rows")
+    import pandas as pd
+
+    from simulation.marginals import marginals, markdown_table
+
+    holdings = pd.read_parquet(paths.raw / "holdings.parquet", columns=["customer_id", "snapshot_date", "product_id"])
+    console.print("\nCalibration beside the Santander product-recommendation data:\n")
+    console.print(markdown_table(marginals(holdings)), markup=False)
 
 
 @app.command()

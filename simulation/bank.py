@@ -441,6 +441,8 @@ class _Bank:
         rise = self.held.any(1) & (rng.random(n) < 0.01)
         self.income = np.where(rise, self.income * 1.15, self.income)
         self._boost(rise, ("savings_account", "term_deposit", "investment_funds", "brokerage"), 1.4)
+        # A higher income also makes a bigger purchase affordable.
+        self._boost(rise, ("mortgage", "car_loan"), 1.0)
         deposit = self.held.any(1) & (rng.random(n) < 0.006)
         self.balance = np.where(deposit, self.balance + self.income * 0.5, self.balance)
         self._boost(deposit, ("term_deposit", "investment_funds", "premium_package"), 2.0)

@@ -81,3 +81,29 @@ def test_weights_file_refuses_arbitrary_objects(tmp_path):
     torch.save({"evil": Evil()}, tmp_path / "weights.pt")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
         from_checkpoint(tmp_path)
+
+
+def test_behaviour_mortgage_page_views_and_salary_rise_rank_the_mortgage_higher():
+    """Directional check on data where, as in the simulator, page views and a salary rise signal intent."""
+    rng = np.random.default_rng(4)
+    n = 6000
+    views = rng.poisson(0.15, n).astype(float)
+    rise = (rng.random(n) < 0.1).astype(float)
+    income = rng.lognormal(10, 0.4, n)
+    logit = -3.5 + 1.4 * np.log1p(views) + 1.2 * rise
+    df = pd.DataFrame({"views_mortgage_30d": views, "inflow_trend": rise * income / 12 * 0.15, "income": income,
+                       "held_mortgage": 0, "held_savings": 0, "seg": rng.choice(["u", "v"], n)})
+    df["label_mortgage"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    df["label_savings"] = (rng.random(n) < 0.06).astype(int)
+    products = ["mortgage", "savings"]
+    pre = Preprocessor.fit(df, ["views_mortgage_30d", "inflow_trend", "income", "held_mortgage", "held_savings"], ["seg"])
+    meta = ModelMeta(task="nbp", feature_service="t", preprocessor=pre, outputs=products, hidden=[32], embedding_dim=2,
+                     dropout=0.0)
+    data = nbp_task(df, pre, products)
+    model = fit("nbp", meta, data, data, TrainConfig(hidden=[32], max_epochs=20, patience=20, batch_size=256,
+                                                    lr=0.005)).model
+    plain = df.head(1).assign(views_mortgage_30d=0.0, inflow_trend=0.0, income=22000.0, seg="u")
+    keen = plain.assign(views_mortgage_30d=2.0, inflow_trend=22000.0 / 12 * 0.15)
+    p_plain, p_keen = predict_proba(model, meta, plain)[0], predict_proba(model, meta, keen)[0]
+    assert p_keen[0] > 2 * p_plain[0]
+    assert p_keen[0] > p_keen[1] and p_plain[0] < p_plain[1]  # the mortgage moves from second to first
