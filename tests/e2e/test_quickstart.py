@@ -15,7 +15,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from nextbest.cli import free_port
+from nextbest.cli import StageError, free_port, wait_ready
 from nextbest.settings import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -43,18 +43,11 @@ def server(workdir):
                              "--port", str(port)], cwd=REPO_ROOT, start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (workdir / "server.log").read_text()[-4000:]
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
+    try:
+        wait_ready(port, proc, timeout=180)
+    except StageError:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("service not ready within 180 s")
+        pytest.fail("service not ready within 180 s:\n" + (workdir / "server.log").read_text()[-4000:])
     yield base, proc
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)

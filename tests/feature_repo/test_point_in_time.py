@@ -8,22 +8,12 @@ import pytest
 
 from feature_repo import store as feast_store
 from features.build import HOLDINGS_VIEW, PROFILE_VIEW
-from features.pipeline import build_features_to
 from nextbest.constants import NBP_FEATURE_SERVICE, OFFER_CONTEXT_FEATURE_SERVICE
-from nextbest.settings import Paths
-from simulation.bank import BankSpec
-from simulation.write import generate_to
-from tests.conftest import END
 
 
 @pytest.fixture(scope="module")
-def feast_workdir(tmp_path_factory, catalogue):
-    paths = Paths.from_workdir(tmp_path_factory.mktemp("feast")).ensure()
-    generate_to(paths, catalogue, BankSpec(n_customers=300, n_months=6, seed=3, end=END))
-    build_features_to(paths, catalogue)
-    feast_store.apply(paths)
-    feast_store.materialize(paths)
-    return paths
+def feast_workdir(feast_bank):
+    return feast_bank
 
 
 @pytest.fixture(scope="module")
