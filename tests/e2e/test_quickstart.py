@@ -105,7 +105,7 @@ def test_health_and_recommend_never_offers_held_products(workdir, server):
         body = r.json()
         assert body["customer_id"] == customer and len(body["decision_id"]) >= 16
         assert set(body["model_versions"]) == {"nbp", "churn"}
-        assert 1 <= len(body["offers"]) <= 3
+        assert 0 < len(body["offers"]) <= 3
         for rank, offer in enumerate(body["offers"], start=1):
             assert set(offer) >= {"product_id", "name", "score", "rank"} and offer["rank"] == rank
             assert holdings.loc[customer, f"held_{offer['product_id']}"] == 0, (customer, offer)
