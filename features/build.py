@@ -233,10 +233,10 @@ def activity_features(transactions: pd.DataFrame, interactions: pd.DataFrame, of
     ie = _Events(interactions.reset_index(drop=True), grid, "event_date")
     counts = interactions["count"].to_numpy(dtype=float)
     kinds = interactions["event_type"].to_numpy()
-    for kind in ("login_app", "login_web"):
+    for kind, name in (("login_app", "logins_app"), ("login_web", "logins_web")):
         for days in (7, 30):
-            cols[f"{kind}s_{days}d"] = ie.window_sum(counts, days, kinds == kind)
-    logins_30 = cols["login_apps_30d"] + cols["login_webs_30d"]
+            cols[f"{name}_{days}d"] = ie.window_sum(counts, days, kinds == kind)
+    logins_30 = cols["logins_app_30d"] + cols["logins_web_30d"]
     logins_60 = ie.window_sum(counts, 60, np.isin(kinds, ("login_app", "login_web")))
     cols["logins_change_30d"] = logins_30 - (logins_60 - logins_30)
     views = kinds == "page_view"
@@ -248,8 +248,6 @@ def activity_features(transactions: pd.DataFrame, interactions: pd.DataFrame, of
     cols["calls_90d"] = ie.window_sum(counts, 90, kinds == "call")
     cols["complaints_90d"] = ie.window_sum(counts, 90, kinds == "complaint")
     cols.update(offer_history(offers, grid))
-    # Rename the plural helper names to the documented ones.
-    cols = {k.replace("login_apps_", "logins_app_").replace("login_webs_", "logins_web_"): v for k, v in cols.items()}
     return _frame(grid, _f32(cols))
 
 

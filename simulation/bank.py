@@ -273,8 +273,7 @@ class _Bank:
     # -- one month ---------------------------------------------------------------------------
 
     def step(self, t: int) -> MonthBatch:
-        rng, n, spec = self.rng, self.n, self.spec
-        date = self.dates[t]
+        rng, n = self.rng, self.n
         is_client = self.held.any(1)
         joined = self.join_month <= t
         known = joined | (self.is_prospect & (rng.random(n) < 0.35))  # prospects seen on web/branch

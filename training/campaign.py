@@ -18,7 +18,7 @@ from features.schema import SchemaError
 from nextbest.config import TrainConfig
 from training import evaluate as ev
 from training.metrics import roc_auc
-from training.models import ModelMeta, Preprocessor
+from training.models import ModelMeta, Preprocessor, predict_proba
 from training.train import binary_task, fit, fit_temperature, predict_logits
 
 CATEGORICAL = ("job", "marital", "education", "default", "housing", "loan", "contact", "month", "day_of_week",
@@ -87,11 +87,11 @@ def train_campaign(contacts: pd.DataFrame, cfg: TrainConfig) -> CampaignResult:
     data = {name: binary_task(part, pre, LABEL) for name, part in (("train", train), ("val", val), ("test", test))}
     result = fit("campaign", meta, data["train"], data["val"], cfg)
     meta.temperature = fit_temperature(predict_logits(result.model, data["val"]), data["val"].y, data["val"].mask)
-    prob = 1 / (1 + np.exp(-predict_logits(result.model, data["test"]).numpy().ravel() / meta.temperature))
+    prob = predict_proba(result.model, meta, test).ravel()
     y_test = test[LABEL].to_numpy(float)
-    x_tr, _, cats = ev.lightgbm_matrix(train, pre)
-    lgb_prob = ev.lightgbm_binary(x_tr, train[LABEL].to_numpy(float), ev.lightgbm_matrix(val, pre)[0],
-                                  val[LABEL].to_numpy(float), ev.lightgbm_matrix(test, pre)[0], cats, seed=cfg.seed)
+    x_tr, x_va, x_te, cats = ev.lightgbm_inputs(train, val, test, numeric, list(CATEGORICAL))
+    lgb_prob = ev.lightgbm_binary(x_tr, train[LABEL].to_numpy(float), x_va, val[LABEL].to_numpy(float), x_te, cats,
+                                  seed=cfg.seed)
     metrics = {**ev.binary_metrics("test", y_test, prob), **ev.binary_metrics("lightgbm", y_test, lgb_prob),
                "test_positive_rate": float(y_test.mean()), "val_roc_auc": result.best_val,
                "test_alift": alift(y_test, prob), "lightgbm_alift": alift(y_test, lgb_prob)}
@@ -119,10 +119,9 @@ def rolling_window(contacts: pd.DataFrame, cfg: TrainConfig, windows: int = 10, 
         tr, va, te = (binary_task(part, pre, LABEL) for part in (train, val, test))
         model = fit("campaign", meta, tr, va, cfg).model
         probs.append(predict_logits(model, te).numpy().ravel())
-        x_tr, _, cats = ev.lightgbm_matrix(train, pre)
-        lgb_probs.append(ev.lightgbm_binary(x_tr, train[LABEL].to_numpy(float), ev.lightgbm_matrix(val, pre)[0],
-                                            val[LABEL].to_numpy(float), ev.lightgbm_matrix(test, pre)[0], cats,
-                                            seed=cfg.seed))
+        x_tr, x_va, x_te, cats = ev.lightgbm_inputs(train, val, test, numeric, list(CATEGORICAL))
+        lgb_probs.append(ev.lightgbm_binary(x_tr, train[LABEL].to_numpy(float), x_va, val[LABEL].to_numpy(float),
+                                            x_te, cats, seed=cfg.seed))
         ys.append(test[LABEL].to_numpy(float))
     y = np.concatenate(ys)
     return {"rolling_test_roc_auc": roc_auc(y, np.concatenate(probs)),

@@ -68,6 +68,14 @@ def lightgbm_matrix(df: pd.DataFrame, pre: Preprocessor) -> tuple[np.ndarray, li
     return np.hstack([num, cats]), names, list(range(len(pre.numeric), len(names)))
 
 
+def lightgbm_inputs(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, numeric: list[str],
+                    categorical: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(x_train, x_val, x_test, categorical column indices), categories coded from the training rows."""
+    pre = Preprocessor(numeric, categorical, vocabs={c: sorted(train[c].astype(str).unique()) for c in categorical})
+    x_tr, _, cats = lightgbm_matrix(train, pre)
+    return x_tr, lightgbm_matrix(val, pre)[0], lightgbm_matrix(test, pre)[0], cats
+
+
 def _lgb_params(seed: int) -> dict:
     return {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 40,
             "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,

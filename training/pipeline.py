@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from features.build import CATEGORICAL_FEATURES, POLICY_FEATURES
 from nextbest.config import TrainConfig, load_catalogue
@@ -29,7 +28,7 @@ from nextbest.settings import Paths
 from training import evaluate as ev
 from training import registry
 from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels
-from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, save_checkpoint
+from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba, save_checkpoint
 from training.train import World, churn_task, fit, fit_temperature, nbp_task, predict_logits
 
 log = logging.getLogger(__name__)
@@ -151,15 +150,9 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
     return Prepared(task, products, df, split, numeric, categorical, truth)
 
 
-def _probabilities(model: TabularNet, meta: ModelMeta, df: pd.DataFrame, products: list[str]) -> np.ndarray:
-    data = nbp_task(df, meta.preprocessor, products) if meta.task == "nbp" else churn_task(df, meta.preprocessor)
-    return torch.sigmoid(predict_logits(model, data) / meta.temperature).numpy()
-
-
 def evaluate(prep: Prepared, model: TabularNet, meta: ModelMeta, cfg: TrainConfig, baselines: bool = True) -> Evaluation:
     """The model beside the baselines and the oracle on the test month."""
-    split, products = prep.split, prep.products
-    prob = _probabilities(model, meta, split.test, products)
+    prob = predict_proba(model, meta, prep.split.test)
     if prep.task == "nbp":
         return _evaluate_nbp(prep, prob, cfg, baselines)
     return _evaluate_churn(prep, prob.ravel(), cfg, baselines)
@@ -179,10 +172,7 @@ def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines:
     scores = {"test": prob}
     if baselines:
         scores["popularity"] = np.broadcast_to(ev.popularity_scores(y_tr, m_tr, seg_tr, seg_te), y_te.shape)
-        pre = Preprocessor(prep.numeric, prep.categorical, vocabs={c: sorted(split.train[c].astype(str).unique())
-                                                                   for c in prep.categorical})
-        x_tr, _, cats = ev.lightgbm_matrix(split.train, pre)
-        x_va, x_te = ev.lightgbm_matrix(split.val, pre)[0], ev.lightgbm_matrix(split.test, pre)[0]
+        x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric, prep.categorical)
         scores["lightgbm"] = ev.lightgbm_nbp(x_tr, y_tr, m_tr, x_va, y_va, m_va, x_te, cats, seed=cfg.seed)
     oracle = _align(split.test, prep.truth, products)
     if oracle is not None:
@@ -213,10 +203,7 @@ def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baseline
     y_te = split.test["label_churn"].to_numpy(dtype=float)
     scores = {"test": prob}
     if baselines:
-        pre = Preprocessor(prep.numeric, prep.categorical, vocabs={c: sorted(split.train[c].astype(str).unique())
-                                                                   for c in prep.categorical})
-        x_tr, _, cats = ev.lightgbm_matrix(split.train, pre)
-        x_va, x_te = ev.lightgbm_matrix(split.val, pre)[0], ev.lightgbm_matrix(split.test, pre)[0]
+        x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric, prep.categorical)
         scores["lightgbm"] = ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
                                                 split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
     oracle = _align(split.test, prep.truth, ["p_churn"])
@@ -257,7 +244,7 @@ def _signature(meta: ModelMeta, example: pd.DataFrame, prob: np.ndarray) -> dict
     return infer_signature(inputs, pd.DataFrame(prob[:5], columns=meta.outputs)).to_dict()
 
 
-def _champion_metric(paths: Paths, prep: Prepared, model_name: str, metric: str, cfg: TrainConfig) -> tuple[str | None, float | None, str]:
+def _champion_metric(paths: Paths, prep: Prepared, model_name: str) -> tuple[str | None, float | None, str]:
     """The current champion's metric on the same test month, or why it cannot be computed."""
     version = registry.alias_version(paths, model_name)
     if version is None:
@@ -267,7 +254,7 @@ def _champion_metric(paths: Paths, prep: Prepared, model_name: str, metric: str,
         missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in prep.df.columns]
         if missing:
             return version, None, f"champion v{version} needs features the current training set lacks: {missing[:5]}"
-        prob = _probabilities(champion, meta, prep.split.test, prep.products)
+        prob = predict_proba(champion, meta, prep.split.test)
         return version, evaluate_metric(prep, prob), ""
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         return version, None, f"champion v{version} could not be evaluated: {exc}"
@@ -329,7 +316,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines)
     evaluation.metrics["val_metric"] = result.best_val
     challenger_metric = evaluation.metrics[gate_metric]
-    champion_version, champion_metric, why = _champion_metric(paths, prep, model_name, gate_metric, cfg)
+    champion_version, champion_metric, why = _champion_metric(paths, prep, model_name)
 
     stage("logging to MLflow and registering")
     mlflow = registry.tracking(paths)
@@ -352,7 +339,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         _log_evaluation(mlflow, evaluation)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / registry.MODEL_ARTIFACT_PATH, result.model, meta)
-            example_prob = _probabilities(result.model, meta, split.test.head(5), products)
+            example_prob = predict_proba(result.model, meta, split.test.head(5))
             (ckpt / "signature.json").write_text(json.dumps(_signature(meta, split.test, example_prob)))
             mlflow.log_artifacts(str(ckpt), artifact_path=registry.MODEL_ARTIFACT_PATH)
         run_id = run.info.run_id
