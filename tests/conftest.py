@@ -41,3 +41,18 @@ def feast_bank(tmp_path_factory, catalogue):
     feast_store.apply(paths)
     feast_store.materialize(paths)
     return paths
+
+
+@pytest.fixture(scope="session")
+def quickstart_workdir(tmp_path_factory):
+    """A tiny `nextbest quickstart` (bank, features, Feast, both models registered as champion).
+
+    Shared by the service and end-to-end tests; a test that changes the work dir must copy it.
+    """
+    from tests.servers import run_cli
+
+    wd = tmp_path_factory.mktemp("quickstart")
+    proc = run_cli("quickstart", "--customers", "800", "--months", "8", workdir=wd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (wd / "quickstart.log").write_text(proc.stdout + proc.stderr)
+    return wd

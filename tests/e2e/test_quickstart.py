@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,43 +13,20 @@ import httpx
 import pandas as pd
 import pytest
 
-from nextbest.cli import StageError, free_port, wait_ready
-from nextbest.settings import REPO_ROOT
+from tests.servers import served
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str, workdir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextbest.cli", *args, "--workdir", str(workdir)],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("quickstart")
-    proc = _cli("quickstart", "--customers", "800", "--months", "8", workdir=wd)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (wd / "quickstart.log").write_text(proc.stdout + proc.stderr)
-    return wd
+def workdir(quickstart_workdir) -> Path:
+    return quickstart_workdir
 
 
 @pytest.fixture(scope="module")
 def server(workdir):
-    port = free_port()
-    log = open(workdir / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([sys.executable, "-m", "nextbest.cli", "serve", "--workdir", str(workdir),
-                             "--port", str(port)], cwd=REPO_ROOT, start_new_session=True,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(port, proc, timeout=180)
-    except StageError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("service not ready within 180 s:\n" + (workdir / "server.log").read_text()[-4000:])
-    yield base, proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    with served(workdir) as (base, proc):
+        yield base, proc
 
 
 def _latest_holdings(workdir: Path) -> pd.DataFrame:

@@ -1,0 +1,50 @@
+"""Starting the real CLI and a real `nextbest serve` from tests (shared by service and e2e tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nextbest.cli import StageError, free_port, wait_ready
+from nextbest.settings import REPO_ROOT
+
+
+def run_cli(*args: str, workdir: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs `nextbest <args> --workdir <workdir>` in a subprocess and returns the finished process."""
+    return subprocess.run([sys.executable, "-m", "nextbest.cli", *args, "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+@contextlib.contextmanager
+def served(workdir: Path, env: dict | None = None, log_name: str = "server.log",
+           timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `nextbest serve` on a free port; yields (base URL, process) once /readyz answers.
+
+    The server log goes to a file in the work dir (a pipe could fill and block the server).
+    Whatever happens, the process group is killed at the end.
+    """
+    port = free_port()
+    log_path = workdir / log_name
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "nextbest.cli", "serve", "--workdir", str(workdir),
+                                 "--port", str(port)], cwd=REPO_ROOT, start_new_session=True,
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            try:
+                wait_ready(port, proc, timeout=timeout)
+            except StageError:
+                pytest.fail(f"service not ready within {timeout} s:\n" + log_path.read_text()[-4000:])
+            yield f"http://127.0.0.1:{port}", proc
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
