@@ -1,7 +1,9 @@
-"""Append-only decision and feedback log (SQLite in WAL mode).
+"""Append-only decision, feedback and customer-event log (SQLite in WAL mode), and the bandit's state.
 
 A decision is committed before `/recommend` answers; feedback is idempotent per
-(decision, product, event). Customer ids are stored only as pseudonyms.
+(decision, product, event), and the first accept/convert/reject/dismiss of an offer becomes its
+reward for the policy. Customer ids are stored only as pseudonyms. The rules read contact
+history and real-time events (opt-outs, loans) from here, so they hold when the online store is down.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -24,6 +28,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     model_versions TEXT NOT NULL,  -- JSON
     context TEXT NOT NULL          -- JSON: request context and model inputs needed to replay the decision
 );
+CREATE INDEX IF NOT EXISTS decisions_by_customer ON decisions(customer_pseudonym, created_at);
 CREATE TABLE IF NOT EXISTS feedback (
     decision_id TEXT NOT NULL REFERENCES decisions(decision_id),
     product_id TEXT NOT NULL,
@@ -32,7 +37,38 @@ CREATE TABLE IF NOT EXISTS feedback (
     created_at REAL NOT NULL,
     PRIMARY KEY (decision_id, product_id, event)
 );
+-- One reward per served offer: the first accept/convert (1) or reject/dismiss (0). Rowid order is
+-- the order the policy learns in, so a restart replays exactly what it had not yet saved.
+CREATE TABLE IF NOT EXISTS rewards (
+    decision_id TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    reward REAL NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (decision_id, product_id)
+);
+CREATE TABLE IF NOT EXISTS policy_state (
+    name TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    n_updates INTEGER NOT NULL,
+    last_reward_rowid INTEGER NOT NULL,
+    mean BLOB NOT NULL,   -- float64 little-endian
+    cov BLOB NOT NULL,    -- float64 little-endian, row-major
+    saved_at REAL NOT NULL,
+    PRIMARY KEY (name, signature)
+);
+CREATE TABLE IF NOT EXISTS customer_events (
+    event_id TEXT PRIMARY KEY,
+    customer_pseudonym TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,  -- JSON
+    occurred_at REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_customer ON customer_events(customer_pseudonym, occurred_at);
 """
+
+REWARD = {"accept": 1.0, "convert": 1.0, "reject": 0.0, "dismiss": 0.0}
+REJECTIONS = ("reject", "dismiss")
 
 
 @dataclass(frozen=True)
@@ -40,6 +76,7 @@ class Decision:
     decision_id: str
     channel: str
     offers: list[dict]
+    context: dict | None = None
 
 
 class EventLog:
@@ -64,20 +101,92 @@ class EventLog:
 
     def get_decision(self, decision_id: str) -> Decision | None:
         with self._lock:
-            row = self._conn.execute("SELECT decision_id, channel, offers FROM decisions WHERE decision_id = ?",
-                                     (decision_id,)).fetchone()
-        return None if row is None else Decision(row[0], row[1], json.loads(row[2]))
+            row = self._conn.execute("SELECT decision_id, channel, offers, context FROM decisions "
+                                     "WHERE decision_id = ?", (decision_id,)).fetchone()
+        return None if row is None else Decision(row[0], row[1], json.loads(row[2]), json.loads(row[3]))
 
-    def log_feedback(self, decision_id: str, product_id: str, event: str, value: float | None) -> bool:
-        """Records feedback; returns False if the same (decision, product, event) was already recorded."""
+    def log_feedback(self, decision_id: str, product_id: str, event: str, value: float | None,
+                     occurred_at: float | None = None) -> tuple[bool, float | None]:
+        """Records feedback in one transaction with its reward, if it is the offer's first.
+
+        Returns:
+            (False if the same (decision, product, event) was already recorded, the new reward or None).
+        """
+        now = time.time()
         with self._lock:
-            cur = self._conn.execute("INSERT OR IGNORE INTO feedback VALUES (?, ?, ?, ?, ?)",
-                                     (decision_id, product_id, event, value, time.time()))
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute("INSERT OR IGNORE INTO feedback VALUES (?, ?, ?, ?, ?)",
+                                         (decision_id, product_id, event, value, occurred_at or now))
+                recorded, reward = cur.rowcount == 1, None
+                if recorded and event in REWARD:
+                    cur = self._conn.execute("INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?)",
+                                             (decision_id, product_id, REWARD[event], now))
+                    reward = REWARD[event] if cur.rowcount == 1 else None
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return recorded, reward
+
+    def rewards_after(self, rowid: int) -> list[tuple[int, str, str, float, str]]:
+        """Rewards not yet learnt from: (rowid, decision_id, product_id, reward, decision context JSON)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT r.rowid, r.decision_id, r.product_id, r.reward, d.context FROM rewards r "
+                "JOIN decisions d USING (decision_id) WHERE r.rowid > ? ORDER BY r.rowid", (rowid,)).fetchall()
+
+    def history(self, customer_pseudonym: str, week_since: float, rejected_since: float) -> tuple[dict[str, int], set[str]]:
+        """Decisions with offers per channel since `week_since`; offers rejected or dismissed since `rejected_since`."""
+        with self._lock:
+            contacts = dict(self._conn.execute(
+                "SELECT channel, COUNT(*) FROM decisions WHERE customer_pseudonym = ? AND created_at >= ? "
+                "AND offers != '[]' GROUP BY channel", (customer_pseudonym, week_since)).fetchall())
+            rejected = {r[0] for r in self._conn.execute(
+                "SELECT f.product_id FROM decisions d JOIN feedback f USING (decision_id) "
+                "WHERE d.customer_pseudonym = ? AND f.event IN (?, ?) AND f.created_at >= ?",
+                (customer_pseudonym, *REJECTIONS, rejected_since)).fetchall()}
+        return contacts, rejected
+
+    def log_customer_event(self, event_id: str, customer_pseudonym: str, event: str, payload: dict,
+                           occurred_at: float) -> bool:
+        """Records a real-time customer event; False if this event_id was already recorded."""
+        with self._lock:
+            cur = self._conn.execute("INSERT OR IGNORE INTO customer_events VALUES (?, ?, ?, ?, ?, ?)",
+                                     (event_id, customer_pseudonym, event, json.dumps(payload), occurred_at,
+                                      time.time()))
         return cur.rowcount == 1
+
+    def customer_events(self, customer_pseudonym: str, since: float | None = None) -> list[tuple[str, dict, float]]:
+        """The customer's events (event, payload, occurred_at), oldest first; all if `since` is None."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT event, payload, occurred_at FROM customer_events WHERE customer_pseudonym = ? "
+                "AND occurred_at >= ? ORDER BY occurred_at, rowid", (customer_pseudonym, since or 0.0)).fetchall()
+        return [(e, json.loads(p), t) for e, p, t in rows]
+
+    def save_policy(self, name: str, signature: str, n_updates: int, last_reward_rowid: int,
+                    mean: np.ndarray, cov: np.ndarray) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO policy_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (name, signature, n_updates, last_reward_rowid,
+                                np.ascontiguousarray(mean, "<f8").tobytes(),
+                                np.ascontiguousarray(cov, "<f8").tobytes(), time.time()))
+
+    def load_policy(self, name: str, signature: str) -> tuple[int, int, np.ndarray, np.ndarray] | None:
+        """(n_updates, last reward rowid, mean, covariance) of the saved posterior, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT n_updates, last_reward_rowid, mean, cov FROM policy_state "
+                                     "WHERE name = ? AND signature = ?", (name, signature)).fetchone()
+        if row is None:
+            return None
+        mean = np.frombuffer(row[2], "<f8").copy()
+        return row[0], row[1], mean, np.frombuffer(row[3], "<f8").copy().reshape(len(mean), len(mean))
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return {t: self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("decisions", "feedback")}
+            return {t: self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                    for t in ("decisions", "feedback", "rewards", "customer_events")}
 
     def close(self) -> None:
         with self._lock:

@@ -42,18 +42,31 @@ class Preprocessor:
         vocabs = {c: sorted(df[c].astype(str).unique().tolist()) for c in categorical}
         return cls(numeric, categorical, means.tolist(), stds.tolist(), vocabs)
 
-    def transform(self, df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (numeric float32 [n, n_numeric], categorical int64 [n, n_categorical])."""
-        x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+    def transform(self, df: pd.DataFrame | dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (numeric float32 [n, n_numeric], categorical int64 [n, n_categorical]).
+
+        Takes a frame, or columns as lists (what Feast's online `to_dict()` returns), which
+        skips building a DataFrame for the one-customer requests of serving.
+        """
+        if isinstance(df, pd.DataFrame):
+            x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            x = np.array([[np.nan if v is None else v for v in df[c]] for c in self.numeric], dtype=np.float64).T
         x = np.sign(x) * np.log1p(np.abs(x))
         x = (x - np.asarray(self.means)) / np.asarray(self.stds)
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        cats = np.zeros((len(df), len(self.categorical)), dtype=np.int64)
+        cats = np.zeros((len(x), len(self.categorical)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
             # Index 0 is reserved for values never seen in training.
-            index = {v: i + 1 for i, v in enumerate(self.vocabs[c])}
-            cats[:, j] = [index.get(str(v), 0) for v in df[c].to_numpy()]
+            index = self._vocab_index(c)
+            cats[:, j] = [index.get(str(v), 0) for v in df[c]]
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(cats)
+
+    def _vocab_index(self, column: str) -> dict[str, int]:
+        cache = self.__dict__.setdefault("_indexes", {})  # not a field: never serialised
+        if column not in cache:
+            cache[column] = {v: i + 1 for i, v in enumerate(self.vocabs[column])}
+        return cache[column]
 
 
 class TabularNet(nn.Module):
@@ -128,7 +141,7 @@ def from_checkpoint(directory: Path) -> tuple[TabularNet, ModelMeta]:
 
 
 @torch.no_grad()
-def predict_proba(model: TabularNet, meta: ModelMeta, df: pd.DataFrame) -> np.ndarray:
+def predict_proba(model: TabularNet, meta: ModelMeta, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
     """Calibrated probabilities, shape [len(df), len(meta.outputs)]."""
     x_num, x_cat = meta.preprocessor.transform(df)
     return torch.sigmoid(model(x_num, x_cat) / meta.temperature).numpy()

@@ -1,0 +1,291 @@
+"""Constrained contextual bandit: Bayesian logistic Thompson sampling over offer x channel.
+
+One featuriser turns (offer, model score, channel, request context) into the vector x used both to
+score an offer and to learn from its feedback, so a logged decision can be replayed exactly. The
+acceptance model is logistic, P(accept) = sigmoid(x . w), with a Gaussian posterior over w
+(Laplace approximation, updated online one reward at a time). Its prior mean starts at the
+champion model's probability (`score_weight` on logit P(acquire)) plus an offset, so the policy
+is sensible before any feedback arrives.
+
+A decision ranks the offers the rules allow by expected value sigmoid(x . w) * value: with
+probability 1 - explore_share by the posterior mean (exploit), otherwise by one posterior sample
+(explore). The propensity of each served offer in its slot is the probability of that slot under
+this mixture, with the explore part estimated by Monte Carlo over posterior samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from nextbest.constants import CHANNELS, DIGITAL_CHANNELS
+
+# Channels where a weekend behaves differently (staffed by people) from the digital ones.
+_STAFFED = ("branch", "call_center")
+_P_CLIP = 1e-4
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), _P_CLIP, 1 - _P_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the policy knows about the request besides the offer: channel and time, engagement."""
+
+    channel: str
+    hour: int
+    weekday: int
+    engagement: float = 0.0  # log1p(app + web logins in 30 days); 0 for a prospect
+
+    def as_dict(self) -> dict:
+        return {"channel": self.channel, "hour": self.hour, "weekday": self.weekday,
+                "engagement": round(float(self.engagement), 6)}
+
+
+class Featuriser:
+    """x(offer, base score, recent page view, context), the same for scoring and learning.
+
+    Layout: [intercept, logit(base probability), viewed page, one-hot offer, one-hot channel,
+    channel x sin(hour), channel x cos(hour), weekend on staffed / other channels,
+    engagement on digital / other channels].
+    """
+
+    def __init__(self, arms: list[str], channels: tuple[str, ...] = CHANNELS):
+        self.arms = list(arms)
+        self.channels = list(channels)
+        self._arm = {a: i for i, a in enumerate(self.arms)}
+        self._channel = {c: i for i, c in enumerate(self.channels)}
+        n_a, n_c = len(self.arms), len(self.channels)
+        self.offsets = {"arm": 3, "channel": 3 + n_a, "sin": 3 + n_a + n_c, "cos": 3 + n_a + 2 * n_c,
+                        "tail": 3 + n_a + 3 * n_c}
+        self.dim = self.offsets["tail"] + 4
+
+    @property
+    def names(self) -> list[str]:
+        return (["intercept", "base_logit", "viewed"] + [f"arm={a}" for a in self.arms]
+                + [f"channel={c}" for c in self.channels] + [f"sin_hour|{c}" for c in self.channels]
+                + [f"cos_hour|{c}" for c in self.channels]
+                + ["weekend|staffed", "weekend|other", "engagement|digital", "engagement|other"])
+
+    @property
+    def signature(self) -> str:
+        """Changes whenever the layout does, so a saved posterior is never read with another layout."""
+        return hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:16]
+
+    def matrix(self, arms: list[str], base_prob: np.ndarray, viewed: np.ndarray, ctx: Context) -> np.ndarray:
+        """Feature rows for several offers in one context.
+
+        Args:
+            arms: offer ids, n of them (products or actions), each known to the featuriser.
+            base_prob: model probability per offer, shape (n,).
+            viewed: 1 where the customer viewed this offer's page recently, shape (n,).
+            ctx: channel, hour, weekday, engagement of the request.
+
+        Returns:
+            float64 array of shape (n, dim).
+        """
+        n = len(arms)
+        x = np.zeros((n, self.dim))
+        x[:, 0] = 1.0
+        x[:, 1] = logit(base_prob)
+        x[:, 2] = np.asarray(viewed, dtype=float)
+        x[np.arange(n), [self.offsets["arm"] + self._arm[a] for a in arms]] = 1.0
+        c = self._channel[ctx.channel]
+        angle = 2 * math.pi * (ctx.hour % 24) / 24
+        x[:, self.offsets["channel"] + c] = 1.0
+        x[:, self.offsets["sin"] + c] = math.sin(angle)
+        x[:, self.offsets["cos"] + c] = math.cos(angle)
+        tail = self.offsets["tail"]
+        weekend = float(ctx.weekday >= 5)
+        staffed = ctx.channel in _STAFFED
+        x[:, tail + (0 if staffed else 1)] = weekend
+        x[:, tail + (2 if ctx.channel in DIGITAL_CHANNELS else 3)] = ctx.engagement
+        return x
+
+
+@dataclass
+class Posterior:
+    """Gaussian posterior over the logistic weights: mean (d,) and covariance (d, d)."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    n_updates: int = 0
+
+    @classmethod
+    def prior(cls, featuriser: Featuriser, intercept: float, score_weight: float, variance: float,
+              viewed_weight: float = 0.0) -> "Posterior":
+        mean = np.zeros(featuriser.dim)
+        mean[0], mean[1], mean[2] = intercept, score_weight, viewed_weight
+        return cls(mean, np.eye(featuriser.dim) * variance)
+
+    def update(self, x: np.ndarray, reward: float) -> None:
+        """One online Laplace step for one observation (x: (d,), reward 0 or 1).
+
+        The precision grows by p(1-p) x x^T (Sherman-Morrison on the covariance), then the mean
+        moves one Newton step along the new covariance.
+        """
+        p = float(sigmoid(x @ self.mean))
+        w = max(p * (1 - p), 1e-6)
+        cx = self.cov @ x
+        self.cov -= np.outer(cx, cx) * (w / (1.0 + w * float(x @ cx)))
+        self.cov = (self.cov + self.cov.T) / 2
+        self.mean = self.mean + self.cov @ x * (reward - p)
+        self.n_updates += 1
+
+    def sample(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """m posterior draws of the weights, shape (d, m)."""
+        chol = np.linalg.cholesky(self.cov + np.eye(len(self.mean)) * 1e-12)
+        return self.mean[:, None] + chol @ rng.standard_normal((len(self.mean), m))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A served ranking: indices into the candidates, their propensities and exploration flags."""
+
+    order: list[int]
+    propensity: list[float]
+    explored: list[bool]
+    exploring: bool
+    probability: np.ndarray  # posterior-mean P(accept) per candidate, shape (n,)
+    expected_value: np.ndarray  # probability x value per candidate, shape (n,)
+
+
+def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,
+           rng: np.random.Generator, samples: int) -> Choice:
+    """Ranks candidates by expected value, exploring with a Thompson sample on a share of decisions.
+
+    Args:
+        posterior: current acceptance model.
+        x: candidate feature rows, shape (n, d); only offers the rules allow.
+        value: value of each candidate if accepted (margin x lever), shape (n,), all > 0.
+        k: slots to fill (at most n are filled).
+        explore_share: probability that this decision ranks by a posterior sample.
+        rng: the policy's random generator.
+        samples: Monte-Carlo draws for the propensities of the explore branch.
+
+    Returns:
+        The choice, with the marginal probability of each served offer in its slot under the policy.
+    """
+    n = x.shape[0]
+    k = min(k, n)
+    prob = sigmoid(x @ posterior.mean)
+    ev = prob * value
+    greedy = np.argsort(-ev, kind="stable")[:k]
+    if k == 0:
+        return Choice([], [], [], False, prob, ev)
+    exploring = explore_share > 0 and rng.random() < explore_share
+    if explore_share > 0:
+        draws = posterior.sample(rng, samples + int(exploring))  # (d, m)
+        sampled = sigmoid(x @ draws) * value[:, None]             # (n, m)
+        ranks = np.argsort(-sampled, axis=0, kind="stable")[:k]    # (k, m): candidate in each slot per draw
+        served = ranks[:, -1] if exploring else greedy
+        # P(candidate i in slot j | explore), the served draw included when it is one of them.
+        hits = (ranks == served[:, None]).mean(axis=1)
+    else:
+        served, hits = greedy, np.zeros(k)
+    prop = (1 - explore_share) * (served == greedy) + explore_share * hits
+    return Choice(order=[int(i) for i in served], propensity=[float(p) for p in prop],
+                  explored=[bool(s != g) for s, g in zip(served, greedy)], exploring=bool(exploring),
+                  probability=prob, expected_value=ev)
+
+
+def slot_propensities(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,
+                      rng: np.random.Generator, samples: int) -> np.ndarray:
+    """P(candidate i in slot j) under the policy for every candidate and slot, shape (n, k).
+
+    For off-policy evaluation of this policy on logged contexts (it is what `choose` samples from).
+    """
+    n = x.shape[0]
+    k = min(k, n)
+    ev = sigmoid(x @ posterior.mean) * value
+    out = np.zeros((n, k))
+    out[np.argsort(-ev, kind="stable")[:k], np.arange(k)] = 1 - explore_share
+    if explore_share > 0 and k:
+        ranks = np.argsort(-(sigmoid(x @ posterior.sample(rng, samples)) * value[:, None]), axis=0, kind="stable")[:k]
+        for j in range(k):
+            out[:, j] += explore_share * np.bincount(ranks[j], minlength=n) / samples
+    return out
+
+
+class OnlinePolicy:
+    """The served policy: featuriser, posterior and random generator, learning from the event log.
+
+    State survives restarts: the posterior is saved in the event log every `snapshot_every`
+    updates, and on start the rewards logged after the last save are replayed, in log order, so
+    the restarted policy is the one that would have run without the restart.
+    """
+
+    def __init__(self, arms: list[str], cfg, events, viewed_weight: float = 0.0):
+        import threading
+
+        self.cfg = cfg
+        self.events = events
+        self.featuriser = Featuriser(arms)
+        self.name = cfg.policy
+        self._lock = threading.Lock()
+        self.rng = np.random.default_rng(cfg.seed)
+        self._unsaved = 0
+        saved = events.load_policy(self.name, self.featuriser.signature)
+        if saved is None:
+            self.posterior = Posterior.prior(self.featuriser, cfg.prior.intercept, cfg.prior.score_weight,
+                                             cfg.prior.variance, viewed_weight)
+            self.last_rowid = 0
+        else:
+            n, self.last_rowid, mean, cov = saved
+            self.posterior = Posterior(mean, cov, n)
+        self.replayed = self.learn()
+
+    def rows(self, candidates, ctx: Context) -> np.ndarray:
+        return self.featuriser.matrix([c.arm for c in candidates], np.array([c.base_prob for c in candidates]),
+                                      np.array([c.viewed for c in candidates]), ctx)
+
+    def choose(self, candidates, ctx: Context, k: int, explore_share: float | None = None) -> Choice:
+        x = self.rows(candidates, ctx)
+        value = np.array([c.value for c in candidates])
+        share = self.cfg.explore_share if explore_share is None else explore_share
+        with self._lock:
+            return choose(self.posterior, x, value, k, share, self.rng, self.cfg.propensity_samples)
+
+    def learn(self) -> int:
+        """Applies the rewards logged since the last update; returns how many."""
+        with self._lock:
+            pending = self.events.rewards_after(self.last_rowid)
+            for rowid, _decision, arm, reward, context in pending:
+                x = self._logged_row(context, arm)
+                if x is not None:
+                    self.posterior.update(x, reward)
+                self.last_rowid = rowid
+            self._unsaved += len(pending)
+            if self._unsaved >= self.cfg.snapshot_every:
+                self._save()
+        return len(pending)
+
+    def save(self) -> None:
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
+        self._unsaved = 0
+        self.events.save_policy(self.name, self.featuriser.signature, self.posterior.n_updates, self.last_rowid,
+                                self.posterior.mean, self.posterior.cov)
+
+    def _logged_row(self, context_json: str, arm: str) -> np.ndarray | None:
+        """The feature row the decision scored this offer with, rebuilt from the logged context."""
+        import json
+
+        logged = json.loads(context_json)
+        cand = next((c for c in logged.get("candidates", []) if c["arm"] == arm), None)
+        request = logged.get("request")
+        if cand is None or request is None or arm not in self.featuriser._arm:
+            return None
+        ctx = Context(request["channel"], request["hour"], request["weekday"], request["engagement"])
+        return self.featuriser.matrix([arm], np.array([cand["base_prob"]]), np.array([cand["viewed"]]), ctx)[0]
