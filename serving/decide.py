@@ -136,12 +136,15 @@ def apply_rules(rules: RulesConfig, catalogue: Catalogue, profile: Profile, hist
 
 def candidates(catalogue: Catalogue, policy: BanditConfig, rules: RulesConfig, profile: Profile,
                allowed: list[str], probs: dict[str, float], churn_risk: float | None,
-               credit_cooldown: bool, history: History) -> list[Candidate]:
+               credit_cooldown: bool, history: History, blocked: str | None, actions: bool = True) -> list[Candidate]:
     """The offers to rank: allowed products weighed by margin and levers, plus the actions that apply.
 
     A customer at churn risk gets the retention action, valued at the expected saved margin
     (churn risk x yearly margin held); a customer in the credit cool-down gets its alternative.
+    Nothing at all when a channel-wide rule (`blocked`: opt-out, consent, cap) applies.
     """
+    if blocked is not None:
+        return []
     by_id = catalogue.by_id()
     levers = policy.levers
     out = []
@@ -151,6 +154,8 @@ def candidates(catalogue: Catalogue, policy: BanditConfig, rules: RulesConfig, p
         value = p.margin * lever
         if value > 0:
             out.append(Candidate(pid, p.name, float(probs[pid]), value, pid in profile.viewed))
+    if not actions:
+        return out
     retention = policy.actions[policy.retention.action]
     if (churn_risk is not None and churn_risk >= policy.retention.churn_threshold and profile.customer_value > 0
             and policy.retention.action not in history.rejected):

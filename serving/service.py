@@ -274,10 +274,12 @@ class NextBest:
         features, degraded = self._online_features(customer_id)
         if features is not None:
             fields = fb.profile_fields(features, self.catalogue, self.rules)
-        elif degraded is not None:
-            fields = self.fallback.profile(pseudonym)
         else:
-            fields = None  # the bank does not know this customer: a prospect
+            # None: the bank does not know this customer, a prospect. A customer the fallback
+            # table knows but the online store does not means the store lost data: degrade.
+            fields = self.fallback.profile(pseudonym)
+            if fields is not None and degraded is None:
+                degraded = "online store has no features for a known customer"
         profile = make_profile(fields, self.eventlog.customer_events(pseudonym), now, self.fallback.snapshot)
         if context is not None and context.page in self.catalogue.ids:
             profile = _with_view(profile, context.page)
@@ -293,7 +295,7 @@ class NextBest:
             allowed = [p for p in allowed if by_id[p].category in categories]
         probs, churn_risk = self._probabilities(features, profile, degraded)
         cands = candidates(self.catalogue, self.policy_cfg, self.rules, profile, allowed, probs, churn_risk,
-                           cooldown and categories is None, history)
+                           cooldown, history, blocked, actions=categories is None)
         request = Context(channel, when.hour, when.weekday(), profile.engagement)
         choice = self.policy.choose(cands, request, k, explore_share=0.0 if degraded else None)
         offers = [_offer(cands[i], r + 1, choice, i, channel, explain, prop, explored)
