@@ -48,3 +48,13 @@ def served(workdir: Path, env: dict | None = None, log_name: str = "server.log",
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+    """A private copy of a work dir (without its event log and logs), its Feast config pointed at the copy."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("events.db*", "*.log"))
+    config = dst / "feast" / "feature_store.yaml"
+    config.write_text(config.read_text().replace(str(src), str(dst)))
+    return dst
