@@ -88,10 +88,11 @@ class _NoInputInLogs(logging.Filter):
 
 
 class Guard:
-    """ASGI middleware: API key (when `NEXTBEST_API_KEY` is set) and a request-size limit on the APIs.
+    """ASGI middleware: API key (when `NEXTBEST_API_KEY` is set), JSON only and a size limit on the APIs.
 
-    Both answer before BentoML parses the body: 401 without the right `x-api-key` header, 413 for
-    a body over MAX_BODY_BYTES (declared or streamed).
+    All answer before BentoML parses the body: 401 without the right `x-api-key` header, 415 for a
+    body that is not JSON (BentoML would try form parsing and fail with a 500), 413 for a body over
+    MAX_BODY_BYTES (declared or streamed).
     """
 
     def __init__(self, app, max_body: int = MAX_BODY_BYTES):
@@ -106,6 +107,9 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         if self.key is not None and not hmac.compare_digest(headers.get(API_KEY_HEADER.encode(), b""), self.key):
             return await _reject(send, 401, f"missing or wrong {API_KEY_HEADER} header")
+        content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            return await _reject(send, 415, f"Content-Type must be application/json, got {content_type.decode(errors='replace')!r}")
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await _reject(send, 413, f"request body over {self.max_body} bytes")
