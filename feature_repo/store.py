@@ -1,13 +1,18 @@
 """Applying the definitions to a work directory's registry and materialising the online store.
 
 `apply` does what `feast apply` does for `feature_repo/`, through Feast's Python API, so that
-the file sources point at this work directory's feature tables.
+the file sources point at this work directory's feature tables. It also writes the work
+directory's `feast/feature_store.yaml`, which records the online store every later stage uses:
+the project's SQLite store (the default) or Redis (`OnlineStoreChoice`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +24,108 @@ import pyarrow.parquet as pq
 from feature_repo.entities import customer_entity
 from feature_repo.feature_services import feature_services
 from feature_repo.features import feature_view, request_context_view
-from feature_repo.online_store import RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
+from feature_repo.online_store import STORE_TYPE, RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
+from feature_repo.redis_store import (DEFAULT_REDIS_URL, REDIS_PASSWORD_ENV, OnlineStoreUnavailable, RedisTarget,
+                                      redis_target)
 from features.build import PROFILE_VIEW, VIEWS
 from nextbest.constants import EVENT_TIMESTAMP
 from nextbest.settings import REPO_ROOT, Paths
 
 _READ_BATCH_ROWS = 131_072  # rows decoded from a feature table at a time when materialising
 
+ONLINE_STORE_ENV = "NEXTBEST_ONLINE_STORE"
+REDIS_URL_ENV = "NEXTBEST_REDIS_URL"
+SQLITE, REDIS = "sqlite", "redis"
+ONLINE_STORES = (SQLITE, REDIS)
+_TEMPLATES = {SQLITE: "feature_store.yaml", REDIS: "feature_store.redis.yaml"}
 
-def write_store_config(paths: Paths) -> Path:
-    """Writes `<workdir>/feast/feature_store.yaml` from the template in `feature_repo/`."""
-    template = (REPO_ROOT / "feature_repo" / "feature_store.yaml").read_text()
+@dataclass(frozen=True)
+class OnlineStoreChoice:
+    """The online store of a work directory: `sqlite` (the project's row-per-customer SQLite
+    file in `feast/`, the default) or `redis` (Feast's Redis store at `redis`)."""
+
+    kind: str = SQLITE
+    redis: RedisTarget | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ONLINE_STORES:
+            raise ValueError(f"unknown online store {self.kind!r}; choose one of: {', '.join(ONLINE_STORES)}")
+        if (self.kind == REDIS) != (self.redis is not None):
+            raise ValueError("a Redis target goes with the redis online store, and only with it")
+
+    def describe(self) -> str:
+        """A few words for messages: which store, and where."""
+        return f"Redis online store at {self.redis.url}" if self.redis else "SQLite online store"
+
+
+def resolve_online_store(online_store: str | None, redis_url: str | None, env: Mapping[str, str],
+                         current: OnlineStoreChoice | None = None) -> OnlineStoreChoice:
+    """The online store that `features apply` writes into the work directory.
+
+    Each setting comes from its flag, else its environment variable, else what the work
+    directory already uses, else the default (SQLite; Redis at `redis://localhost:6379/0`).
+    Keeping the current store when nothing is said means re-applying after a feature rebuild
+    never moves a work directory off Redis behind its users' backs.
+
+    Args:
+        online_store: `--online-store` (`sqlite` or `redis`), or None.
+        redis_url: `--redis-url`, or None.
+        env: the environment (`NEXTBEST_ONLINE_STORE`, `NEXTBEST_REDIS_URL`,
+            `NEXTBEST_REDIS_PASSWORD`).
+        current: the work directory's present choice (`current_online_store`), if any.
+
+    Raises:
+        ValueError: an unknown store, a malformed URL, or a URL with the SQLite store; the
+            message names the value and where it came from.
+    """
+    source = "--online-store" if online_store else ONLINE_STORE_ENV
+    kind = (online_store or env.get(ONLINE_STORE_ENV) or "").strip().lower() or None
+    if kind is not None and kind not in ONLINE_STORES:
+        given = online_store if online_store else env.get(ONLINE_STORE_ENV)
+        raise ValueError(f"unknown online store {given!r} (from {source}); choose one of: {', '.join(ONLINE_STORES)}")
+    kind = kind or (current.kind if current else SQLITE)
+    if kind == SQLITE:
+        if redis_url:
+            raise ValueError(f"--redis-url {redis_url!r} is for the Redis online store; add --online-store redis")
+        return OnlineStoreChoice(SQLITE)
+    url, url_source = (redis_url, "--redis-url") if redis_url else (env.get(REDIS_URL_ENV), REDIS_URL_ENV)
+    if url:
+        return OnlineStoreChoice(REDIS, redis_target(url, env, url_source))
+    if current is not None and current.redis is not None:
+        return current
+    return OnlineStoreChoice(REDIS, redis_target(DEFAULT_REDIS_URL, env))
+
+
+def current_online_store(paths: Paths) -> OnlineStoreChoice | None:
+    """The online store the work directory's `feast/feature_store.yaml` names, if it is one of
+    ours (None when there is no config yet, or it names another store)."""
+    import yaml
+
+    config = paths.feast / "feature_store.yaml"
+    if not config.exists():
+        return None
+    # Read without Feast's environment substitution, so a password reference stays one.
+    online = (yaml.safe_load(config.read_text()) or {}).get("online_store") or {}
+    if online.get("type") == STORE_TYPE:
+        return OnlineStoreChoice(SQLITE)
+    if online.get("type") == REDIS and online.get("redis_type", REDIS) == REDIS:
+        try:
+            return OnlineStoreChoice(REDIS, RedisTarget.from_connection_string(str(online["connection_string"])))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{config}: {exc}") from None
+    return None
+
+
+def write_store_config(paths: Paths, choice: OnlineStoreChoice | None = None) -> Path:
+    """Writes `<workdir>/feast/feature_store.yaml` from the template in `feature_repo/` for the
+    chosen online store (default: the work directory's current one, else SQLite)."""
+    choice = choice or current_online_store(paths) or OnlineStoreChoice()
+    text = (REPO_ROOT / "feature_repo" / _TEMPLATES[choice.kind]).read_text().replace("${WORKDIR}", str(paths.root))
+    if choice.redis is not None:
+        text = text.replace("${REDIS_CONNECTION_STRING}", choice.redis.connection_string)
     paths.feast.mkdir(parents=True, exist_ok=True)
     target = paths.feast / "feature_store.yaml"
-    target.write_text(template.replace("${WORKDIR}", str(paths.root)))
+    target.write_text(text)
     return target
 
 
@@ -45,9 +138,16 @@ def open_store(paths: Paths):
     return FeatureStore(repo_path=str(paths.feast))
 
 
-def apply(paths: Paths) -> list[str]:
-    """Registers entity, feature views and feature services; returns the applied object names."""
-    write_store_config(paths)
+def apply(paths: Paths, online_store: OnlineStoreChoice | None = None) -> list[str]:
+    """Registers entity, feature views and feature services; returns the applied object names.
+
+    Args:
+        paths: the work directory.
+        online_store: the online store to record in `feast/feature_store.yaml` (default: the
+            one already there, else SQLite). Switching stores leaves the new one empty until
+            the next `materialize`.
+    """
+    write_store_config(paths, online_store)
     store = open_store(paths)
     entity = customer_entity()
     views = {}
@@ -60,7 +160,8 @@ def apply(paths: Paths) -> list[str]:
         views[view] = feature_view(view, sample, entity, paths.features)
     context = request_context_view()
     services = feature_services(views, context)
-    store.apply([entity, *views.values(), context, *services])
+    with _reachable(store):  # Redis is only contacted when a view is removed
+        store.apply([entity, *views.values(), context, *services])
     return [entity.name, *views, context.name, *(s.name for s in services)]
 
 
@@ -137,32 +238,98 @@ def materialize(paths: Paths, end: datetime | None = None) -> int:
     """Loads each view's latest row per customer up to `end` (default: the latest snapshot) into
     the online store; returns the rows written (customers x views).
 
-    With the project's store (`feature_repo.online_store`, the default in `feature_store.yaml`)
-    the rows go from the feature tables straight to its bulk writer: one row per customer within
-    the view's TTL before `end`, the value a point-in-time join at `end` gives. The registry
-    records the interval as Feast's `materialize` does. Any other online store type goes through
-    Feast's `materialize` over the last day.
+    With either of the work directory's stores (`OnlineStoreChoice`) the rows go from the
+    feature tables straight to a bulk writer: one row per customer within the view's TTL before
+    `end`, the value a point-in-time join at `end` gives. The project's SQLite store gets them
+    through `RowSqliteOnlineStore.write_batches`; Redis through
+    `feature_repo.redis_store.write_batches`, in Feast's own layout, so stock
+    `get_online_features` serves them. The registry records the interval as Feast's
+    `materialize` does. Any other online store goes through Feast's `materialize` over the last
+    day.
+
+    Raises:
+        OnlineStoreUnavailable: Redis cannot be reached (checked before any work).
     """
     store = open_store(paths)
     end_ts = _utc(end) if end is not None else _utc(latest_snapshot(paths))
-    if not isinstance(store.config.online_store, RowSqliteOnlineStoreConfig):
+    config = store.config.online_store
+    if isinstance(config, RowSqliteOnlineStoreConfig):
+        online = RowSqliteOnlineStore()
+        try:
+            return _write_latest(store, paths, end_ts, partial(online.write_batches, store.config))
+        finally:
+            online.close_connection()
+    if _is_single_redis(config):
+        from feast.infra.online_stores.redis import RedisOnlineStore
+
+        from feature_repo.redis_store import write_batches
+
+        client = RedisOnlineStore()._get_client(config)  # Feast's own client, as reads will use
+        try:
+            with _reachable(store):
+                client.ping()
+                return _write_latest(store, paths, end_ts, partial(write_batches, client, store.config))
+        finally:
+            client.close()
+    with _reachable(store):
         return _feast_materialize(store, paths, end_ts)
-    online = RowSqliteOnlineStore()
+
+
+def _write_latest(store, paths: Paths, end_ts: pd.Timestamp, write) -> int:
+    """Writes each view's latest row per customer within its TTL before `end_ts` with
+    `write(feature_view, batches) -> rows`, and records the interval in the registry."""
     rows = 0
-    try:
-        for view in VIEWS:
-            fv = store.get_feature_view(view)
-            start = end_ts - fv.ttl if fv.ttl else pd.Timestamp(0, tz="UTC")
-            join_keys = [c.name for c in fv.entity_columns]
-            ts_field = fv.batch_source.timestamp_field
-            batches = latest_batches(paths.features / f"{view}.parquet",
-                                     [*join_keys, ts_field, *(f.name for f in fv.features)], join_keys, ts_field,
-                                     start, end_ts)
-            rows += online.write_batches(store.config, fv, batches)
-            store.registry.apply_materialization(fv, store.project, start.to_pydatetime(), end_ts.to_pydatetime())
-    finally:
-        online.close_connection()
+    for view in VIEWS:
+        fv = store.get_feature_view(view)
+        start = end_ts - fv.ttl if fv.ttl else pd.Timestamp(0, tz="UTC")
+        join_keys = [c.name for c in fv.entity_columns]
+        ts_field = fv.batch_source.timestamp_field
+        batches = latest_batches(paths.features / f"{view}.parquet",
+                                 [*join_keys, ts_field, *(f.name for f in fv.features)], join_keys, ts_field,
+                                 start, end_ts)
+        rows += write(fv, batches)
+        store.registry.apply_materialization(fv, store.project, start.to_pydatetime(), end_ts.to_pydatetime())
     return rows
+
+
+def _is_single_redis(config) -> bool:
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
+
+    return isinstance(config, RedisOnlineStoreConfig) and config.redis_type == RedisType.redis
+
+
+def _redis_location(config) -> str:
+    """`redis://host:port/db` of a Redis store config (never its password: Feast has already
+    substituted the environment into the connection string)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
+    hosts = ",".join(f"{n.get('host')}:{n.get('port')}" for n in nodes)
+    return f"{'rediss' if params.get('ssl') else 'redis'}://{hosts}/{params.get('db', 0)}"
+
+
+@contextmanager
+def _reachable(store):
+    """Turns a Redis online store that cannot be reached, or refuses a login or a write, into
+    `OnlineStoreUnavailable` naming it."""
+    try:
+        yield
+    except Exception as exc:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from redis.exceptions import AuthenticationError, ResponseError
+
+        if not isinstance(exc, (RedisConnectionError, RedisTimeoutError, ResponseError)):
+            raise
+        where = f"Redis online store at {_redis_location(store.config.online_store)} (from feast/feature_store.yaml)"
+        cause = str(exc).rstrip(".")
+        if isinstance(exc, AuthenticationError):
+            raise OnlineStoreUnavailable(f"{where} refused the login: {cause} (the password is read from "
+                                         f"{REDIS_PASSWORD_ENV})") from exc
+        if isinstance(exc, ResponseError):  # out of memory, read-only replica, ...
+            raise OnlineStoreUnavailable(f"{where} refused a write: {cause}") from exc
+        raise OnlineStoreUnavailable(f"{where} not reachable: {cause}") from exc
 
 
 def _feast_materialize(store, paths: Paths, end_ts: pd.Timestamp) -> int:

@@ -94,18 +94,25 @@ def do_features_build(paths: Paths) -> None:
         build_features_to(paths, load_catalogue())
 
 
-def do_features_apply(paths: Paths) -> list[str]:
-    from feature_repo.store import apply
+def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None) -> list[str]:
+    from feature_repo.store import apply, current_online_store, resolve_online_store
 
-    with stage("feast apply (registry in feast/registry.db)"):
-        return apply(paths)
+    # Flags, else the environment, else the work dir's current store: re-applying never switches silently.
+    choice = resolve_online_store(online_store, redis_url, os.environ, current_online_store(paths))
+    with stage(f"feast apply (registry in feast/registry.db, {choice.describe()})"):
+        return apply(paths, choice)
 
 
 def do_features_materialize(paths: Paths) -> int:
-    from feature_repo.store import materialize
+    from feature_repo.store import OnlineStoreUnavailable, current_online_store, materialize
 
-    with stage("feast materialize (SQLite online store)"):
-        return materialize(paths)
+    current = current_online_store(paths)
+    with stage(f"feast materialize ({current.describe() if current else 'online store'})"):
+        try:
+            return materialize(paths)
+        except OnlineStoreUnavailable as exc:
+            raise StageError(f"{exc}; start it, or choose another with `nextbest features apply --online-store "
+                             "sqlite|redis [--redis-url URL]`") from None
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
@@ -335,9 +342,17 @@ def features_build(workdir: Optional[Path] = WorkdirOpt):
 
 
 @features_app.command("apply")
-def features_apply(workdir: Optional[Path] = WorkdirOpt):
-    """Register entities, feature views and feature services in the Feast registry."""
-    names = _run(do_features_apply, _paths(workdir))
+def features_apply(
+    workdir: Optional[Path] = WorkdirOpt,
+    online_store: Optional[str] = typer.Option(
+        None, "--online-store", help="Online store: sqlite or redis (env NEXTBEST_ONLINE_STORE; default: the work "
+        "dir's current one, else sqlite). Recorded in feast/feature_store.yaml for every later stage."),
+    redis_url: Optional[str] = typer.Option(
+        None, "--redis-url", help="Redis for --online-store redis: redis://HOST:PORT/DB (env NEXTBEST_REDIS_URL; "
+        "default redis://localhost:6379/0). A password goes in env NEXTBEST_REDIS_PASSWORD, never in the URL."),
+):
+    """Register entities, feature views and feature services in the Feast registry, and choose the online store."""
+    names = _run(do_features_apply, _paths(workdir), online_store, redis_url)
     console.print("  applied: " + ", ".join(names))
 
 
