@@ -11,7 +11,8 @@ Feast's materialisation builds a protobuf per value and a dict per row in Python
 every key's timestamp before writing it. `write_batches` encodes a batch column by column
 instead: floats with numpy (a tag byte and the little-endian value, as protobuf writes them),
 every other type once per *distinct* value through Feast's own converter (so the bytes are
-Feast's by construction), and sends one `HSET` per row in pipelines. Values that are missing
+Feast's by construction), frames one `HSET` per row itself, and sends the rows in pipelines
+from a background thread while the next batch is encoded. Values that are missing
 (null, or NaN as Feast treats it) are written as empty values, as Feast writes them, so a newer
 snapshot always replaces an older one's fields.
 """
@@ -40,7 +41,7 @@ from feature_repo.online_store import _as_array, _entity_keys, _feature_columns
 REDIS_PASSWORD_ENV = "NEXTBEST_REDIS_PASSWORD"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # A healthy Redis answers in about a millisecond. redis-py's own defaults (no socket timeout,
-# three retries backing off 1 to 8 s) would hold a request thread for seconds, or for ever,
+# three retries backing off up to 2, 4 and 8 s) would hold a request thread for seconds, or for ever,
 # when Redis is down or hung; serving's budget is tens of milliseconds and it answers degraded
 # instead, so the store fails fast and the next call reconnects.
 DEFAULT_SOCKET_TIMEOUT_S = 2.0
@@ -58,7 +59,8 @@ _DOUBLE_TAG = (5 << 3) | 1  # double_val, fixed64
 
 
 class OnlineStoreUnavailable(ConnectionError):
-    """The configured online store cannot be reached (the message names it)."""
+    """The configured online store cannot be reached, or refuses the login or a write (the
+    message names the store and the cause)."""
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ the project's SQLite store (the default) or Redis (`OnlineStoreChoice`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -39,12 +40,13 @@ SQLITE, REDIS = "sqlite", "redis"
 ONLINE_STORES = (SQLITE, REDIS)
 _TEMPLATES = {SQLITE: "feature_store.yaml", REDIS: "feature_store.redis.yaml"}
 
+
 @dataclass(frozen=True)
 class OnlineStoreChoice:
     """The online store of a work directory: `sqlite` (the project's row-per-customer SQLite
     file in `feast/`, the default) or `redis` (Feast's Redis store at `redis`)."""
 
-    kind: str = SQLITE
+    kind: Literal["sqlite", "redis"] = SQLITE
     redis: RedisTarget | None = None
 
     def __post_init__(self) -> None:
@@ -59,7 +61,8 @@ class OnlineStoreChoice:
 
 
 def resolve_online_store(online_store: str | None, redis_url: str | None, env: Mapping[str, str],
-                         current: OnlineStoreChoice | None = None) -> OnlineStoreChoice:
+                         current: OnlineStoreChoice | Callable[[], OnlineStoreChoice | None] | None = None,
+                         ) -> OnlineStoreChoice:
     """The online store that `features apply` writes into the work directory.
 
     Each setting comes from its flag, else its environment variable, else what the work
@@ -72,7 +75,9 @@ def resolve_online_store(online_store: str | None, redis_url: str | None, env: M
         redis_url: `--redis-url`, or None.
         env: the environment (`NEXTBEST_ONLINE_STORE`, `NEXTBEST_REDIS_URL`,
             `NEXTBEST_REDIS_PASSWORD`).
-        current: the work directory's present choice (`current_online_store`), if any.
+        current: the work directory's present choice (`current_online_store`), if any, or a
+            function returning it, called only when flags and environment leave a gap (so a
+            config that cannot be read does not stand in the way of choosing afresh).
 
     Raises:
         ValueError: an unknown store, a malformed URL, or a URL with the SQLite store; the
@@ -83,6 +88,10 @@ def resolve_online_store(online_store: str | None, redis_url: str | None, env: M
     if kind is not None and kind not in ONLINE_STORES:
         given = online_store if online_store else env.get(ONLINE_STORE_ENV)
         raise ValueError(f"unknown online store {given!r} (from {source}); choose one of: {', '.join(ONLINE_STORES)}")
+    if kind is None or (kind == REDIS and not (redis_url or env.get(REDIS_URL_ENV))):
+        current = current() if callable(current) else current
+    else:
+        current = None
     kind = kind or (current.kind if current else SQLITE)
     if kind == SQLITE:
         if redis_url:

@@ -98,7 +98,7 @@ def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_ur
     from feature_repo.store import apply, current_online_store, resolve_online_store
 
     # Flags, else the environment, else the work dir's current store: re-applying never switches silently.
-    choice = resolve_online_store(online_store, redis_url, os.environ, current_online_store(paths))
+    choice = resolve_online_store(online_store, redis_url, os.environ, lambda: current_online_store(paths))
     with stage(f"feast apply (registry in feast/registry.db, {choice.describe()})"):
         return apply(paths, choice)
 

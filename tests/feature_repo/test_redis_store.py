@@ -357,6 +357,19 @@ def test_cli_bad_choices_are_one_clear_line(feast_bank, tmp_path, args, env, nam
     assert (paths.feast / "feature_store.yaml").read_text() == before  # nothing changed
 
 
+def test_cli_a_config_it_cannot_read_is_named_and_can_be_replaced(feast_bank, tmp_path):
+    paths = _copy(feast_bank, tmp_path / "wd")
+    config = paths.feast / "feature_store.yaml"
+    feast_store.write_store_config(paths, _redis("redis://h:1/0"))
+    config.write_text(config.read_text().replace(",db=0,", ",db=0,health_check_interval=5,"))
+    result = _cli("features", "apply", "--workdir", str(paths.root))
+    assert result.exit_code == 2 and "health_check_interval" in result.output and "Traceback" not in result.output
+    assert "feature_store.yaml" in result.output
+    result = _cli("features", "apply", "--online-store", "sqlite", "--workdir", str(paths.root))
+    assert result.exit_code == 0, result.output
+    assert current_online_store(paths) == OnlineStoreChoice()
+
+
 def test_cli_materialize_with_redis_down_is_one_clear_line(feast_bank, tmp_path):
     paths = _copy(feast_bank, tmp_path / "wd")
     with redis_server() as srv:
