@@ -8,7 +8,7 @@ What is compared, on one machine, in one run:
   `POST /recommend {"customer_id", "channel": "mobile_app", "k": 3}`: online features, both models,
   rules, bandit, and the decision committed to the event log before the answer.
 - Feast: stock `feast -c <workdir>/feast serve` answering `POST /get-online-features` for the same
-  customer: the next-best-product feature service's 245 features over the same registry and
+  customer: the next-best-product feature service's features (245 today) over the same registry and
   online-store file, bare features and nothing else. By default the request names the features
   (`{"features": ["customer_profile:age", ...], "entities": {"customer_id": [id]}}`), Feast's faster
   path: with `--feast-request feature_service` it names the service instead, which Feast 0.67
@@ -58,6 +58,7 @@ import asyncio
 import concurrent.futures
 import json
 import multiprocessing
+from multiprocessing.process import BaseProcess
 import os
 import platform
 import random
@@ -118,7 +119,8 @@ async def _load(spec: dict) -> dict:
     # Timestamps from perf_counter: uvloop's loop.time() moves in whole milliseconds.
     clock = time.perf_counter
     kind, url, mode, duration = spec["kind"], spec["url"], spec["mode"], spec["duration"]
-    rate, concurrency, warmup = spec.get("rate"), spec.get("concurrency"), spec.get("warmup", 0.0)
+    rate, concurrency = float(spec.get("rate") or 0.0), int(spec.get("concurrency") or 1)
+    warmup = float(spec.get("warmup", 0.0))
     n_bodies = int(rate * (duration + warmup)) + 1 if mode == "open" else 4096
     bodies = _request_bodies(kind, spec["customers"], n_bodies, spec["seed"], spec.get("feast_features"))
     latencies: list[float] = []   # seconds, from the scheduled send to the last byte
@@ -206,14 +208,18 @@ async def _load(spec: dict) -> dict:
     }
 
 
-def run_load(spec: dict) -> dict:
-    """Entry point of the load-generator process: one phase, its summary back as a dict."""
+def _event_loop_runner():
     try:
         import uvloop
 
-        return uvloop.run(_load(spec))
+        return uvloop.run
     except ImportError:
-        return asyncio.run(_load(spec))
+        return asyncio.run
+
+
+def run_load(spec: dict) -> dict:
+    """Entry point of the load-generator process: one phase, its summary back as a dict."""
+    return _event_loop_runner()(_load(spec))
 
 
 # -- the floor: a trivial HTTP server -----------------------------------------------------------
@@ -245,12 +251,7 @@ async def _floor_server(port: int) -> None:
 
 def floor_server(port: int) -> None:
     """Entry point of the floor server's process."""
-    try:
-        import uvloop
-
-        uvloop.run(_floor_server(port))
-    except ImportError:
-        asyncio.run(_floor_server(port))
+    _event_loop_runner()(_floor_server(port))
 
 
 # -- servers --------------------------------------------------------------------------------------
@@ -324,21 +325,22 @@ def start_feast(paths: Paths, workers: int, logs: Path) -> Target:
                   proc, log_path)
 
 
-def start_floor() -> tuple[Target, multiprocessing.Process]:
+def start_floor() -> tuple[Target, BaseProcess]:
     port = free_port()
     proc = multiprocessing.get_context("spawn").Process(target=floor_server, args=(port,), daemon=True)
     proc.start()
+    import httpx
+
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            import httpx
-
             httpx.post(url, content=b"{}", timeout=2)
-            break
+            return Target("null", "floor: trivial server", url, proc), proc
         except httpx.HTTPError:
             time.sleep(0.2)
-    return Target("null", "floor: trivial server", url, proc), proc
+    proc.terminate()
+    raise RuntimeError("the floor server did not start")
 
 
 def check_answers(ours: Target, feast: Target, customer: str, features: list[str] | None) -> dict:
@@ -442,6 +444,13 @@ def feature_refs(paths: Paths) -> list[str]:
     return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
 
 
+def online_store_description(paths: Paths) -> str:
+    from feature_repo.store import current_online_store
+
+    choice = current_online_store(paths)
+    return choice.describe() if choice else "another online store (not one of nextbest's)"
+
+
 def customer_ids(paths: Paths) -> list[str]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -499,6 +508,8 @@ def run(args: argparse.Namespace) -> dict:
     customers = customer_ids(paths)
     print(f"work directory {paths.root} ({'built' if built else 'reused'} in {time.perf_counter() - t:.0f}s): "
           f"{len(customers):,} customers in the latest snapshot", flush=True)
+    store = online_store_description(paths)
+    print(f"online store: {store} (both servers read it through the same feast/feature_store.yaml)", flush=True)
     load0 = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at start; "
           f"{args.workers} worker process(es) per server", flush=True)
@@ -575,7 +586,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "bench_recommend", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_start": [round(x, 2) for x in load0], "load_average_end": [round(x, 2) for x in load1]},
-        "config": {"workdir": str(paths.root), "customers_in_snapshot": len(customers), "workers": args.workers,
+        "config": {"workdir": str(paths.root), "online_store": store, "customers_in_snapshot": len(customers), "workers": args.workers,
                    "rates": args.rates, "duration_s": args.duration, "warmup_s": args.warmup,
                    "concurrency": args.concurrency, "connections": args.connections, "timeout_s": args.timeout,
                    "feast_flags": "--no-access-log --max-requests 0", "feast_request": args.feast_request,
@@ -619,6 +630,7 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2))
     s, m = results["summary"], results["machine"]
     print(f"\n/recommend beside `feast serve`, {results['config']['workers']} worker process(es) each, "
+          f"{results['config']['online_store']}, "
           f"{m['cpus']} CPUs shared with the load generator; {results['config']['duration_s']:g} s per phase; "
           f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at the end\n")
     print(table(results["phases"], results["labels"]))
