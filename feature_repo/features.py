@@ -11,7 +11,8 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32, Float64, Int64, String
 
 from feature_repo.data_sources import file_source
-from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.constants import (CUSTOMER_ID, EVENT_TIMESTAMP, REALTIME_FEATURES, REALTIME_PUSH_SOURCE,
+                                 REALTIME_VIEW)
 
 # Snapshots are month ends: a value is valid until the next one (at most 31 days later).
 SNAPSHOT_TTL = timedelta(days=31)
@@ -60,3 +61,33 @@ def request_context_view() -> OnDemandFeatureView:
         }
 
     return request_context
+
+
+# Short-term context from `POST /events`, written online as events arrive (push source).
+REALTIME_FIELDS = {n: (Int64 if n.endswith("_at") else String if n.endswith("_product") else Float64)
+                   for n in REALTIME_FEATURES}
+REALTIME_TTL = timedelta(days=30)
+
+
+def realtime_view(entity: Entity, features_dir: Path) -> FeatureView:
+    """The customer's short-term context (latest salary, deposit, loan, product-page view; epoch seconds).
+
+    Fed online through a push source by the service's `/events`; its batch file
+    (`features/customer_realtime.parquet`, empty until an event log is exported) keeps the
+    view valid for `feast apply` and historical retrieval.
+    """
+    from feast import PushSource
+
+    push = PushSource(name=REALTIME_PUSH_SOURCE, batch_source=file_source(features_dir, REALTIME_VIEW))
+    return FeatureView(name=REALTIME_VIEW, entities=[entity], ttl=REALTIME_TTL, online=True, source=push,
+                       schema=[Field(name=n, dtype=t) for n, t in REALTIME_FIELDS.items()])
+
+
+def empty_realtime_table() -> pd.DataFrame:
+    """The batch file's columns with no rows (pandas dtypes matching REALTIME_FIELDS)."""
+    dtypes = {Float64: "float64", Int64: "int64", String: "object"}
+    frame = pd.DataFrame({CUSTOMER_ID: pd.Series(dtype="object"),
+                          EVENT_TIMESTAMP: pd.Series(dtype="datetime64[us, UTC]")})
+    for name, t in REALTIME_FIELDS.items():
+        frame[name] = pd.Series(dtype=dtypes[t])
+    return frame

@@ -24,12 +24,13 @@ import pyarrow.parquet as pq
 
 from feature_repo.entities import customer_entity
 from feature_repo.feature_services import feature_services
-from feature_repo.features import feature_view, request_context_view
+from feature_repo.features import empty_realtime_table, feature_view, realtime_view, request_context_view
 from feature_repo.online_store import STORE_TYPE, RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
 from feature_repo.redis_store import (DEFAULT_REDIS_URL, REDIS_PASSWORD_ENV, OnlineStoreUnavailable, RedisTarget,
                                       redis_target)
 from features.build import PROFILE_VIEW, VIEWS
-from nextbest.constants import EVENT_TIMESTAMP
+from nextbest.constants import EVENT_TIMESTAMP, REALTIME_VIEW
+from nextbest.io import atomic_write_parquet
 from nextbest.settings import REPO_ROOT, Paths
 
 _READ_BATCH_ROWS = 131_072  # rows decoded from a feature table at a time when materialising
@@ -169,9 +170,13 @@ def apply(paths: Paths, online_store: OnlineStoreChoice | None = None) -> list[s
         views[view] = feature_view(view, sample, entity, paths.features)
     context = request_context_view()
     services = feature_services(views, context)
+    realtime_file = paths.features / f"{REALTIME_VIEW}.parquet"
+    if not realtime_file.exists():
+        atomic_write_parquet(empty_realtime_table(), realtime_file)
+    realtime = realtime_view(entity, paths.features)
     with _reachable(store):  # Redis is only contacted when a view is removed
-        store.apply([entity, *views.values(), context, *services])
-    return [entity.name, *views, context.name, *(s.name for s in services)]
+        store.apply([entity, *views.values(), realtime, context, *services])
+    return [entity.name, *views, realtime.name, context.name, *(s.name for s in services)]
 
 
 def latest_snapshot(paths: Paths) -> pd.Timestamp:

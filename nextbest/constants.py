@@ -29,6 +29,11 @@ CHURN_FEATURE_SERVICE = "churn_v1"
 OFFER_CONTEXT_FEATURE_SERVICE = "offer_context_v1"
 REQUEST_CONTEXT_VIEW = "request_context"
 DIGITAL_CHANNELS = ("mobile_app", "web", "email", "push")
+# Short-term context written online by `POST /events` (epoch seconds for `*_at`).
+REALTIME_VIEW = "customer_realtime"
+REALTIME_PUSH_SOURCE = "customer_realtime_push"
+REALTIME_FEATURES = ("last_salary_amount", "last_salary_at", "last_deposit_amount", "last_deposit_at",
+                     "last_loan_product", "last_loan_at", "last_page_view_product", "last_page_view_at")
 
 # MLflow registry.
 NBP_MODEL_NAME = "nbp"

@@ -31,7 +31,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.config import load_bandit, load_catalogue, load_rules
-from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, DEFAULT_K, MAX_K, NBP_MODEL_NAME
+from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, DEFAULT_K, EVENT_TIMESTAMP, MAX_K, NBP_MODEL_NAME,
+                                REALTIME_FEATURES, REALTIME_PUSH_SOURCE, REALTIME_VIEW)
 from nextbest.settings import Paths
 from serving import fallback as fb
 from serving.bandit import Context, OnlinePolicy
@@ -47,6 +48,13 @@ CustomerEvent = Literal["salary_received", "large_deposit", "loan_disbursed", "p
                         "opt_in", "consent_granted", "consent_withdrawn"]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
+# Which short-term context fields an event sets: (value field, payload key, time field).
+REALTIME_EVENT_FIELDS = {
+    "salary_received": ("last_salary_amount", "amount", "last_salary_at"),
+    "large_deposit": ("last_deposit_amount", "amount", "last_deposit_at"),
+    "loan_disbursed": ("last_loan_product", "product_id", "last_loan_at"),
+    "product_page_view": ("last_page_view_product", "product_id", "last_page_view_at"),
+}
 API_KEY_ENV = "NEXTBEST_API_KEY"
 API_KEY_HEADER = "x-api-key"
 MAX_BODY_BYTES = 16 * 1024
@@ -186,6 +194,7 @@ class NextBest:
         self.store = None
         self.fallback: fb.Fallback | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
+        self._pusher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-push")
         self._ready = False
         self._error: str | None = None
         self._store_error: str | None = None
@@ -420,13 +429,40 @@ class NextBest:
         pseudonym = pseudonymise(customer_id, self.key)
         event_id = event_id or uuid.uuid4().hex
         recorded = self.eventlog.log_customer_event(event_id, pseudonym, event, payload, when.timestamp())
+        # Feast's push costs ~30-50 ms: it runs behind the answer, in order, on one thread.
+        queued = recorded and event in REALTIME_EVENT_FIELDS and self.store is not None
+        if queued:
+            self._pusher.submit(self._push_realtime, customer_id, event, payload, when.timestamp())
         triggered = None
         trigger = self.policy_cfg.triggers.get(event)
         if recorded and trigger is not None and (amount or 0) >= trigger.min_amount and self._ready:
             triggered = self._recommend(customer_id, trigger.channel, 1, RequestContext(event=event, timestamp=timestamp),
                                         False, categories=list(trigger.categories), trigger=event)
         return {"event_id": event_id, "event": event, "recorded": recorded, "duplicate": not recorded,
-                "triggered": triggered}
+                "online_store_queued": queued, "triggered": triggered}
+
+    def _push_realtime(self, customer_id: str, event: str, payload: dict, at: float) -> bool:
+        """Writes the event into the customer's short-term context in the online store (Feast push).
+
+        The event log stays the source the rules read, so a failed push only costs other
+        readers of the online store their freshness (it is logged, without the customer id).
+        """
+        field = REALTIME_EVENT_FIELDS[event]
+        try:
+            from feast.data_source import PushMode
+
+            refs = [f"{REALTIME_VIEW}:{n}" for n in REALTIME_FEATURES]
+            current = self.store.get_online_features(features=refs, entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
+            row = {n: current[n][0] for n in REALTIME_FEATURES}
+            value_field, key, time_field = field
+            row[value_field], row[time_field] = payload[key], int(at)
+            frame = pd.DataFrame([{CUSTOMER_ID: customer_id, EVENT_TIMESTAMP: pd.Timestamp(at, unit="s", tz="UTC"),
+                                   **row}])
+            self.store.push(REALTIME_PUSH_SOURCE, frame, to=PushMode.ONLINE)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the event is logged; the online copy is best effort
+            log.warning("short-term context not written to the online store: %s", type(exc).__name__)
+            return False
 
 
 NextBest.add_asgi_middleware(Guard)

@@ -200,3 +200,22 @@ def test_every_acknowledged_decision_and_feedback_survives_kill_9(workdir, lates
     fed = {r[0] for r in conn.execute("SELECT decision_id FROM feedback")}
     assert acked_decisions <= stored
     assert acked_feedback <= fed
+
+
+def test_events_reach_the_online_store(server, workdir, latest):
+    from feature_repo.store import open_store
+    from nextbest.settings import Paths
+
+    base, _ = server
+    cid = _reachable(latest)[5]
+    r = _post(base, "/events", {"customer_id": cid, "event": "product_page_view", "product_id": "mortgage"}).json()
+    assert r["online_store_queued"] is True
+    store = open_store(Paths.from_workdir(workdir))
+    refs = ["customer_realtime:last_page_view_product", "customer_realtime:last_page_view_at"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = store.get_online_features(features=refs, entity_rows=[{"customer_id": cid}]).to_dict()
+        if got["last_page_view_product"][0] == "mortgage":
+            break
+        time.sleep(0.5)
+    assert got["last_page_view_product"] == ["mortgage"] and got["last_page_view_at"][0] > time.time() - 600
