@@ -33,8 +33,9 @@ Both servers run `--workers` worker processes (default 1): BentoML's through
    the client counts (no coordinated omission). Each phase starts with `--warmup` seconds at the same
    rate that are not counted. Reported: requests sent, share answered 200 with a valid body
    (`offers` for ours, `results` for Feast), achieved throughput (valid answers / time from the first
-   scheduled send to the last answer), client-side p50/p90/p99/max, and for ours the server-reported
-   `latency_ms` p50/p99 and how many answers said `degraded`.
+   scheduled send to the last answer), client-side p50/p90/p99/max over every request sent (one that
+   failed or timed out after `--timeout` seconds counts at the time it failed), and for ours the
+   server-reported `latency_ms` p50/p99 and how many answers said `degraded`.
 3. Closed loop, per target: `--concurrency` clients (default 8) each send the next request as soon as
    the previous answer arrives, for `--duration` seconds: the most answers per second.
 4. CPU over each phase (its warm-up included), from /proc: the server's process tree, the load
