@@ -224,6 +224,10 @@ def serve_env(paths: Paths) -> dict[str, str]:
     env = dict(os.environ)
     env[WORKDIR_ENV] = str(paths.root)
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    # One thread per BLAS/OpenMP pool: a decision is small matrix work, and extra threads only
+    # spin against the API threads (measured: about half the CPU per decision with 1 thread).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -524,13 +528,18 @@ def monitor(workdir: Optional[Path] = WorkdirOpt):
 def serve(
     port: int = typer.Option(DEFAULT_PORT, help="HTTP port."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
+    workers: int = typer.Option(1, min=1, max=64, help="Worker processes (each loads the models; all share "
+                                "events.db and learn the same feedback)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Serve the champion models over HTTP with BentoML (POST /recommend, /feedback)."""
+    """Serve the champion models over HTTP with BentoML (POST /recommend, /feedback, /events)."""
     paths = _paths(workdir)
     cmd = serve_command(paths, port, host)
-    console.print(f"serving {paths.root} on http://{host}:{port} (Ctrl-C to stop)")
-    os.execvpe(cmd[0], cmd, serve_env(paths))
+    env = serve_env(paths)
+    if workers > 1:
+        env["BENTOML_CONFIG_OVERRIDES"] = json.dumps({"services": {"nextbest": {"workers": workers}}})
+    console.print(f"serving {paths.root} on http://{host}:{port} with {workers} worker(s) (Ctrl-C to stop)")
+    os.execvpe(cmd[0], cmd, env)
 
 
 @app.command()

@@ -140,10 +140,13 @@ class Posterior:
         self.cov = (self.cov + self.cov.T) / 2
         self.mean = self.mean + self.cov @ x * (reward - p)
         self.n_updates += 1
+        self._chol = None
 
     def sample(self, rng: np.random.Generator, m: int) -> np.ndarray:
         """m posterior draws of the weights, shape (d, m)."""
-        chol = np.linalg.cholesky(self.cov + np.eye(len(self.mean)) * 1e-12)
+        chol = getattr(self, "_chol", None)
+        if chol is None:  # recomputed only after an update
+            chol = self._chol = np.linalg.cholesky(self.cov + np.eye(len(self.mean)) * 1e-12)
         return self.mean[:, None] + chol @ rng.standard_normal((len(self.mean), m))
 
 
@@ -224,7 +227,7 @@ class OnlinePolicy:
     the restarted policy is the one that would have run without the restart.
     """
 
-    def __init__(self, arms: list[str], cfg, events, viewed_weight: float = 0.0):
+    def __init__(self, arms: list[str], cfg, events, viewed_weight: float = 0.0, stream: int = 0):
         import threading
 
         self.cfg = cfg
@@ -232,7 +235,7 @@ class OnlinePolicy:
         self.featuriser = Featuriser(arms)
         self.name = cfg.policy
         self._lock = threading.Lock()
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng([cfg.seed, stream])
         self._unsaved = 0
         saved = events.load_policy(self.name, self.featuriser.signature)
         if saved is None:
