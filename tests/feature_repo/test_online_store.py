@@ -293,3 +293,23 @@ def test_feast_materialize_on_the_project_store_serves_the_same_values(bank, tmp
     store.materialize(start_date=(end - timedelta(days=31)).to_pydatetime(),
                       end_date=(end + timedelta(seconds=1)).to_pydatetime())
     pd.testing.assert_frame_equal(_by_customer(bank, [*customers, "nobody"]), fast)
+
+
+def test_the_serving_read_path_returns_what_get_online_features_returns(stores):
+    store = stores["fast"]
+    service = store.get_feature_service("things_v1")
+    tables = [(store.get_feature_view(p.name), [f.name for f in p.features]) for p in service.feature_view_projections]
+    online = RowSqliteOnlineStore()
+    expected = _online(store).to_dict()
+    try:
+        for i, customer in enumerate(expected["customer_id"]):
+            key = EntityKeyProto(join_keys=["customer_id"], entity_values=[ValueProto(string_val=customer)])
+            got = online.read_python(store.config, tables, key)
+            if customer == "nobody":
+                assert got is None
+                continue
+            want = {f: expected[f][i] for f in FEATURES}
+            assert got == want, customer
+            assert {f: type(v) for f, v in got.items()} == {f: type(v) for f, v in want.items()}, customer
+    finally:
+        online.close_connection()
