@@ -169,6 +169,45 @@ def do_evaluate(paths: Paths, task: str, version: Optional[str], config: Optiona
     return evaluation
 
 
+def do_ope(paths: Paths, explore_share: float) -> dict:
+    from monitoring.ope import estimate_all, from_event_log
+    from nextbest.config import load_bandit, load_catalogue
+    from serving.bandit import Featuriser, Posterior
+    from serving.eventlog import EventLog
+
+    if not paths.events_db.exists():
+        raise StageError(f"{paths.events_db}: no decision log yet; serve and answer some requests first")
+    catalogue = load_catalogue()
+    cfg = load_bandit(catalogue=catalogue)
+    featuriser = Featuriser(catalogue.ids + list(cfg.actions))
+    saved = EventLog(paths.events_db).load_policy(cfg.policy, featuriser.signature)
+    if saved is None:
+        raise StageError(f"{paths.events_db}: no saved state of policy {cfg.policy!r} to evaluate")
+    posterior = Posterior(saved[2], saved[3], saved[0])
+    with stage(f"off-policy evaluation of the current posterior at explore share {explore_share:g}"):
+        logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,
+                                                   cfg.propensity_samples, cfg.seed)
+        if len(logged.served) == 0:
+            raise StageError("no logged decision with offers and propensities to evaluate")
+        result = {"policy": cfg.policy, "explore_share": explore_share, "updates": saved[0],
+                  "logged_value": float(logged.reward.sum(1).mean()), **estimate_all(logged, target, predicted)}
+        out = paths.reports / time.strftime("%Y-%m-%d") / "ope.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)
+    table = Table(title=f"value per decision, {len(logged.served)} logged decisions")
+    for col in ("estimator", "value", "95% CI"):
+        table.add_column(col)
+    table.add_row("logged policy (observed)", f"{result['logged_value']:.4f}", "")
+    for name in ("ips", "snips", "dr"):
+        est = result[name]
+        table.add_row(name.upper(), f"{est['value']:.4f}", f"[{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]")
+    console.print(table)
+    console.print(f"written: {out}")
+    return result
+
+
 def do_monitor(paths: Paths) -> dict:
     import pandas as pd
 
@@ -522,6 +561,15 @@ def _check_task(task: str) -> None:
 def monitor(workdir: Optional[Path] = WorkdirOpt):
     """Write an Evidently data-drift report (HTML and JSON) under reports/<date>/."""
     _run(do_monitor, _paths(workdir))
+
+
+@app.command()
+def ope(
+    explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Exploration share of the candidate policy."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Off-policy evaluation (IPS, SNIPS, doubly robust) of the current bandit posterior on the decision log."""
+    _run(do_ope, _paths(workdir), explore_share)
 
 
 @app.command()
