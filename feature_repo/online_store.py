@@ -127,7 +127,8 @@ class _Layout:
         for j, (name, proto_field) in enumerate(var):
             self.fields[name] = (_KIND_OF_FIELD[proto_field], j, -1)
 
-    def decode(self, fixed: bytes, var: bytes | None, names: Sequence[str] | None) -> dict[str, ValueProto]:
+    def _unpack(self, fixed: bytes, var: bytes | None) -> tuple[tuple, list[bytes | None]]:
+        """The fixed-width values, and the variable-length ones cut out of `var` (None where null)."""
         vals = self.struct.unpack(fixed)
         parts: list[bytes | None] = []
         if self.n_var:
@@ -138,6 +139,10 @@ class _Layout:
                 else:
                     parts.append(var[pos:pos + length])
                     pos += length
+        return vals, parts
+
+    def decode(self, fixed: bytes, var: bytes | None, names: Sequence[str] | None) -> dict[str, ValueProto]:
+        vals, parts = self._unpack(fixed, var)
         out: dict[str, ValueProto] = {}
         fields = self.fields
         for name in names if names is not None else fields:
@@ -178,16 +183,7 @@ class _Layout:
     def decode_python(self, fixed: bytes, var: bytes | None, names: Sequence[str]) -> dict[str, Any]:
         """Like `decode`, as plain Python values (None where missing): the serving hot path skips
         building protobufs only to read them back."""
-        vals = self.struct.unpack(fixed)
-        parts: list[bytes | None] = []
-        if self.n_var:
-            var, pos = var or b"", 0
-            for length in vals[self.len_start:]:
-                if length == NULL_LENGTH:
-                    parts.append(None)
-                else:
-                    parts.append(var[pos:pos + length])
-                    pos += length
+        vals, parts = self._unpack(fixed, var)
         out: dict[str, Any] = {}
         fields = self.fields
         for name in names:
