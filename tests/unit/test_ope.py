@@ -33,16 +33,17 @@ def _context(rng) -> tuple[Context, np.ndarray]:
     return ctx, rng.uniform(0.002, 0.05, len(ARMS))
 
 
-def test_doubly_robust_is_within_5_percent_of_the_true_value():
-    f, truth, logging, target_post, rng = _world(0)
-    n, k, share = 20_000, 2, 0.3
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ips_and_doubly_robust_recover_the_true_value(seed):
+    f, truth, logging, target_post, rng = _world(seed)
+    n, k, share = 50_000, 2, 0.3
     served, prop, reward = np.full((n, k), -1), np.ones((n, k)), np.zeros((n, k))
     target, predicted, true_values = np.zeros((n, len(ARMS), k)), np.zeros((n, len(ARMS))), np.zeros(n)
     for i in range(n):
         ctx, base = _context(rng)
         x = f.matrix(ARMS, base, np.zeros(len(ARMS)), ctx)
         p_true = sigmoid(x @ truth)
-        c = choose(logging, x, VALUE, k, share, rng, samples=64)
+        c = choose(logging, x, VALUE, k, share, rng, samples=256)  # as served (bandit.yaml)
         for j, (arm, p) in enumerate(zip(c.order, c.propensity)):
             served[i, j], prop[i, j] = arm, p
             reward[i, j] = float(rng.random() < p_true[arm]) * VALUE[arm]
@@ -53,12 +54,13 @@ def test_doubly_robust_is_within_5_percent_of_the_true_value():
     truth_value = true_values.mean()
     logging_value = reward.sum(1).mean()
     assert truth_value > 1.2 * logging_value  # the candidate is genuinely different and better
-    dr = doubly_robust(logged, target, predicted)
-    assert abs(dr.value - truth_value) / truth_value < 0.05, (dr, truth_value)
-    assert dr.low < truth_value < dr.high
-    for est in (ips(logged, target), snips(logged, target)):
-        assert abs(est.value - truth_value) / truth_value < 0.10, (est, truth_value)
-        assert est.low < est.value < est.high
+    # Unbiased estimators: the truth lies in their 95% intervals, and the intervals are informative.
+    for est in (doubly_robust(logged, target, predicted), ips(logged, target)):
+        assert est.low < truth_value < est.high, (est, truth_value)
+        assert (est.high - est.low) / 2 < 0.2 * truth_value, est
+    # Self-normalised IPS trades bias for variance; here it only has to be in the right region.
+    est = snips(logged, target)
+    assert est.low < est.value < est.high and abs(est.value - truth_value) / truth_value < 0.25
     # The direct method alone (the wrong reward model) would be far off: the correction matters.
     direct = np.einsum("nmk,nm->n", target, predicted).mean()
     assert abs(direct - truth_value) / truth_value > 0.1
