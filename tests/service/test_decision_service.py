@@ -69,7 +69,7 @@ def test_recommend_answers_with_propensities_and_reasons(server, latest):
     assert r.status_code == 200, r.text
     j = r.json()
     assert j["degraded"] is False and j["lifecycle"] and j["segment"] and j["policy"]["name"] == "lin_ts"
-    assert 1 <= len(j["offers"]) <= 4
+    assert j["offers"] and len(j["offers"]) <= 4
     held = {p for p in latest.columns if p.startswith("held_") and latest.loc[cid, p] == 1}
     for rank, o in enumerate(j["offers"], 1):
         assert o["rank"] == rank and o["channel"] == "email" and f"held_{o['product_id']}" not in held
