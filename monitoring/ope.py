@@ -124,7 +124,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     import json
     import sqlite3
 
-    from serving.bandit import Context, sigmoid, slot_propensities
+    from serving.bandit import sigmoid, slot_propensities
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
@@ -136,13 +136,10 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     decisions = []
     for decision_id, k, offers_json, context_json in rows:
         ctx, offers = json.loads(context_json), json.loads(offers_json)
-        cands, request = ctx.get("candidates") or [], ctx.get("request")
-        if not offers or not request or not all("propensity" in o for o in offers):
+        rows = featuriser.logged(ctx)
+        if not offers or rows is None or not all("propensity" in o for o in offers):
             continue
-        arms = [c["arm"] for c in cands]
-        if any(a not in featuriser.arms for a in arms):
-            continue
-        decisions.append((decision_id, k, offers, cands, request))
+        decisions.append((decision_id, k, offers, ctx["candidates"], rows))
     n = len(decisions)
     m = max((len(d[3]) for d in decisions), default=1)
     k = max((d[1] for d in decisions), default=1)
@@ -151,11 +148,8 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     reward = np.zeros((n, k))
     target = np.zeros((n, m, k))
     predicted = np.zeros((n, m))
-    for i, (decision_id, k_i, offers, cands, request) in enumerate(decisions):
-        arms = [c["arm"] for c in cands]
+    for i, (decision_id, k_i, offers, cands, (arms, x)) in enumerate(decisions):
         value = np.array([c["value"] for c in cands])
-        x = featuriser.matrix(arms, np.array([c["base_prob"] for c in cands]), np.array([c["viewed"] for c in cands]),
-                              Context(request["channel"], request["hour"], request["weekday"], request["engagement"]))
         probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples)
         target[i, :len(arms), :probs.shape[1]] = probs
         predicted[i, :len(arms)] = sigmoid(x @ posterior.mean) * value

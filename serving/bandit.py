@@ -81,6 +81,21 @@ class Featuriser:
         """Changes whenever the layout does, so a saved posterior is never read with another layout."""
         return hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:16]
 
+    def logged(self, context: dict) -> tuple[list[str], np.ndarray] | None:
+        """The rows a logged decision scored its candidates with, rebuilt from its logged context.
+
+        Returns:
+            (candidate ids, rows (n, dim)), or None if the decision logged no candidates or one
+            this featuriser does not know (another catalogue or layout).
+        """
+        cands, request = context.get("candidates") or [], context.get("request")
+        arms = [c["arm"] for c in cands]
+        if not cands or request is None or any(a not in self._arm for a in arms):
+            return None
+        ctx = Context(request["channel"], request["hour"], request["weekday"], request["engagement"])
+        return arms, self.matrix(arms, np.array([c["base_prob"] for c in cands]),
+                                 np.array([c["viewed"] for c in cands]), ctx)
+
     def matrix(self, arms: list[str], base_prob: np.ndarray, viewed: np.ndarray, ctx: Context) -> np.ndarray:
         """Feature rows for several offers in one context.
 
@@ -282,13 +297,10 @@ class OnlinePolicy:
                                 self.posterior.mean, self.posterior.cov)
 
     def _logged_row(self, context_json: str, arm: str) -> np.ndarray | None:
-        """The feature row the decision scored this offer with, rebuilt from the logged context."""
+        """The feature row the decision scored this offer with."""
         import json
 
-        logged = json.loads(context_json)
-        cand = next((c for c in logged.get("candidates", []) if c["arm"] == arm), None)
-        request = logged.get("request")
-        if cand is None or request is None or arm not in self.featuriser._arm:
+        rows = self.featuriser.logged(json.loads(context_json))
+        if rows is None or arm not in rows[0]:
             return None
-        ctx = Context(request["channel"], request["hour"], request["weekday"], request["engagement"])
-        return self.featuriser.matrix([arm], np.array([cand["base_prob"]]), np.array([cand["viewed"]]), ctx)[0]
+        return rows[1][rows[0].index(arm)]

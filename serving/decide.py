@@ -116,11 +116,11 @@ def apply_rules(rules: RulesConfig, catalogue: Catalogue, profile: Profile, hist
     if blocked is not None:
         return [], [Suppression(CHANNEL_WIDE, blocked)], blocked, False
     cooldown = (profile.days_since_loan is not None and profile.days_since_loan < rules.credit_cooldown.days)
-    held = {p: True for p in profile.held}
-    ok, removed = eligible_products(catalogue.products, held, profile.age if rules.eligibility else None)
-    if not rules.eligibility:  # only the held-product rule stays
+    if rules.eligibility:
+        ok, removed = eligible_products(catalogue.products, dict.fromkeys(profile.held, True), profile.age)
+    else:  # only the held-product rule stays
         ok = [p.product_id not in profile.held for p in catalogue.products]
-        removed = [s for s in removed if s.rule == "already_held"]
+        removed = [Suppression(p.product_id, "already_held") for p in catalogue.products if p.product_id in profile.held]
     allowed = []
     for p, fine in zip(catalogue.products, ok):
         if not fine:
