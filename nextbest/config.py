@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from nextbest.settings import CONFIG_DIR
 
+GLOBAL_HOLDOUT = "all"  # the control group that gets no offer at all
+
 Category = Literal["account", "card", "deposit", "loan", "investment", "insurance", "service"]
 
 
@@ -227,6 +229,29 @@ class Trigger(BaseModel):
     channel: Literal["mobile_app", "web", "email", "push", "sms", "branch", "call_center"] = "push"
 
 
+class Campaign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    products: list[str] = Field(min_length=1)
+    share: float = Field(ge=0, lt=1)
+
+
+class HoldoutConfig(BaseModel):
+    """Random control groups: customers kept out of offers so the uplift of offering can be measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    salt: str = Field(default="holdout-v1", min_length=1)
+    share: float = Field(default=0.0, ge=0, lt=1)  # global control group: no offer at all
+    campaigns: dict[str, Campaign] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_reserved_name(self) -> "HoldoutConfig":
+        if GLOBAL_HOLDOUT in self.campaigns:
+            raise ValueError(f"campaigns: {GLOBAL_HOLDOUT!r} is reserved for the global control group")
+        return self
+
+
 class BanditConfig(BaseModel):
     """Arbitration and exploration policy (`configs/bandit.yaml`)."""
 
@@ -245,6 +270,7 @@ class BanditConfig(BaseModel):
     cold_start: ColdStartConfig
     online_budget_ms: float = Field(default=50, gt=0)
     triggers: dict[Literal["salary_received", "large_deposit"], Trigger] = Field(default_factory=dict)
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
 
     @model_validator(mode="after")
     def _known_actions(self) -> "BanditConfig":
@@ -308,7 +334,8 @@ def load_bandit(path: Path | None = None, catalogue: Catalogue | None = None) ->
     path = path or CONFIG_DIR / "bandit.yaml"
     cfg = _validated(BanditConfig, path)
     if catalogue is not None:
-        named = [*cfg.cold_start.entry_products, *cfg.cold_start.acceptance, *cfg.levers.products]
+        named = [*cfg.cold_start.entry_products, *cfg.cold_start.acceptance, *cfg.levers.products,
+                 *(p for c in cfg.holdout.campaigns.values() for p in c.products)]
         unknown = sorted({p for p in named if p not in catalogue.ids})
         if unknown:
             raise ConfigError(f"{path}: unknown product(s) {unknown} (not in products.yaml)")

@@ -7,11 +7,12 @@ Privacy rules fail closed: an unknown opt-out flag or consent counts as a refusa
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from nextbest.config import BanditConfig, Catalogue, Product, RulesConfig
+from nextbest.config import GLOBAL_HOLDOUT, BanditConfig, Catalogue, HoldoutConfig, Product, RulesConfig
 
 # Default consent per outbound channel; `configs/rules.yaml` is the business's copy.
 CHANNEL_CONSENT = {"email": "consent_email", "push": "consent_push", "sms": "consent_sms",
@@ -179,6 +180,37 @@ def rank_offers(products: list[Product], scores: np.ndarray, allowed: list[bool]
              "rank": r + 1} for r, i in enumerate(order)]
 
 
+CONTROL, TREATMENT = "control", "treatment"
+
+
+def holdout_unit(salt: str, campaign: str, customer_id: str) -> float:
+    """A stable uniform number in [0, 1) per (salt, campaign, customer): the customer's draw for that group."""
+    digest = hashlib.sha256(f"{salt}\x1f{campaign}\x1f{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def holdout_groups(cfg: HoldoutConfig, customer_id: str) -> dict[str, str]:
+    """The customer's group in the global control group and in each campaign's: control or treatment."""
+    groups = {GLOBAL_HOLDOUT: CONTROL if holdout_unit(cfg.salt, GLOBAL_HOLDOUT, customer_id) < cfg.share else TREATMENT}
+    for name, campaign in cfg.campaigns.items():
+        groups[name] = CONTROL if holdout_unit(cfg.salt, name, customer_id) < campaign.share else TREATMENT
+    return groups
+
+
+def apply_holdout(cfg: HoldoutConfig, groups: dict[str, str], allowed: list[str]) -> tuple[list[str], list[Suppression], str | None]:
+    """Removes what the customer's control groups must not get.
+
+    Returns:
+        (allowed products left, suppressions with rule `holdout:<campaign>`, the channel-wide rule
+        `holdout:all` when the customer is in the global control group, else None).
+    """
+    if groups.get(GLOBAL_HOLDOUT) == CONTROL:
+        return [], [Suppression(CHANNEL_WIDE, f"holdout:{GLOBAL_HOLDOUT}")], f"holdout:{GLOBAL_HOLDOUT}"
+    held_out = {p: name for name, c in cfg.campaigns.items() if groups.get(name) == CONTROL for p in c.products}
+    removed = [Suppression(p, f"holdout:{held_out[p]}") for p in allowed if p in held_out]
+    return [p for p in allowed if p not in held_out], removed, None
+
+
 CONSENT_EVENTS = {"consent_granted": True, "consent_withdrawn": False}
 PAGE_VIEW_DAYS = 7  # a product page viewed this recently counts as interest
 
@@ -203,6 +235,7 @@ def make_profile(fields: dict | None, events: list[tuple[str, dict, float]], now
         months = fields.get("loan_months")
         days_since_loan = None if months is None else months * 30.44 + max(0.0, now - (snapshot or now)) / 86400
     viewed = set(fields.get("viewed", []))
+    held = set(fields.get("held", []))
     for event, payload, at in events:  # later events override earlier ones and the snapshot
         if event == "opt_out":
             opt_out = True
@@ -215,8 +248,10 @@ def make_profile(fields: dict | None, events: list[tuple[str, dict, float]], now
             days_since_loan = days if days_since_loan is None else min(days_since_loan, days)
         elif event == "product_page_view" and now - at <= PAGE_VIEW_DAYS * 86400:
             viewed.add(payload["product_id"])
+        elif event == "product_acquired" and snapshot is not None and at > snapshot:
+            held.add(payload["product_id"])  # opened since the snapshot: held from now on
     return Profile(known=bool(fields), marketing_opt_out=opt_out, consents=consents, age=fields.get("age"),
-                   held=frozenset(fields.get("held", [])), days_since_loan=days_since_loan,
+                   held=frozenset(held), days_since_loan=days_since_loan,
                    lifecycle=fields.get("lifecycle", "prospect"), segment=fields.get("segment", "prospect"),
                    customer_value=fields.get("customer_value", 0.0), engagement=fields.get("engagement", 0.0),
                    viewed=frozenset(viewed))

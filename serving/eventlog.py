@@ -65,7 +65,22 @@ CREATE TABLE IF NOT EXISTS customer_events (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_customer ON customer_events(customer_pseudonym, occurred_at);
+-- The online feature vector of a sampled share of decisions: drift monitoring's "features at serving time".
+CREATE TABLE IF NOT EXISTS served_features (
+    decision_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    features TEXT NOT NULL  -- JSON {feature: value}
+);
 """
+
+def _json_default(value):
+    """Feature values that JSON lacks: numpy scalars and timestamps."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
 
 REWARD = {"accept": 1.0, "convert": 1.0, "reject": 0.0, "dismiss": 0.0}
 REJECTIONS = ("reject", "dismiss")
@@ -82,22 +97,34 @@ class Decision:
 class EventLog:
     """Thread-safe writer over one SQLite connection."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, durable: bool = True):
+        """`durable=False` (simulations only) skips the fsync per write: a crash may lose the last writes."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # FULL: an acknowledged decision survives a crash of the process and of the machine.
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
 
     def log_decision(self, decision_id: str, customer_pseudonym: str, channel: str, k: int, offers: list[dict],
-                     model_versions: dict, context: dict) -> None:
+                     model_versions: dict, context: dict, features: dict | None = None) -> None:
+        """Commits a decision (and, if given, its online features for drift monitoring) in one transaction."""
+        row = (decision_id, time.time(), customer_pseudonym, channel, k, json.dumps(offers),
+               json.dumps(model_versions), json.dumps(context))
         with self._lock:
-            self._conn.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (decision_id, time.time(), customer_pseudonym, channel, k, json.dumps(offers),
-                 json.dumps(model_versions), json.dumps(context)))
+            if features is None:
+                self._conn.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                self._conn.execute("INSERT INTO served_features VALUES (?, ?, ?)",
+                                   (decision_id, row[1], json.dumps(features, default=_json_default)))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     def get_decision(self, decision_id: str) -> Decision | None:
         with self._lock:

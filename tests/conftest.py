@@ -49,8 +49,14 @@ def quickstart_workdir(tmp_path_factory):
 
     Shared by the service and end-to-end tests; a test that changes the work dir must copy it.
     """
+    import os
+    from pathlib import Path
+
     from tests.servers import run_cli
 
+    reuse = os.environ.get("NEXTBEST_TEST_QUICKSTART")  # a prebuilt quickstart work dir, for quick local runs
+    if reuse:
+        return Path(reuse).resolve()
     wd = tmp_path_factory.mktemp("quickstart")
     proc = run_cli("quickstart", "--customers", "800", "--months", "8", workdir=wd)
     assert proc.returncode == 0, proc.stderr[-4000:]

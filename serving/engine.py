@@ -1,0 +1,441 @@
+"""The decision core, without HTTP: what `/recommend`, `/feedback` and `/events` do.
+
+`serving.service` wraps one `DecisionEngine` per BentoML worker; the bandit simulator
+(`nextbest simulate`) drives the same engine in-process, so simulated decisions take exactly the
+production path: online features -> models -> rules and control groups -> candidates valued by
+margin and levers -> the bandit's choice -> the decision, with every candidate, propensity and
+suppression, committed to the event log before the answer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from nextbest.config import load_bandit, load_catalogue, load_rules
+from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, REALTIME_FEATURES,
+                                REALTIME_PUSH_SOURCE, REALTIME_VIEW)
+from nextbest.settings import CONFIG_DIR, Paths
+from serving import fallback as fb
+from serving.bandit import Context, OnlinePolicy
+from serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
+                            holdout_groups, holdout_unit, make_profile)
+from serving.eventlog import EventLog
+from serving.privacy import load_key, pseudonymise
+
+log = logging.getLogger("nextbest.serving")
+
+DAY = 86400.0
+# Which short-term context fields an event sets: (value field, payload key, time field).
+REALTIME_EVENT_FIELDS = {
+    "salary_received": ("last_salary_amount", "amount", "last_salary_at"),
+    "large_deposit": ("last_deposit_amount", "amount", "last_deposit_at"),
+    "loan_disbursed": ("last_loan_product", "product_id", "last_loan_at"),
+    "product_page_view": ("last_page_view_product", "product_id", "last_page_view_at"),
+}
+PRODUCT_EVENTS = ("product_page_view", "loan_disbursed", "product_acquired")
+AMOUNT_EVENTS = ("salary_received", "large_deposit")
+CONSENT_CHANGES = ("consent_granted", "consent_withdrawn")
+DEFAULT_FEATURE_SAMPLE_SHARE = 0.05
+
+
+class RequestError(Exception):
+    """An answer other than 200, with a message for the caller (no stack trace, nothing logged)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class LoadedModel:
+    """A registered model at alias `champion`, loaded from its state_dict and JSON (no unpickling)."""
+
+    def __init__(self, name: str, paths: Paths):
+        from training.models import from_checkpoint
+        from training.registry import fetch_alias
+
+        self.registered = fetch_alias(paths, name)
+        self.model, self.meta = from_checkpoint(self.registered.local_dir)
+
+    def predict(self, row: pd.DataFrame | dict[str, list]) -> np.ndarray:
+        from training.models import predict_proba
+
+        return predict_proba(self.model, self.meta, row)[0]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything about one decision before the policy chooses."""
+
+    customer_id: str
+    pseudonym: str
+    channel: str
+    k: int
+    when: datetime
+    profile: Profile
+    candidates: list[Candidate]
+    request: Context
+    suppressed: list[Suppression]
+    blocked: str | None
+    degraded: str | None
+    churn_risk: float | None
+    groups: dict[str, str]
+    features: dict | None
+    page: str | None = None
+    event: str | None = None
+    trigger: str | None = None
+
+
+def as_utc(ts: datetime | None) -> datetime:
+    """The decision time: `ts` (naive means UTC), else now."""
+    if ts is None:
+        return datetime.now(timezone.utc)
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+
+
+def feature_sample_share(path=None) -> float:
+    """`serving.feature_sample_share` of configs/monitoring.yaml: the share of decisions whose features are logged."""
+    import yaml
+
+    path = path or CONFIG_DIR / "monitoring.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        share = float((data.get("serving") or {}).get("feature_sample_share", DEFAULT_FEATURE_SAMPLE_SHARE))
+    except FileNotFoundError:
+        return DEFAULT_FEATURE_SAMPLE_SHARE
+    return min(max(share, 0.0), 1.0)
+
+
+class DecisionEngine:
+    """One decision maker: models, rules, policy, event log and the online store.
+
+    Args:
+        paths: the work directory.
+        features: a reader `customer_id -> feature dict or None` that replaces the online store
+            (tests, simulations); None reads the Feast online store of the work directory.
+        durable: fsync every logged decision (production); False for simulations.
+        stream: the policy's random stream (one per serving worker).
+    """
+
+    def __init__(self, paths: Paths, features: Callable[[str], dict | None] | None = None, durable: bool = True,
+                 stream: int = 0, eventlog: EventLog | None = None):
+        self.paths = paths
+        self.catalogue = load_catalogue()
+        self.products = self.catalogue.products
+        self.policy_cfg = load_bandit(catalogue=self.catalogue)
+        self.rules = load_rules(catalogue=self.catalogue, bandit=self.policy_cfg)
+        self.eventlog = eventlog or EventLog(paths.events_db, durable=durable)
+        self.key = load_key(paths.root)
+        self.sample_share = feature_sample_share()
+        self._reader = features
+        self._stream = stream
+        self.store = None
+        self._fast_read = None
+        self.fallback: fb.Fallback | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
+        self._pusher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-push")
+        self.ready = False
+        self.error: str | None = None
+        self.store_error: str | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Loads models, the fallback table, the policy and the online store; errors land in `error`."""
+        import torch
+
+        # One small MLP per request: torch's intra-op threads only contend with the API threads
+        # (measured: 2 threads cost twice the CPU per decision of 1).
+        torch.set_num_threads(1)
+        try:
+            self.nbp = LoadedModel(NBP_MODEL_NAME, self.paths)
+            self.churn = LoadedModel(CHURN_MODEL_NAME, self.paths)
+            db = self.paths.root / "fallback.db"
+            if fb.is_stale(db, self.paths.features):
+                rows = fb.build(db, self.paths.features, self.catalogue, self.rules, self.key)
+                log.info("fallback table rebuilt: %d customers", rows)
+            self.fallback = fb.Fallback(db)
+            arms = self.catalogue.ids + list(self.policy_cfg.actions)
+            # Each worker process draws its own random stream; all learn the same rewards in log order.
+            self.policy = OnlinePolicy(arms, self.policy_cfg, self.eventlog,
+                                       viewed_weight=math.log(self.policy_cfg.cold_start.page_boost),
+                                       stream=self._stream)
+        except Exception as exc:  # noqa: BLE001 - any load failure must surface on /readyz, not kill the server
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("loading failed: %s", self.error)
+            return
+        if self._reader is None:
+            try:
+                from feature_repo.store import open_store
+
+                self.store = open_store(self.paths)
+                self.nbp_service = self.store.get_feature_service(self.nbp.meta.feature_service)
+                # The first read builds Feast's lazy state (~100 ms); pay it here, not in a request's budget.
+                self.store.get_online_features(features=self.nbp_service, entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
+                self._fast_read = _fast_reader(self.store, self.nbp_service)
+            except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
+                self.store_error = f"{type(exc).__name__}: {exc}"
+                log.error("online store unavailable, answering degraded: %s", self.store_error)
+        self.ready = True
+        log.info("ready: nbp v%s, churn v%s, policy %s after %d updates (%d replayed)",
+                 self.nbp.registered.version, self.churn.registered.version, self.policy.name,
+                 self.policy.posterior.n_updates, self.policy.replayed)
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise RequestError(503, f"not ready: {self.error or 'models and features are still loading'}")
+
+    def online_features(self, customer_id: str) -> tuple[dict | None, str | None]:
+        """The customer's online features within the budget: (features or None if unknown, degraded reason)."""
+        if self._reader is not None:
+            return self._reader(customer_id), None
+        if self.store is None:
+            return None, f"online store unavailable ({self.store_error})"
+
+        def fetch():
+            if self._fast_read is not None:
+                values = self._fast_read(customer_id)
+                return {CUSTOMER_ID: customer_id, **(values or {})}
+            values = self.store.get_online_features(features=self.nbp_service,
+                                                    entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
+            return {k: v[0] for k, v in values.items()}
+
+        future = self._pool.submit(fetch)
+        try:
+            features = future.result(timeout=self.policy_cfg.online_budget_ms / 1000)
+        except concurrent.futures.TimeoutError:
+            return None, f"online store slower than {self.policy_cfg.online_budget_ms:g} ms"
+        except Exception as exc:  # noqa: BLE001 - any store failure means a degraded answer, never a 500
+            log.warning("online store failed: %s", type(exc).__name__)
+            return None, f"online store failed ({type(exc).__name__})"
+        if all(v is None for k, v in features.items() if k != CUSTOMER_ID):
+            return None, None
+        return features, None
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def prepare(self, customer_id: str, channel: str = "mobile_app", k: int = 3, context: dict | None = None,
+                categories: list[str] | None = None, trigger: str | None = None) -> Prepared:
+        """Everything before the policy's choice: features, profile, rules, control groups, candidates."""
+        self.require_ready()
+        context = context or {}
+        when = as_utc(context.get("timestamp"))
+        now = when.timestamp()
+        page = context.get("page")
+        pseudonym = pseudonymise(customer_id, self.key)
+        features, degraded = self.online_features(customer_id)
+        if features is not None:
+            fields = fb.profile_fields(features, self.catalogue, self.rules)
+        else:
+            # None: the bank does not know this customer, a prospect. A customer the fallback
+            # table knows but the online store does not means the store lost data: degrade.
+            fields = self.fallback.profile(pseudonym)
+            if fields is not None and degraded is None:
+                degraded = "online store has no features for a known customer"
+        profile = make_profile(fields, self.eventlog.customer_events(pseudonym), now, self.fallback.snapshot)
+        if page in self.catalogue.ids:
+            profile = replace(profile, viewed=profile.viewed | {page})
+        contacts, rejected = self.eventlog.history(pseudonym, now - 7 * DAY, now - self.rules.rejection_cooldown_days * DAY)
+        history = History(contacts, frozenset(rejected))
+        allowed, suppressed, blocked, cooldown = apply_rules(self.rules, self.catalogue, profile, history, channel)
+        groups = holdout_groups(self.policy_cfg.holdout, customer_id)
+        if blocked is None:
+            allowed, held_out, blocked = apply_holdout(self.policy_cfg.holdout, groups, allowed)
+            suppressed += held_out
+        if not profile.known:
+            entry = set(self.policy_cfg.cold_start.entry_products)
+            suppressed += [Suppression(p, "cold_start_entry_products") for p in allowed if p not in entry]
+            allowed = [p for p in allowed if p in entry]
+        if categories is not None:
+            by_id = self.catalogue.by_id()
+            allowed = [p for p in allowed if by_id[p].category in categories]
+        probs, churn_risk = self._probabilities(features, profile, degraded)
+        cands = candidates(self.catalogue, self.policy_cfg, self.rules, profile, allowed, probs, churn_risk,
+                           cooldown, history, blocked, actions=categories is None)
+        request = Context(channel, when.hour, when.weekday(), profile.engagement)
+        return Prepared(customer_id, pseudonym, channel, k, when, profile, cands, request, suppressed, blocked,
+                        degraded, churn_risk, groups, features, page, context.get("event"), trigger)
+
+    def recommend(self, customer_id: str, channel: str = "mobile_app", k: int = 3, context: dict | None = None,
+                  explain: bool = False, categories: list[str] | None = None, trigger: str | None = None) -> dict:
+        """The `/recommend` answer: the policy ranks the prepared candidates; the decision is logged first."""
+        started = time.perf_counter()
+        prep = self.prepare(customer_id, channel, k, context, categories, trigger)
+        degraded = prep.degraded
+        self.policy.learn()  # rewards another worker recorded since the last decision
+        choice = self.policy.choose(prep.candidates, prep.request, k, explore_share=0.0 if degraded else None)
+        offers = [_offer(prep.candidates[i], r + 1, choice, i, channel, explain, prop, explored)
+                  for r, (i, prop, explored) in enumerate(zip(choice.order, choice.propensity, choice.explored))]
+        decision_id = uuid.uuid4().hex
+        versions = {NBP_MODEL_NAME: self.nbp.registered.version, CHURN_MODEL_NAME: self.churn.registered.version}
+        profile = prep.profile
+        logged_features = None
+        if prep.features is not None and holdout_unit("features", "sample", decision_id) < self.sample_share:
+            logged_features = {f: v for f, v in prep.features.items() if f != CUSTOMER_ID}
+        self.eventlog.log_decision(decision_id, prep.pseudonym, channel, k, [
+            {key: o[key] for key in ("product_id", "rank", "score", "probability", "propensity", "explored")}
+            for o in offers], versions, {
+            "policy": self.policy.name, "exploring": choice.exploring, "degraded": degraded,
+            "segment": profile.segment, "lifecycle": profile.lifecycle, "known": profile.known,
+            "churn_risk": prep.churn_risk, "blocked": prep.blocked, "trigger": prep.trigger,
+            "groups": prep.groups, "holdout": prep.blocked == "holdout:all",
+            "request": {**prep.request.as_dict(), "page": prep.page, "event": prep.event, "at": prep.when.timestamp()},
+            "candidates": [{"arm": c.arm, "base_prob": round(c.base_prob, 8), "value": round(c.value, 6),
+                            "viewed": c.viewed} for c in prep.candidates],
+            "suppressed": [s.__dict__ for s in prep.suppressed]}, features=logged_features)
+        log.info("decision %s for %s on %s: %d offers%s", decision_id, prep.pseudonym, channel, len(offers),
+                 " (degraded)" if degraded else "")
+        answer = {
+            "decision_id": decision_id,
+            "customer_id": customer_id,
+            "segment": profile.segment,
+            "lifecycle": profile.lifecycle,
+            "offers": offers,
+            "model_versions": versions,
+            "policy": {"name": self.policy.name, "explore_share": 0.0 if degraded else self.policy_cfg.explore_share,
+                       "exploring": choice.exploring, "updates": self.policy.posterior.n_updates},
+            "degraded": degraded is not None,
+            "churn_risk": None if prep.churn_risk is None else round(prep.churn_risk, 6),
+            "suppressed_by": prep.blocked,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if explain:
+            answer["explanation"] = {"degraded_reason": degraded, "rules_version": self.rules.version,
+                                     "groups": prep.groups, "suppressed": [s.__dict__ for s in prep.suppressed]}
+        return answer
+
+    def _probabilities(self, features: dict | None, profile: Profile, degraded: str | None) -> tuple[dict, float | None]:
+        """P(acquire) per product (model, else segment popularity, else cold-start priors) and churn risk."""
+        if features is not None:
+            row = {k: [v] for k, v in features.items()}
+            probs = dict(zip(self.catalogue.ids, self.nbp.predict(row).tolist()))
+            return probs, float(self.churn.predict(row)[0])
+        if profile.known:  # degraded: the segment's recent acquisition rates
+            return dict(self.fallback.rates(profile.segment)), None
+        cold = self.policy_cfg.cold_start.acceptance
+        floor = min(cold.values(), default=0.01)
+        return {p: cold.get(p, floor) for p in self.catalogue.ids}, None
+
+    # -- feedback and events ---------------------------------------------------------------------
+
+    def feedback(self, decision_id: str, product_id: str, event: str, value: float | None = None,
+                 timestamp: datetime | None = None) -> dict:
+        """Records the outcome of an offer (idempotent); a first reward updates the policy at once."""
+        decision = self.eventlog.get_decision(decision_id)
+        if decision is None:
+            raise RequestError(404, f"unknown decision_id {decision_id!r}")
+        offered = {o["product_id"] for o in decision.offers}
+        if product_id not in offered:
+            raise RequestError(400, f"product_id {product_id!r} was not offered in decision {decision_id!r} "
+                                    f"(offered: {sorted(offered)})")
+        at = None if timestamp is None else as_utc(timestamp).timestamp()
+        recorded, reward = self.eventlog.log_feedback(decision_id, product_id, event, value, at)
+        if reward is not None and self.ready:
+            self.policy.learn()
+        return {"decision_id": decision_id, "product_id": product_id, "event": event, "recorded": recorded,
+                "duplicate": not recorded, "reward": reward}
+
+    def event(self, customer_id: str, event: str, event_id: str | None = None, product_id: str | None = None,
+              amount: float | None = None, consent: str | None = None, timestamp: datetime | None = None,
+              value: float | None = None) -> dict:
+        """A real-time customer event: logged (idempotent by event_id), pushed to the online store's
+        short-term context, and perhaps a triggered next-best action."""
+        by_id = self.catalogue.by_id()
+        if event in PRODUCT_EVENTS:
+            if product_id is None:
+                raise RequestError(400, f"event {event!r} needs product_id")
+            if product_id not in by_id:
+                raise RequestError(400, f"unknown product_id {product_id!r}")
+        if event in AMOUNT_EVENTS and amount is None:
+            raise RequestError(400, f"event {event!r} needs amount")
+        if event in CONSENT_CHANGES and consent is None:
+            raise RequestError(400, f"event {event!r} needs consent (email, push, sms or call)")
+        when = as_utc(timestamp)
+        payload = {k: v for k, v in (("product_id", product_id), ("amount", amount), ("consent", consent),
+                                     ("value", value)) if v is not None}
+        pseudonym = pseudonymise(customer_id, self.key)
+        event_id = event_id or uuid.uuid4().hex
+        recorded = self.eventlog.log_customer_event(event_id, pseudonym, event, payload, when.timestamp())
+        # Feast's push costs ~30-50 ms: it runs behind the answer, in order, on one thread.
+        queued = recorded and event in REALTIME_EVENT_FIELDS and self.store is not None
+        if queued:
+            self._pusher.submit(self._push_realtime, customer_id, event, payload, when.timestamp())
+        triggered = None
+        trigger = self.policy_cfg.triggers.get(event)
+        if recorded and trigger is not None and (amount or 0) >= trigger.min_amount and self.ready:
+            triggered = self.recommend(customer_id, trigger.channel, 1, {"event": event, "timestamp": timestamp},
+                                       False, categories=list(trigger.categories), trigger=event)
+        return {"event_id": event_id, "event": event, "recorded": recorded, "duplicate": not recorded,
+                "online_store_queued": queued, "triggered": triggered}
+
+    def _push_realtime(self, customer_id: str, event: str, payload: dict, at: float) -> bool:
+        """Writes the event into the customer's short-term context in the online store (Feast push).
+
+        The event log stays the source the rules read, so a failed push only costs other
+        readers of the online store their freshness (it is logged, without the customer id).
+        """
+        field = REALTIME_EVENT_FIELDS[event]
+        try:
+            from feast.data_source import PushMode
+
+            refs = [f"{REALTIME_VIEW}:{n}" for n in REALTIME_FEATURES]
+            current = self.store.get_online_features(features=refs, entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
+            row = {n: current[n][0] for n in REALTIME_FEATURES}
+            value_field, key, time_field = field
+            row[value_field], row[time_field] = payload[key], int(at)
+            frame = pd.DataFrame([{CUSTOMER_ID: customer_id, EVENT_TIMESTAMP: pd.Timestamp(at, unit="s", tz="UTC"),
+                                   **row}])
+            self.store.push(REALTIME_PUSH_SOURCE, frame, to=PushMode.ONLINE)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the event is logged; the online copy is best effort
+            log.warning("short-term context not written to the online store: %s", type(exc).__name__)
+            return False
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Waits for queued online-store pushes (tests, shutdown)."""
+        self._pusher.submit(lambda: None).result(timeout=timeout)
+
+
+def _fast_reader(store, service):
+    """A one-customer reader of the feature service straight from our SQLite online store, or None
+    for any other store (Redis is read through Feast's `get_online_features`)."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from feature_repo.online_store import RowSqliteOnlineStore
+
+    online = store._get_provider().online_store
+    if not isinstance(online, RowSqliteOnlineStore):
+        return None
+    tables = [(store.get_feature_view(p.name), [f.name for f in p.features]) for p in service.feature_view_projections]
+    config = store.config
+
+    def read(customer_id: str) -> dict | None:
+        return online.read_python(config, tables, EntityKey(join_keys=[CUSTOMER_ID],
+                                                            entity_values=[Value(string_val=customer_id)]))
+
+    return read
+
+
+def _offer(cand: Candidate, rank: int, choice, i: int, channel: str, explain: bool, propensity: float,
+           explored: bool) -> dict:
+    offer = {"product_id": cand.arm, "name": cand.name, "rank": rank,
+             "score": round(float(choice.expected_value[i]), 6),
+             "probability": round(float(choice.probability[i]), 6),
+             "expected_value": round(float(choice.expected_value[i]), 4),
+             "propensity": round(max(propensity, 1e-6), 6), "explored": explored, "channel": channel}
+    if explain:
+        offer["reasons"] = [f"base probability {cand.base_prob:.4g}", f"value {cand.value:.4g} EUR if accepted",
+                            *(["customer viewed this product recently"] if cand.viewed else []),
+                            "explored: ranked by a posterior sample" if explored else
+                            "ranked by expected value (posterior mean)"]
+    return offer
