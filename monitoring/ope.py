@@ -111,12 +111,14 @@ def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> d
 
 
 def from_event_log(db_path, posterior, featuriser, explore_share: float, samples: int = 256,
-                   seed: int = 0) -> tuple[Logged, np.ndarray, np.ndarray]:
+                   seed: int = 0, rescorer=None) -> tuple[Logged, np.ndarray, np.ndarray]:
     """Logged decisions of `events.db` and a Thompson-sampling candidate policy's view of them.
 
     The candidate is the policy of `serving/bandit.py` with the given posterior and exploration
     share (e.g. the current posterior with no exploration, or a challenger's), replayed on each
     decision's logged candidates and context. Offers without a reward count as not accepted.
+    With a `monitoring.rescore.Rescorer`, the candidate policy scores the candidates with that
+    model (e.g. the `challenger`) on the features each customer had at decision time.
 
     Returns:
         (logged, target slot probabilities (n, m, k), predicted value-weighted rewards (n, m)).
@@ -129,13 +131,19 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rewards = {(d, p): r for d, p, r in conn.execute("SELECT decision_id, product_id, reward FROM rewards")}
-        rows = conn.execute("SELECT decision_id, k, offers, context FROM decisions ORDER BY created_at").fetchall()
+        rows = conn.execute("SELECT decision_id, k, offers, context, customer_pseudonym FROM decisions "
+                            "ORDER BY created_at").fetchall()
     finally:
         conn.close()
     rng = np.random.default_rng(seed)
+    contexts = [json.loads(r[3]) for r in rows]
+    if rescorer is not None:
+        from monitoring.rescore import rescore_contexts
+
+        contexts, _ = rescore_contexts(contexts, [r[4] for r in rows], rescorer)
     decisions = []
-    for decision_id, k, offers_json, context_json in rows:
-        ctx, offers = json.loads(context_json), json.loads(offers_json)
+    for (decision_id, k, offers_json, _, _), ctx in zip(rows, contexts):
+        offers = json.loads(offers_json)
         rows = featuriser.logged(ctx)
         if not offers or rows is None or not all("propensity" in o for o in offers):
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -97,3 +98,27 @@ def test_a_sample_of_served_features_is_logged(engine, customers):
     assert abs(len(rows) - share * engine.eventlog.counts()["decisions"]) < 5 * (share * (1 - share) * 400) ** 0.5 + 1
     features = json.loads(rows[0][1])
     assert "customer_id" not in features and len(features) > 50
+
+
+def test_rescoring_with_the_champion_reproduces_the_logged_probabilities(engine, customers):
+    """The point-in-time join of the log's pseudonyms to the feature tables finds what was served."""
+    from monitoring.rescore import model_rescorer, rescore_contexts
+
+    ids = [engine.recommend(cid, "branch", 3)["decision_id"] for cid in customers[300:360]]
+    rows = [engine.eventlog._conn.execute("SELECT customer_pseudonym, context FROM decisions WHERE decision_id = ?",
+                                          (d,)).fetchone() for d in ids]
+    contexts = [json.loads(r[1]) for r in rows]
+    rescorer = model_rescorer(engine.paths, "nbp", "champion")
+    assert rescorer.version == engine.nbp.registered.version
+    new, rescored = rescore_contexts(contexts, [r[0] for r in rows], rescorer)
+    assert rescored == len(contexts) == 60
+    products = set(engine.catalogue.ids)
+    pairs = [(a["base_prob"], b["base_prob"]) for old, cur in zip(contexts, new)
+             for a, b in zip(old["candidates"], cur["candidates"]) if a["arm"] in products]
+    assert len(pairs) > 100
+    logged, again = np.array(pairs).T
+    np.testing.assert_allclose(again, logged, rtol=1e-4, atol=1e-7)
+    # a decision before the first snapshot, or of a customer the tables do not know, keeps its log
+    early = [{**contexts[0], "request": {**contexts[0]["request"], "at": 0.0}}]
+    assert rescore_contexts(early, [rows[0][0]], rescorer) == (early, 0)
+    assert rescore_contexts(contexts[:1], ["p_unknown"], rescorer) == (contexts[:1], 0)
