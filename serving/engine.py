@@ -60,16 +60,16 @@ class LoadedModel:
     """A registered model at alias `champion`, loaded from its state_dict and JSON (no unpickling)."""
 
     def __init__(self, name: str, paths: Paths):
-        from training.models import from_checkpoint
+        from training.models import RowScorer, from_checkpoint
         from training.registry import fetch_alias
 
         self.registered = fetch_alias(paths, name)
         self.model, self.meta = from_checkpoint(self.registered.local_dir)
+        self.scorer = RowScorer(self.model, self.meta)  # the same weights, without torch's per-call overhead
 
-    def predict(self, row: pd.DataFrame | dict[str, list]) -> np.ndarray:
-        from training.models import predict_proba
-
-        return predict_proba(self.model, self.meta, row)[0]
+    def predict(self, row: dict) -> np.ndarray:
+        """Probabilities for one customer's features {feature: value}."""
+        return self.scorer.predict_row(row)
 
 
 @dataclass(frozen=True)
@@ -316,9 +316,8 @@ class DecisionEngine:
     def _probabilities(self, features: dict | None, profile: Profile, degraded: str | None) -> tuple[dict, float | None]:
         """P(acquire) per product (model, else segment popularity, else cold-start priors) and churn risk."""
         if features is not None:
-            row = {k: [v] for k, v in features.items()}
-            probs = dict(zip(self.catalogue.ids, self.nbp.predict(row).tolist()))
-            return probs, float(self.churn.predict(row)[0])
+            probs = dict(zip(self.catalogue.ids, self.nbp.predict(features).tolist()))
+            return probs, float(self.churn.predict(features)[0])
         if profile.known:  # degraded: the segment's recent acquisition rates
             return dict(self.fallback.rates(profile.segment)), None
         cold = self.policy_cfg.cold_start.acceptance

