@@ -291,7 +291,7 @@ class DecisionEngine:
             "request": {**prep.request.as_dict(), "page": prep.page, "event": prep.event, "at": prep.when.timestamp()},
             "candidates": [{"arm": c.arm, "base_prob": round(c.base_prob, 8), "value": round(c.value, 6),
                             "viewed": c.viewed} for c in prep.candidates],
-            "suppressed": [s.__dict__ for s in prep.suppressed]}, features=logged_features)
+            "suppressed": [s.__dict__ for s in prep.suppressed]}, features=logged_features, at=prep.when.timestamp())
         log.info("decision %s for %s on %s: %d offers%s", decision_id, prep.pseudonym, channel, len(offers),
                  " (degraded)" if degraded else "")
         answer = {

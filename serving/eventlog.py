@@ -108,9 +108,14 @@ class EventLog:
         self._lock = threading.Lock()
 
     def log_decision(self, decision_id: str, customer_pseudonym: str, channel: str, k: int, offers: list[dict],
-                     model_versions: dict, context: dict, features: dict | None = None) -> None:
-        """Commits a decision (and, if given, its online features for drift monitoring) in one transaction."""
-        row = (decision_id, time.time(), customer_pseudonym, channel, k, json.dumps(offers),
+                     model_versions: dict, context: dict, features: dict | None = None,
+                     at: float | None = None) -> None:
+        """Commits a decision (and, if given, its online features for drift monitoring) in one transaction.
+
+        `at` is the decision's time (epoch seconds, default now): the request's timestamp when it
+        gave one (scheduled campaigns, simulations), so contact caps count decisions in their own time.
+        """
+        row = (decision_id, time.time() if at is None else at, customer_pseudonym, channel, k, json.dumps(offers),
                json.dumps(model_versions), json.dumps(context))
         with self._lock:
             if features is None:
