@@ -68,11 +68,13 @@ def _run(fn, *args, **kwargs):
 
 # -- stages ------------------------------------------------------------------------------------
 
-def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str]) -> dict[str, int]:
+def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str],
+                drift: Optional[str] = None, drift_from: Optional[str] = None) -> dict[str, int]:
     import pandas as pd
 
     from nextbest.config import load_catalogue
     from simulation.bank import BankSpec, last_month_end
+    from simulation.drift import DRIFT_KINDS, DriftSpec
     from simulation.write import generate_to
 
     if customers < 10:
@@ -81,7 +83,28 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
         raise StageError(f"--months must be at least 4 (train, validation and test months need history), got {months}")
     spec = BankSpec(n_customers=customers, n_months=months, seed=seed,
                     end=pd.Timestamp(end) if end else last_month_end())
-    with stage(f"generate a synthetic bank ({customers:,} customers x {months} months, seed {seed})"):
+    what = ""
+    if drift is not None:
+        if drift not in DRIFT_KINDS:
+            raise StageError(f"--drift must be one of {', '.join(DRIFT_KINDS)}, got {drift!r}")
+        month_ends = spec.month_ends()
+        start = len(month_ends) - 1
+        if drift_from is not None:
+            try:
+                wanted = pd.Period(drift_from, freq="M")
+            except ValueError:
+                raise StageError(f"--drift-from must be a month YYYY-MM, got {drift_from!r}") from None
+            found = [i for i, m in enumerate(month_ends) if pd.Period(m, freq="M") == wanted]
+            if not found or found[0] < 1:
+                raise StageError(f"--drift-from {drift_from}: must be one of the simulated months after the first "
+                                 f"({month_ends[1]:%Y-%m} .. {month_ends[-1]:%Y-%m})")
+            start = found[0]
+        spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=spec.end,
+                        drift=DriftSpec(drift, start))
+        what = f", {drift} drift from {month_ends[start]:%Y-%m}"
+    elif drift_from is not None:
+        raise StageError("--drift-from needs --drift")
+    with stage(f"generate a synthetic bank ({customers:,} customers x {months} months, seed {seed}{what})"):
         rows = generate_to(paths, load_catalogue(), spec)
     return rows
 
@@ -208,43 +231,31 @@ def do_ope(paths: Paths, explore_share: float) -> dict:
     return result
 
 
-def do_monitor(paths: Paths) -> dict:
-    import pandas as pd
+def do_monitor(paths: Paths, config: Optional[Path] = None) -> dict:
+    """Runs `monitoring.monitor.run_monitor`; the gate's verdict is in `passed` and `exit_code`."""
+    from rich.markup import escape
 
-    from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW
-    from monitoring.drift import drift_report, split_windows, write_report
-    from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME
+    from monitoring.monitor import load_monitoring, run_monitor
 
-    reference_months = None
-    meta_path = _champion_meta(paths, NBP_MODEL_NAME)
-    if meta_path is not None:
-        reference_months = json.loads(meta_path.read_text())["extra"]["split_months"]["train"]
-    with stage("Evidently data-drift report (latest snapshot vs training window)"):
-        frames = []
-        for view in (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW):
-            path = paths.features / f"{view}.parquet"
-            if not path.exists():
-                raise StageError(f"{path}: not found; run `nextbest features build` first")
-            frames.append(pd.read_parquet(path).set_index([CUSTOMER_ID, EVENT_TIMESTAMP]))
-        features = pd.concat(frames, axis=1).reset_index()
-        reference, current = split_windows(features, reference_months)
-        if reference.empty:
-            raise StageError("no reference rows: the feature tables hold a single snapshot")
-        snapshot, summary = drift_report(reference, current)
-        out_dir = paths.reports / time.strftime("%Y-%m-%d")
-        files = write_report(snapshot, summary, out_dir)
-    console.print(f"drifted columns: {len(summary.drifted_columns)} of {len(summary.columns)} "
-                  f"(share {summary.share_drifted:.2f}); report: {files['html']}")
-    return {"files": {k: str(v) for k, v in files.items()}, **summary.to_dict()}
-
-
-def _champion_meta(paths: Paths, name: str) -> Optional[Path]:
-    try:
-        from training.registry import fetch_alias
-
-        return fetch_alias(paths, name).local_dir / "model.json"
-    except LookupError:
-        return None
+    cfg = load_monitoring(config)
+    with console.status("[bold]monitoring[/]…") as status:
+        started = time.perf_counter()
+        result = run_monitor(paths, cfg, on_stage=lambda s: status.update(f"[bold]monitoring: {s}[/]…"))
+    summary = result.summary
+    console.print(f"[green]✓[/] monitoring [dim]({time.perf_counter() - started:.1f}s)[/]")
+    section = summary["sections"]["feature_drift"]
+    names = ", ".join(summary["drifted_columns"][:12]) + (", ..." if len(summary["drifted_columns"]) > 12 else "")
+    console.print(f"drifted feature columns: {len(summary['drifted_columns'])} of {section['n_tested']} "
+                  f"(share {summary['share_drifted']:.3f}){': ' + names if names else ''}", highlight=False)
+    for check in summary["gate"]["checks"]:
+        mark = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+        console.print(f"  {mark} " + escape(f"{check['check']}: {check['value']} (limit {check['limit']})"),
+                      highlight=False)
+    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
+    console.print(f"gate {verdict}; report: {result.files['html']}")
+    return {"files": {k: str(v) for k, v in result.files.items()}, "passed": result.passed,
+            "exit_code": result.exit_code, "drifted_columns": summary["drifted_columns"],
+            "share_drifted": summary["share_drifted"], "columns": summary["columns"]}
 
 
 def free_port() -> int:
@@ -307,11 +318,15 @@ def generate(
     months: int = typer.Option(12, help="Number of monthly snapshots."),
     seed: int = typer.Option(DEFAULT_SEED, help="Random seed (same seed, same bank)."),
     end: Optional[str] = typer.Option(None, help="Last snapshot (month end, YYYY-MM-DD); default: last month end."),
+    drift: Optional[str] = typer.Option(None, help="Inject drift: income_shift, new_product or behaviour_change "
+                                        "(see simulation/drift.py)."),
+    drift_from: Optional[str] = typer.Option(None, "--drift-from", help="First drifted month, YYYY-MM (default: the "
+                                             "last snapshot month)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Generate a synthetic bank into raw/ (and its truth into truth/)."""
     paths = _paths(workdir)
-    rows = _run(do_generate, paths, customers, months, seed, end)
+    rows = _run(do_generate, paths, customers, months, seed, end, drift, drift_from)
     for name, n in sorted(rows.items()):
         console.print(f"  {name}.parquet: {n:,} rows")
     import pandas as pd
@@ -558,9 +573,15 @@ def _check_task(task: str) -> None:
 
 
 @app.command()
-def monitor(workdir: Optional[Path] = WorkdirOpt):
-    """Write an Evidently data-drift report (HTML and JSON) under reports/<date>/."""
-    _run(do_monitor, _paths(workdir))
+def monitor(
+    config: Optional[Path] = typer.Option(None, help="Monitoring config (default configs/monitoring.yaml)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Drift reports (Evidently HTML and JSON) and summary.json under reports/<date>/; exits 1 when the
+    gate of configs/monitoring.yaml fails, 2 on a user error."""
+    result = _run(do_monitor, _paths(workdir), config)
+    if result["exit_code"]:
+        raise typer.Exit(result["exit_code"])
 
 
 @app.command()

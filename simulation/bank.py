@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from nextbest.config import Catalogue
 from nextbest.constants import CHANNELS, DEFAULT_SEED
+from simulation.drift import DriftSpec
 from simulation.params import NEEDS, PRODUCT_BEHAVIOUR, SPEND_CATEGORIES
 from simulation.response import accept_probability
 
@@ -69,6 +70,7 @@ class BankSpec:
     late_transaction_share: float = 0.01
     duplicate_share: float = 0.003
     offer_share: float = 0.05
+    drift: DriftSpec | None = None  # injected drift (simulation.drift); None: the bank as calibrated
 
     def month_ends(self) -> pd.DatetimeIndex:
         return pd.date_range(end=pd.Timestamp(self.end), periods=self.n_months, freq="ME")
@@ -274,6 +276,10 @@ class _Bank:
 
     def step(self, t: int) -> MonthBatch:
         rng, n = self.rng, self.n
+        drift = self.spec.drift
+        if drift is not None:
+            drift.start_month(self, t)
+        rate, spend_factor = drift.rates(t, SPEND_CATEGORIES) if drift is not None else ({}, None)
         is_client = self.held.any(1)
         joined = self.join_month <= t
         known = joined | (self.is_prospect & (rng.random(n) < 0.35))  # prospects seen on web/branch
@@ -302,15 +308,18 @@ class _Bank:
         # Activity this month.
         active = is_client & ~self.silent
         eng = self.engagement * active
-        logins_app = rng.poisson(18 * self.digital * eng)
-        logins_web = rng.poisson(6 * (1.1 - self.digital) * eng + 0.8 * (self.is_prospect & known))
+        logins_app = rng.poisson(18 * self.digital * eng * rate.get("login_app", 1.0))
+        logins_web = rng.poisson((6 * (1.1 - self.digital) * eng + 0.8 * (self.is_prospect & known))
+                                 * rate.get("login_web", 1.0))
         intent += 3.2
         view_rate = _sigmoid_(intent)  # reuses intent's memory: shape (n, P)
         view_rate *= (3.0 * (self.digital * 0.8 + 0.2) * (active | (known & ~is_client))).astype(np.float32)[:, None]
+        if drift is not None:
+            drift.views(self, t, view_rate)
         views = rng.poisson(view_rate)
         del intent, view_rate
         complaints = rng.poisson((0.01 + 0.6 * self.dissat) * active)
-        calls = rng.poisson((0.08 + 0.5 * self.dissat) * active)
+        calls = rng.poisson((0.08 + 0.5 * self.dissat) * active * rate.get("call", 1.0))
 
         monthly_income = self.income / 12 * rng.normal(1, 0.03, n)
         has_salary = self.held[:, self._cols(SALARY_PRODUCTS)].any(1)
@@ -319,6 +328,8 @@ class _Bank:
         shares = np.array([0.22, 0.12, 0.08, 0.07, 0.12])
         spend = (monthly_income[:, None] * shares * (0.5 + self.needs[:, 4:5]) * eng[:, None]
                  * rng.lognormal(0, 0.25, (n, len(SPEND_CATEGORIES))))
+        if spend_factor is not None:
+            spend *= spend_factor
         outflow_mood = np.clip(0.05 + 0.6 * (1 - self.engagement) + 0.4 * self.dissat, 0, 1.5)
         transfer_out = np.where(active, monthly_income * outflow_mood * rng.lognormal(0, 0.3, n), 0.0)
         inflow = salary + other_in
@@ -351,6 +362,8 @@ class _Bank:
         # Transition to next month.
         acquire = rng.random(p_acq.shape, dtype=np.float32) < p_acq
         acquire |= forced
+        if drift is not None:
+            drift.acquisitions(self, t, acquire, eligible, is_client)
         del p_acq, forced
         close_p = self.close_rate * (1 + 3 * self.dissat[:, None]).astype(np.float32)
         close = rng.random(self.held.shape, dtype=np.float32) < close_p
