@@ -127,6 +127,7 @@ class PredictionSection(_Strict):
 
 class OutcomeSection(_Strict):
     acceptance_period: Literal["week", "month"] = "week"
+    maturity_days: float = Field(default=7, ge=0)
     min_offers: int = Field(default=200, ge=1)
     calibration_bins: int = Field(default=10, ge=2)
 
@@ -140,6 +141,21 @@ class GateSection(_Strict):
     include_served: bool = False
 
 
+class KpiSection(_Strict):
+    since: str | float | None = None   # ISO date or epoch seconds; None: the whole log
+    until: str | float | None = None
+
+
+class UpliftSection(_Strict):
+    window_days: float = Field(default=30, gt=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    n_boot: int = Field(default=1000, ge=100)
+    conversion_feedback: list[Literal["convert", "accept"]] = ["convert"]
+    campaigns: dict[str, list[str]] | None = None  # None: configs/bandit.yaml holdout campaigns plus "all"
+    since: str | float | None = None
+    until: str | float | None = None
+
+
 class MonitoringConfig(_Strict):
     version: int = 1
     serving: ServingSection = ServingSection()
@@ -147,6 +163,8 @@ class MonitoringConfig(_Strict):
     predictions: PredictionSection = PredictionSection()
     outcomes: OutcomeSection = OutcomeSection()
     gate: GateSection = GateSection()
+    kpi: KpiSection = KpiSection()
+    uplift: UpliftSection = UpliftSection()
     seed: int = 42
 
 
@@ -416,6 +434,14 @@ def acceptance_section(paths: Paths, reference_months: list[str], cfg: Monitorin
         con.close()
     if decisions.empty:
         return {"status": "no decisions logged yet"}
+    # Outcomes arrive days after the offer: only decisions older than the maturity window count.
+    as_of = max(time.time(), float(decisions["created_at"].max()))
+    matured = decisions["created_at"] <= as_of - cfg.outcomes.maturity_days * 86400
+    immature = int((~matured).sum())
+    decisions = decisions[matured].copy()
+    if decisions.empty:
+        return {"status": f"no matured decisions yet ({immature} younger than {cfg.outcomes.maturity_days:g} days)",
+                "immature_decisions": immature}
     freq = "W-SUN" if cfg.outcomes.acceptance_period == "week" else "M"
     decisions["period"] = (pd.to_datetime(decisions["created_at"], unit="s").dt.to_period(freq)
                            .dt.start_time.dt.strftime("%Y-%m-%d"))
@@ -426,7 +452,7 @@ def acceptance_section(paths: Paths, reference_months: list[str], cfg: Monitorin
     table["rate"] = table["accepted"] / table["shown"].where(table["shown"] > 0)
     periods = [{"period": p, "shown": int(r.shown), "accepted": int(r.accepted),
                 "rate": None if pd.isna(r.rate) else float(r.rate)} for p, r in table.iterrows()]
-    out = {"period": cfg.outcomes.acceptance_period, "periods": periods}
+    out = {"period": cfg.outcomes.acceptance_period, "periods": periods, "immature_decisions": immature}
     min_offers = cfg.outcomes.min_offers
     last, earlier = table.iloc[-1], table.iloc[:-1]
     if len(earlier) and last.shown >= min_offers and earlier.shown.sum() >= min_offers:

@@ -166,3 +166,65 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
             served[i, j], propensity[i, j] = c, o["propensity"]
             reward[i, j] = rewards.get((decision_id, o["product_id"]), 0.0) * value[c]
     return Logged(served, propensity, reward), target, predicted
+
+
+def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dict:
+    """Off-policy value of a candidate policy on `paths.events_db`: the current posterior at
+    `explore_share`, scoring with the champion's logged probabilities or, with `model` (an alias
+    such as `challenger`, or a version number), that nbp model's rescored ones.
+
+    Raises:
+        FileNotFoundError: no decision log.
+        LookupError: no saved policy state, no such model, or nothing to evaluate (the message says which).
+    """
+    from nextbest.config import load_bandit, load_catalogue
+    from nextbest.constants import NBP_MODEL_NAME
+    from serving.bandit import Featuriser, Posterior
+    from serving.eventlog import EventLog
+
+    if not paths.events_db.exists():
+        raise FileNotFoundError(f"{paths.events_db}: no decision log yet; serve and answer some requests first")
+    catalogue = load_catalogue()
+    cfg = load_bandit(catalogue=catalogue)
+    featuriser = Featuriser(catalogue.ids + list(cfg.actions))
+    log = EventLog(paths.events_db)
+    try:
+        saved = log.load_policy(cfg.policy, featuriser.signature)
+    finally:
+        log.close()
+    if saved is None:
+        raise LookupError(f"{paths.events_db}: no saved state of policy {cfg.policy!r} to evaluate")
+    posterior = Posterior(saved[2], saved[3], saved[0])
+    rescorer = None
+    if model is not None:
+        from monitoring.rescore import model_rescorer
+
+        rescorer = model_rescorer(paths, NBP_MODEL_NAME, model)
+    logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,
+                                               cfg.propensity_samples, cfg.seed, rescorer=rescorer)
+    if len(logged.served) == 0:
+        raise LookupError("no logged decision with offers and propensities to evaluate")
+    return {"policy": cfg.policy, "explore_share": explore_share, "updates": saved[0],
+            "model": None if rescorer is None else {"name": rescorer.name, "version": rescorer.version,
+                                                     "requested": model},
+            "decisions": int(len(logged.served)), "logged_value": float(logged.reward.sum(1).mean()),
+            **estimate_all(logged, target, predicted)}
+
+
+def ope_section(paths, config, out_dir) -> tuple[str, dict, None]:
+    """The monitor's off-policy section: the current posterior without exploration (and the
+    `challenger` nbp model when one is registered) against the logged policy, into `ope.json`."""
+    import json
+    import os
+
+    results = {}
+    for label, model in (("current_posterior_no_exploration", None), ("challenger_no_exploration", "challenger")):
+        try:
+            results[label] = evaluate(paths, 0.0, model)
+        except (FileNotFoundError, LookupError) as exc:
+            results[label] = {"status": str(exc)}
+    path = out_dir / "ope.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, path)
+    return "ope", results, None

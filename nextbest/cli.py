@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nextbest.cli_simulate import simulate as simulate_command
 from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WORKDIR_ENV
 from nextbest.settings import REPO_ROOT, Paths
 
@@ -192,34 +193,21 @@ def do_evaluate(paths: Paths, task: str, version: Optional[str], config: Optiona
     return evaluation
 
 
-def do_ope(paths: Paths, explore_share: float) -> dict:
-    from monitoring.ope import estimate_all, from_event_log
-    from nextbest.config import load_bandit, load_catalogue
-    from serving.bandit import Featuriser, Posterior
-    from serving.eventlog import EventLog
+def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> dict:
+    from monitoring.ope import evaluate
 
-    if not paths.events_db.exists():
-        raise StageError(f"{paths.events_db}: no decision log yet; serve and answer some requests first")
-    catalogue = load_catalogue()
-    cfg = load_bandit(catalogue=catalogue)
-    featuriser = Featuriser(catalogue.ids + list(cfg.actions))
-    saved = EventLog(paths.events_db).load_policy(cfg.policy, featuriser.signature)
-    if saved is None:
-        raise StageError(f"{paths.events_db}: no saved state of policy {cfg.policy!r} to evaluate")
-    posterior = Posterior(saved[2], saved[3], saved[0])
-    with stage(f"off-policy evaluation of the current posterior at explore share {explore_share:g}"):
-        logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,
-                                                   cfg.propensity_samples, cfg.seed)
-        if len(logged.served) == 0:
-            raise StageError("no logged decision with offers and propensities to evaluate")
-        result = {"policy": cfg.policy, "explore_share": explore_share, "updates": saved[0],
-                  "logged_value": float(logged.reward.sum(1).mean()), **estimate_all(logged, target, predicted)}
+    what = "the current posterior" + (f" scoring with nbp@{model}" if model else "")
+    with stage(f"off-policy evaluation of {what} at explore share {explore_share:g}"):
+        try:
+            result = evaluate(paths, explore_share, model)
+        except (FileNotFoundError, LookupError) as exc:
+            raise StageError(str(exc).strip("'\"")) from None
         out = paths.reports / time.strftime("%Y-%m-%d") / "ope.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, out)
-    table = Table(title=f"value per decision, {len(logged.served)} logged decisions")
+    table = Table(title=f"value per decision, {result['decisions']} logged decisions")
     for col in ("estimator", "value", "95% CI"):
         table.add_column(col)
     table.add_row("logged policy (observed)", f"{result['logged_value']:.4f}", "")
@@ -231,6 +219,16 @@ def do_ope(paths: Paths, explore_share: float) -> dict:
     return result
 
 
+def monitor_sections(paths: Paths) -> list:
+    """The decision log's sections of the monitor report: business KPIs, control-group uplift, off-policy values."""
+    if not paths.events_db.exists():
+        return []
+    from monitoring.charts import kpi_section, uplift_section
+    from monitoring.ope import ope_section
+
+    return [kpi_section, uplift_section, ope_section]
+
+
 def do_monitor(paths: Paths, config: Optional[Path] = None) -> dict:
     """Runs `monitoring.monitor.run_monitor`; the gate's verdict is in `passed` and `exit_code`."""
     from rich.markup import escape
@@ -240,7 +238,8 @@ def do_monitor(paths: Paths, config: Optional[Path] = None) -> dict:
     cfg = load_monitoring(config)
     with console.status("[bold]monitoring[/]…") as status:
         started = time.perf_counter()
-        result = run_monitor(paths, cfg, on_stage=lambda s: status.update(f"[bold]monitoring: {s}[/]…"))
+        result = run_monitor(paths, cfg, extra_sections=monitor_sections(paths),
+                             on_stage=lambda s: status.update(f"[bold]monitoring: {s}[/]…"))
     summary = result.summary
     console.print(f"[green]✓[/] monitoring [dim]({time.perf_counter() - started:.1f}s)[/]")
     section = summary["sections"]["feature_drift"]
@@ -587,10 +586,15 @@ def monitor(
 @app.command()
 def ope(
     explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Exploration share of the candidate policy."),
+    model: Optional[str] = typer.Option(None, help="Score with this nbp model instead of the logged champion "
+                                        "scores: an alias (challenger) or a version number."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Off-policy evaluation (IPS, SNIPS, doubly robust) of the current bandit posterior on the decision log."""
-    _run(do_ope, _paths(workdir), explore_share)
+    _run(do_ope, _paths(workdir), explore_share, model)
+
+
+app.command("simulate")(simulate_command)
 
 
 @app.command()
