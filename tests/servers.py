@@ -29,25 +29,34 @@ def served(workdir: Path, env: dict | None = None, log_name: str = "server.log",
     """A real `nextbest serve` on a free port; yields (base URL, process) once /readyz answers.
 
     The server log goes to a file in the work dir (a pipe could fill and block the server).
-    Whatever happens, the process group is killed at the end.
+    Whatever happens, the process group and every worker BentoML started (its workers run in
+    their own process groups and outlive a killed parent) are killed at the end.
     """
+    import psutil
+
     port = free_port()
     log_path = workdir / log_name
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "nextbest.cli", "serve", "--workdir", str(workdir),
                                  "--port", str(port)], cwd=REPO_ROOT, start_new_session=True,
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        tree: list = []
         try:
             try:
                 wait_ready(port, proc, timeout=timeout)
             except StageError:
                 pytest.fail(f"service not ready within {timeout} s:\n" + log_path.read_text()[-4000:])
+            with contextlib.suppress(psutil.Error):
+                tree = psutil.Process(proc.pid).children(recursive=True)
             yield f"http://127.0.0.1:{port}", proc
         finally:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
+            for child in tree:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
 
 
 def copy_workdir(src: Path, dst: Path) -> Path:
