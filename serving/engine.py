@@ -181,7 +181,7 @@ class DecisionEngine:
                 self.nbp_service = self.store.get_feature_service(self.nbp.meta.feature_service)
                 # The first read builds Feast's lazy state (~100 ms); pay it here, not in a request's budget.
                 self.store.get_online_features(features=self.nbp_service, entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
-                self._fast_read = _fast_reader(self.store, self.nbp_service)
+                self._fast_read = fast_reader(self.store, self.nbp_service)
             except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
                 self.store_error = f"{type(exc).__name__}: {exc}"
                 log.error("online store unavailable, answering degraded: %s", self.store_error)
@@ -404,7 +404,7 @@ class DecisionEngine:
         self._pusher.submit(lambda: None).result(timeout=timeout)
 
 
-def _fast_reader(store, service):
+def fast_reader(store, service):
     """A one-customer reader of the feature service straight from our SQLite online store, or None
     for any other store (Redis is read through Feast's `get_online_features`)."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey

@@ -1,0 +1,85 @@
+"""`nextbest simulate`: the bandit simulator from the command line (registered in nextbest/cli.py).
+
+The simulator and its libraries (torch, Feast, MABWiser, Vowpal Wabbit) load inside the command,
+so `nextbest --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nextbest.constants import DEFAULT_SEED, WORKDIR_ENV
+
+
+class PolicyName(str, Enum):
+    nextbest = "nextbest"
+    greedy = "greedy"
+    epsilon_greedy = "epsilon_greedy"
+    linucb = "linucb"
+    lints = "lints"
+    vw = "vw"
+    oracle = "oracle"
+    random = "random"
+
+
+def simulate(
+    policy: PolicyName = typer.Option(PolicyName.nextbest, help="The policy on the decision path (nextbest: the "
+                                      "served bandit, learning online through the engine)."),
+    steps: int = typer.Option(10_000, min=1, help="Requests to replay."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Seed of the traffic, the answers and the baselines."),
+    k: int = typer.Option(1, min=1, max=10, help="Offers per decision."),
+    compare: Optional[list[PolicyName]] = typer.Option(None, help="Baselines scored on the same steps and "
+                                                       "candidates (repeatable); the oracle always is."),
+    update_every: int = typer.Option(100, min=1, help="Decisions per feedback batch, the same for every learner."),
+    visits_per_week: float = typer.Option(1.0, min=0.01, help="Average requests per customer and week "
+                                          "(sets the simulated period, so how often caps bind)."),
+    customers: Optional[int] = typer.Option(None, min=1, help="Draw requests from a random sample of this many "
+                                            "customers (default: all of the latest snapshot)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w",
+                                           help=f"Work directory (env {WORKDIR_ENV}, default ./.nextbest)."),
+):
+    """Replay the bank's customers through the real decision path against the offer-response truth;
+    write cumulative reward and regret against the oracle (CSV, JSON, plot) under reports/<date>/simulation/."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from nextbest.cli import StageError, _paths, _run, console
+
+    shadows = tuple(dict.fromkeys(p.value for p in (compare or []) if p != policy))
+    if PolicyName.nextbest.value in shadows:
+        _run(_fail, StageError("--compare takes baselines only: nextbest runs on the decision path "
+                               "(use --policy nextbest)"))
+
+    def go():
+        from simulation.bandit_sim import simulate_workdir
+
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"simulate {policy.value} ({steps:,} requests)", total=steps)
+            try:
+                return simulate_workdir(_paths(workdir), policy.value, steps, seed, k, shadows, update_every,
+                                        visits_per_week, customers,
+                                        progress=lambda done: bar.update(task, completed=done))
+            except RuntimeError as exc:  # the engine could not load (no champion model, ...)
+                raise StageError(str(exc)) from None
+
+    result, files = _run(go)
+    table = Table(title=f"{steps:,} requests, {int(result.has_candidates.sum()):,} with allowed offers, "
+                        f"{result.config['days']:.0f} simulated days")
+    for col in ("policy", "expected reward", "regret", "realised reward", "acceptance", "policy time (s)"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, s in result.summary().items():
+        table.add_row(name + (" (on the path)" if name == result.driver else ""), f"{s['expected_reward']:,.0f}",
+                      f"{s['regret']:,.0f}", f"{s['realised_reward']:,.0f}", f"{s['acceptance_rate']:.2%}",
+                      f"{s['seconds']:.1f}")
+    console.print(table)
+    for kind, path in files.items():
+        console.print(f"{kind}: {path}")
+    console.print(f"decision log: {result.events_db}")
+
+
+def _fail(exc: Exception):
+    raise exc
