@@ -104,10 +104,26 @@ def doubly_robust(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> 
     return _normal(direct + correction)
 
 
+def diagnostics(logged: Logged, target: np.ndarray) -> dict:
+    """How far the candidate strays from the logging policy: the importance weights' effective
+    sample size (Kish: (sum w)^2 / sum w^2, per filled slot) and their tail. A small effective size
+    or weights in the hundreds mean the normal intervals of IPS and DR are not to be trusted."""
+    w, filled = _weights(logged, target)
+    w = w[filled]
+    if w.size == 0:
+        return {"slots": 0, "effective_sample_size": 0.0, "ess_share": 0.0, "max_weight": 0.0,
+                "share_weights_over_10": 0.0, "share_weight_mass_over_10": 0.0}
+    ess = float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300))
+    big = w > 10
+    return {"slots": int(w.size), "effective_sample_size": ess, "ess_share": ess / w.size,
+            "max_weight": float(w.max()), "share_weights_over_10": float(big.mean()),
+            "share_weight_mass_over_10": float(w[big].sum() / max(w.sum(), 1e-300))}
+
+
 def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> dict[str, dict]:
-    """IPS, SNIPS and DR of one candidate policy, as plain dicts for reports."""
+    """IPS, SNIPS and DR of one candidate policy, with weight diagnostics, as plain dicts for reports."""
     return {"ips": ips(logged, target).as_dict(), "snips": snips(logged, target).as_dict(),
-            "dr": doubly_robust(logged, target, predicted).as_dict()}
+            "dr": doubly_robust(logged, target, predicted).as_dict(), "diagnostics": diagnostics(logged, target)}
 
 
 def from_event_log(db_path, posterior, featuriser, explore_share: float, samples: int = 256,

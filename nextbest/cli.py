@@ -215,6 +215,11 @@ def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> d
         est = result[name]
         table.add_row(name.upper(), f"{est['value']:.4f}", f"[{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]")
     console.print(table)
+    diag = result["diagnostics"]
+    console.print(f"importance weights: effective sample size {diag['effective_sample_size']:,.0f} of "
+                  f"{diag['slots']:,} offers ({diag['ess_share']:.1%}), largest weight {diag['max_weight']:,.1f}"
+                  + (" -- the candidate strays far from the logged policy: trust the intervals less"
+                     if diag["ess_share"] < 0.1 else ""))
     console.print(f"written: {out}")
     return result
 

@@ -10,6 +10,7 @@ suppression, committed to the event log before the answer.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import math
 import time
@@ -185,6 +186,10 @@ class DecisionEngine:
             except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
                 self.store_error = f"{type(exc).__name__}: {exc}"
                 log.error("online store unavailable, answering degraded: %s", self.store_error)
+        # Everything loaded so far (models, Feast, MLflow, pandas) lives as long as the process:
+        # freezing it keeps the garbage collector's full passes from walking it during requests.
+        gc.collect()
+        gc.freeze()
         self.ready = True
         log.info("ready: nbp v%s, churn v%s, policy %s after %d updates (%d replayed)",
                  self.nbp.registered.version, self.churn.registered.version, self.policy.name,

@@ -128,3 +128,20 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
     report = json.loads(next((tmp_path / "reports").glob("*/ope.json")).read_text())
     assert report["logged_value"] > 0 and {"ips", "snips", "dr"} <= set(report)
     assert report["dr"]["ci95"][0] <= report["dr"]["value"] <= report["dr"]["ci95"][1]
+
+
+def test_weight_diagnostics_flag_a_candidate_far_from_the_logging_policy():
+    from monitoring.ope import Logged, diagnostics
+
+    n = 1000
+    served = np.zeros((n, 1), dtype=int)
+    logged = Logged(served, np.full((n, 1), 0.5), np.zeros((n, 1)))
+    same = np.zeros((n, 2, 1))
+    same[:, 0, 0] = 0.5
+    d = diagnostics(logged, same)
+    assert d["effective_sample_size"] == pytest.approx(n) and d["max_weight"] == pytest.approx(1.0)
+    far = np.zeros((n, 2, 1))
+    far[:10, 0, 0] = 1.0  # the candidate almost never plays what was logged
+    d = diagnostics(logged, far)
+    assert d["effective_sample_size"] == pytest.approx(10) and d["ess_share"] == pytest.approx(0.01)
+    assert d["max_weight"] == pytest.approx(2.0) and d["share_weights_over_10"] == 0.0
