@@ -36,11 +36,10 @@ from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring import drift as D
-from nextbest.config import ConfigError
+from nextbest.config import validated
 from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, PRODUCT_ID, SNAPSHOT_DATE
 from nextbest.settings import CONFIG_DIR, Paths
 
@@ -181,19 +180,7 @@ def load_monitoring(path: Path | None = None) -> MonitoringConfig:
     Raises:
         ConfigError: missing file, bad YAML, or a bad key or value (the message names it).
     """
-    path = Path(path) if path else CONFIG_DIR / "monitoring.yaml"
-    if not path.exists():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    try:
-        return MonitoringConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ConfigError(f"{path}: field {where}: {first['msg']} (got {first.get('input')!r})") from None
+    return validated(MonitoringConfig, Path(path) if path else CONFIG_DIR / "monitoring.yaml")
 
 
 # -- inputs ------------------------------------------------------------------------------------

@@ -291,7 +291,8 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def _validated(model: type[BaseModel], path: Path) -> BaseModel:
+def validated(model: type[BaseModel], path: Path) -> BaseModel:
+    """Loads a YAML file into `model`; any problem is a ConfigError naming the file, field and value."""
     try:
         return model.model_validate(_load_yaml(path))
     except ValidationError as exc:
@@ -301,23 +302,23 @@ def _validated(model: type[BaseModel], path: Path) -> BaseModel:
 
 
 def load_catalogue(path: Path | None = None) -> Catalogue:
-    return _validated(Catalogue, path or CONFIG_DIR / "products.yaml")
+    return validated(Catalogue, path or CONFIG_DIR / "products.yaml")
 
 
 def load_segments(path: Path | None = None) -> SegmentsConfig:
-    return _validated(SegmentsConfig, path or CONFIG_DIR / "segments.yaml")
+    return validated(SegmentsConfig, path or CONFIG_DIR / "segments.yaml")
 
 
 def load_train_config(name: str, path: Path | None = None) -> TrainConfig:
     """Loads `configs/<name>.yaml` (name is `nbp` or `churn`)."""
-    return _validated(TrainConfig, path or CONFIG_DIR / f"{name}.yaml")
+    return validated(TrainConfig, path or CONFIG_DIR / f"{name}.yaml")
 
 
 def load_rules(path: Path | None = None, catalogue: Catalogue | None = None,
                bandit: BanditConfig | None = None) -> RulesConfig:
     """Loads `configs/rules.yaml`; with the catalogue and policy, checks the products and actions it names."""
     path = path or CONFIG_DIR / "rules.yaml"
-    rules = _validated(RulesConfig, path)
+    rules = validated(RulesConfig, path)
     if catalogue is not None:
         unknown = [p for p in rules.credit_cooldown.products if p not in catalogue.ids]
         if unknown:
@@ -332,7 +333,7 @@ def load_rules(path: Path | None = None, catalogue: Catalogue | None = None,
 def load_bandit(path: Path | None = None, catalogue: Catalogue | None = None) -> BanditConfig:
     """Loads `configs/bandit.yaml`; with the catalogue, checks the products it names."""
     path = path or CONFIG_DIR / "bandit.yaml"
-    cfg = _validated(BanditConfig, path)
+    cfg = validated(BanditConfig, path)
     if catalogue is not None:
         named = [*cfg.cold_start.entry_products, *cfg.cold_start.acceptance, *cfg.levers.products,
                  *(p for c in cfg.holdout.campaigns.values() for p in c.products)]

@@ -67,3 +67,22 @@ def copy_workdir(src: Path, dst: Path) -> Path:
     config = dst / "feast" / "feature_store.yaml"
     config.write_text(config.read_text().replace(str(src), str(dst)))
     return dst
+
+
+def loaded_engine(workdir: Path):
+    """A `serving.engine.DecisionEngine` on `workdir`, loaded (models, store, policy) and ready."""
+    from nextbest.settings import Paths
+    from serving.engine import DecisionEngine
+
+    engine = DecisionEngine(Paths(workdir))
+    engine.load()
+    assert engine.ready, engine.error
+    return engine
+
+
+def latest_customers(workdir: Path) -> list[str]:
+    """Customer ids of the work dir's latest feature snapshot, sorted."""
+    import pandas as pd
+
+    frame = pd.read_parquet(workdir / "features" / "customer_holdings.parquet", columns=["customer_id", "event_timestamp"])
+    return sorted(map(str, frame[frame.event_timestamp == frame.event_timestamp.max()].customer_id.unique()))

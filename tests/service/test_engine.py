@@ -7,32 +7,25 @@ import json
 import sqlite3
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from nextbest.settings import Paths
 from serving.decide import CONTROL, TREATMENT, holdout_groups
-from serving.engine import DecisionEngine, RequestError
-from tests.servers import copy_workdir
+from serving.engine import RequestError
+from tests.servers import copy_workdir, latest_customers, loaded_engine
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def engine(quickstart_workdir, tmp_path_factory):
-    wd = copy_workdir(quickstart_workdir, tmp_path_factory.mktemp("engine") / "wd")
-    e = DecisionEngine(Paths(wd))
-    e.load()
-    assert e.ready, e.error
+    e = loaded_engine(copy_workdir(quickstart_workdir, tmp_path_factory.mktemp("engine") / "wd"))
     yield e
     e.eventlog.close()
 
 
 @pytest.fixture(scope="module")
 def customers(engine):
-    frame = pd.read_parquet(engine.paths.features / "customer_holdings.parquet", columns=["customer_id", "event_timestamp"])
-    latest = frame[frame.event_timestamp == frame.event_timestamp.max()]
-    return sorted(map(str, latest.customer_id.unique()))
+    return latest_customers(engine.paths.root)
 
 
 def _in(engine, customers, group, state):

@@ -7,13 +7,10 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from nextbest.settings import Paths
 from serving.decide import CONTROL, holdout_groups
-from serving.engine import DecisionEngine
-from tests.servers import copy_workdir, run_cli
+from tests.servers import copy_workdir, latest_customers, loaded_engine, run_cli
 
 pytestmark = pytest.mark.slow
 N_CUSTOMERS = 400
@@ -23,12 +20,8 @@ N_CUSTOMERS = 400
 def logged_workdir(quickstart_workdir, tmp_path_factory):
     """Three weeks of decisions, answers and product openings, 10 to 30 days ago."""
     wd = copy_workdir(quickstart_workdir, tmp_path_factory.mktemp("monitor_log") / "wd")
-    engine = DecisionEngine(Paths(wd))
-    engine.load()
-    assert engine.ready, engine.error
-    frame = pd.read_parquet(wd / "features" / "customer_holdings.parquet", columns=["customer_id", "event_timestamp"])
-    customers = sorted(map(str, frame[frame.event_timestamp == frame.event_timestamp.max()].customer_id.unique()))
-    customers = customers[:N_CUSTOMERS]
+    engine = loaded_engine(wd)
+    customers = latest_customers(wd)[:N_CUSTOMERS]
     rng = np.random.default_rng(0)
     start = datetime.now(timezone.utc) - timedelta(days=30)
     stats = {"decisions": 0, "offers": 0, "accepted": 0, "control": 0}
@@ -78,8 +71,7 @@ def test_fresh_decisions_wait_for_their_outcomes(logged_workdir, tmp_path):
     wd, _ = logged_workdir
     fresh = copy_workdir(wd, tmp_path / "fresh")
     (fresh / "events.db").unlink(missing_ok=True)
-    engine = DecisionEngine(Paths(fresh))
-    engine.load()
+    engine = loaded_engine(fresh)
     for cid in ("C0000001", "C0000002", "C0000003"):
         engine.recommend(cid, "web", 2)
     engine.eventlog.close()
