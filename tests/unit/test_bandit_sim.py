@@ -259,14 +259,11 @@ def test_rules_hold_along_the_simulated_path(runs, sim_workdir):
 
 @pytest.mark.slow
 def test_cli_writes_its_files_for_a_baseline_on_the_path(sim_workdir, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from nextbest.cli_simulate import simulate
+    from nextbest.cli import app  # `nextbest simulate` as users run it
 
-    app = typer.Typer()
-    app.command()(simulate)
-    result = CliRunner().invoke(app, ["--policy", "greedy", "--steps", "400", "--seed", "3", "--customers", "40",
+    result = CliRunner().invoke(app, ["simulate", "--policy", "greedy", "--steps", "400", "--seed", "3", "--customers", "40",
                                       "--visits-per-week", "8", "--compare", "random", "--workdir", str(sim_workdir)])
     assert result.exit_code == 0, result.output
     out = next((sim_workdir / "reports").glob("*/simulation"))
@@ -278,5 +275,5 @@ def test_cli_writes_its_files_for_a_baseline_on_the_path(sim_workdir, tmp_path):
     trace = pd.read_parquet(out / "greedy-seed3-400.trace.parquet")
     counts = _check_rules(sim_workdir, trace, 100)
     assert counts["opt_out"] == counts["held"] == counts["cap"] == counts["rejected"] == 0, counts
-    bad = CliRunner().invoke(app, ["--policy", "greedy", "--compare", "nextbest", "--workdir", str(sim_workdir)])
+    bad = CliRunner().invoke(app, ["simulate", "--policy", "greedy", "--compare", "nextbest", "--workdir", str(sim_workdir)])
     assert bad.exit_code != 0
