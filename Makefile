@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench-install clean
+.PHONY: install demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,6 @@ test: $(STAMP)
 ## Unit tests only (seconds).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
-
-## Benchmarks need the peers they compare against (MABWiser, Vowpal Wabbit): `make bench-install`.
-bench-install: $(STAMP)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,bench]'
 
 clean:
 	rm -rf .nextbest .pytest_cache
