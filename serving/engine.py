@@ -404,10 +404,6 @@ class DecisionEngine:
             log.warning("short-term context not written to the online store: %s", type(exc).__name__)
             return False
 
-    def drain(self, timeout: float = 30.0) -> None:
-        """Waits for queued online-store pushes (tests, shutdown)."""
-        self._pusher.submit(lambda: None).result(timeout=timeout)
-
 
 def fast_reader(store, service):
     """A one-customer reader of the feature service straight from our SQLite online store, or None
