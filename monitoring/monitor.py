@@ -231,34 +231,31 @@ def _has_table(con: sqlite3.Connection, name: str) -> bool:
     return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
-def served_features(db: Path) -> pd.DataFrame:
-    """events.db `served_features` as a frame (empty when the log or the table is absent)."""
+def _json_column(db: Path, table: str, column: str) -> list[dict]:
+    """Every row's JSON `column` of an events.db table, parsed; empty when the log or the table is absent."""
     if not db.exists():
-        return pd.DataFrame()
+        return []
     con = _connect_ro(db)
     try:
-        if not _has_table(con, "served_features"):
-            return pd.DataFrame()
-        rows = con.execute("SELECT features FROM served_features").fetchall()
+        if not _has_table(con, table):
+            return []
+        rows = con.execute(f"SELECT {column} FROM {table}").fetchall()
     finally:
         con.close()
-    return pd.DataFrame([json.loads(r[0]) for r in rows])
+    return [json.loads(r[0]) or {} for r in rows]
+
+
+def served_features(db: Path) -> pd.DataFrame:
+    """events.db `served_features` as a frame (empty when the log or the table is absent)."""
+    return pd.DataFrame(_json_column(db, "served_features", "features"))
 
 
 def served_scores(db: Path) -> pd.DataFrame:
     """One row per decision, one column per candidate product: the base probability it was served with."""
-    if not db.exists():
-        return pd.DataFrame()
-    con = _connect_ro(db)
-    try:
-        if not _has_table(con, "decisions"):
-            return pd.DataFrame()
-        rows = con.execute("SELECT context FROM decisions").fetchall()
-    finally:
-        con.close()
+    rows = _json_column(db, "decisions", "context")
     out = []
-    for (ctx,) in rows:
-        cands = (json.loads(ctx) or {}).get("candidates") or []
+    for ctx in rows:
+        cands = ctx.get("candidates") or []
         row = {c["arm"]: c["base_prob"] for c in cands if c.get("base_prob") is not None and "arm" in c}
         if row:
             out.append(row)

@@ -25,7 +25,7 @@ import pandas as pd
 from nextbest.config import load_bandit, load_catalogue, load_rules
 from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, REALTIME_FEATURES,
                                 REALTIME_PUSH_SOURCE, REALTIME_VIEW)
-from nextbest.settings import CONFIG_DIR, Paths
+from nextbest.settings import Paths
 from serving import fallback as fb
 from serving.bandit import Context, OnlinePolicy
 from serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
@@ -46,7 +46,6 @@ REALTIME_EVENT_FIELDS = {
 PRODUCT_EVENTS = ("product_page_view", "loan_disbursed", "product_acquired")
 AMOUNT_EVENTS = ("salary_received", "large_deposit")
 CONSENT_CHANGES = ("consent_granted", "consent_withdrawn")
-DEFAULT_FEATURE_SAMPLE_SHARE = 0.05
 
 
 class RequestError(Exception):
@@ -103,17 +102,11 @@ def as_utc(ts: datetime | None) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
 
 
-def feature_sample_share(path=None) -> float:
-    """`serving.feature_sample_share` of configs/monitoring.yaml: the share of decisions whose features are logged."""
-    import yaml
+def feature_sample_share() -> float:
+    """`serving.feature_sample_share` of configs/monitoring.yaml (validated): the share of decisions whose features are logged."""
+    from monitoring.monitor import load_monitoring
 
-    path = path or CONFIG_DIR / "monitoring.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        share = float((data.get("serving") or {}).get("feature_sample_share", DEFAULT_FEATURE_SAMPLE_SHARE))
-    except FileNotFoundError:
-        return DEFAULT_FEATURE_SAMPLE_SHARE
-    return min(max(share, 0.0), 1.0)
+    return load_monitoring().serving.feature_sample_share
 
 
 class DecisionEngine:
