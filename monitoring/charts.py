@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-
-import yaml
 
 from monitoring.kpi import business_kpis
 from monitoring.uplift import CONVERSION_FEEDBACK, GLOBAL, uplift
 from nextbest.config import ConfigError, load_bandit, load_catalogue
 from nextbest.constants import DEFAULT_SEED
-from nextbest.settings import CONFIG_DIR
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222;max-width:1100px}
@@ -238,20 +233,9 @@ def parse_time(value) -> float | None:
 
 
 def holdout_campaigns(bandit_yaml: Path | None = None) -> dict[str, list[str] | str]:
-    """Campaigns to measure: the global holdout ("all") and bandit.yaml `holdout.campaigns`, if any.
-
-    A campaign is given as a product list or as a mapping with `products`.
-    """
-    path = bandit_yaml or CONFIG_DIR / "bandit.yaml"
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
-    holdout = (data or {}).get("holdout") or {}
-    campaigns: dict[str, list[str] | str] = {GLOBAL: GLOBAL}
-    raw = holdout.get("campaigns") if isinstance(holdout, dict) else None
-    for name, spec in (raw or {}).items():
-        products = spec.get("products") if isinstance(spec, dict) else spec
-        if products:
-            campaigns[str(name)] = GLOBAL if products == GLOBAL else [str(p) for p in products]
-    return campaigns
+    """Campaigns to measure: the global holdout ("all") and the validated `holdout.campaigns` of bandit.yaml."""
+    cfg = load_bandit(bandit_yaml, catalogue=load_catalogue())
+    return {GLOBAL: GLOBAL, **{name: list(c.products) for name, c in cfg.holdout.campaigns.items()}}
 
 
 def _clean(x):
@@ -267,15 +251,9 @@ def _clean(x):
 
 def write_atomic(path: Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from monitoring.drift import atomic_write
+
+    atomic_write(Path(path), lambda t: Path(t).write_text(text, encoding="utf-8"))
 
 
 def section_config(config, key: str) -> dict:

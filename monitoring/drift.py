@@ -81,7 +81,19 @@ def atomic_write(target: Path, write: Callable[[str], None]) -> Path:
 
 
 def write_json(target: Path, data) -> Path:
-    return atomic_write(target, lambda t: Path(t).write_text(json.dumps(data, indent=2, default=_json_default)))
+    """Strict JSON (non-finite numbers become null), written atomically."""
+    text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
+    return atomic_write(target, lambda t: Path(t).write_text(text))
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value):

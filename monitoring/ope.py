@@ -196,21 +196,16 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
     from nextbest.config import load_bandit, load_catalogue
     from nextbest.constants import NBP_MODEL_NAME
     from serving.bandit import Featuriser, Posterior
-    from serving.eventlog import EventLog
 
     if not paths.events_db.exists():
         raise FileNotFoundError(f"{paths.events_db}: no decision log yet; serve and answer some requests first")
     catalogue = load_catalogue()
     cfg = load_bandit(catalogue=catalogue)
     featuriser = Featuriser(catalogue.ids + list(cfg.actions))
-    log = EventLog(paths.events_db)
-    try:
-        saved = log.load_policy(cfg.policy, featuriser.signature)
-    finally:
-        log.close()
+    saved = _saved_policy(paths.events_db, cfg.policy, featuriser.signature)
     if saved is None:
         raise LookupError(f"{paths.events_db}: no saved state of policy {cfg.policy!r} to evaluate")
-    posterior = Posterior(saved[2], saved[3], saved[0])
+    posterior = Posterior(saved[1], saved[2], saved[0])
     rescorer = None
     if model is not None:
         from monitoring.rescore import model_rescorer
@@ -227,20 +222,34 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
             **estimate_all(logged, target, predicted)}
 
 
+def _saved_policy(db, name: str, signature: str) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(updates, mean, covariance) of the saved posterior, read without writing to the live log."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT n_updates, mean, cov FROM policy_state WHERE name = ? AND signature = ?",
+                           (name, signature)).fetchone()
+    except sqlite3.OperationalError:  # a log from before the policy table
+        row = None
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    mean = np.frombuffer(row[1], "<f8").copy()
+    return row[0], mean, np.frombuffer(row[2], "<f8").copy().reshape(len(mean), len(mean))
+
+
 def ope_section(paths, config, out_dir) -> tuple[str, dict, None]:
     """The monitor's off-policy section: the current posterior without exploration (and the
     `challenger` nbp model when one is registered) against the logged policy, into `ope.json`."""
-    import json
-    import os
-
     results = {}
     for label, model in (("current_posterior_no_exploration", None), ("challenger_no_exploration", "challenger")):
         try:
             results[label] = evaluate(paths, 0.0, model)
         except (FileNotFoundError, LookupError) as exc:
             results[label] = {"status": str(exc)}
-    path = out_dir / "ope.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, path)
+    from monitoring.drift import write_json
+
+    write_json(out_dir / "ope.json", results)
     return "ope", results, None

@@ -68,6 +68,7 @@ def model_rescorer(paths: Paths, name: str, alias_or_version: str) -> Rescorer:
 
     def score(who: list[str], at: np.ndarray) -> np.ndarray:
         query = pd.DataFrame({"_pseudonym": who, "_at": np.asarray(at, dtype=float), "_row": np.arange(len(who))})
+        query = query[np.isfinite(query["_at"])]  # a decision logged without its time keeps its scores
         # The latest snapshot at or before each decision: what the online store served then.
         joined = pd.merge_asof(query.sort_values("_at"), table, on="_at", by="_pseudonym", direction="backward")
         out = np.full((len(who), len(meta.outputs)), np.nan)

@@ -147,7 +147,8 @@ def _campaign(first: pd.DataFrame, acquisitions: pd.DataFrame, name: str, produc
     immature = units.loc[~mature, "group"].value_counts()
     units = units[mature]
 
-    conv = acquisitions if every else acquisitions[acquisitions["product_id"].isin(list(products))]
+    # Actions (retention call, payment help) are not conversions, even for the global group.
+    conv = acquisitions[acquisitions["product_id"].isin(list(margins) if every else list(products))]
     conv = conv.merge(units[["pseudonym", "t0"]], on="pseudonym")
     conv = conv[(conv["t"] >= conv["t0"]) & (conv["t"] <= conv["t0"] + window)]
     # One acquisition per customer and product: the bank's event and a convert feedback may both report it.

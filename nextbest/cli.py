@@ -202,11 +202,11 @@ def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> d
             result = evaluate(paths, explore_share, model)
         except (FileNotFoundError, LookupError) as exc:
             raise StageError(str(exc).strip("'\"")) from None
-        out = paths.reports / time.strftime("%Y-%m-%d") / "ope.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
+        from monitoring.drift import write_json
+
+        # One file per candidate, beside the monitor's ope.json (same UTC date as the monitor's folder).
+        name = f"ope-{model or 'champion'}-explore{explore_share:g}.json"
+        out = write_json(paths.reports / time.strftime("%Y-%m-%d", time.gmtime()) / name, result)
     table = Table(title=f"value per decision, {result['decisions']} logged decisions")
     for col in ("estimator", "value", "95% CI"):
         table.add_column(col)

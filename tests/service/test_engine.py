@@ -115,3 +115,5 @@ def test_rescoring_with_the_champion_reproduces_the_logged_probabilities(engine,
     early = [{**contexts[0], "request": {**contexts[0]["request"], "at": 0.0}}]
     assert rescore_contexts(early, [rows[0][0]], rescorer) == (early, 0)
     assert rescore_contexts(contexts[:1], ["p_unknown"], rescorer) == (contexts[:1], 0)
+    untimed = [{**contexts[0], "request": {k: v for k, v in contexts[0]["request"].items() if k != "at"}}]
+    assert rescore_contexts(untimed, [rows[0][0]], rescorer) == (untimed, 0)  # an older log without times

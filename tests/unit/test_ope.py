@@ -125,7 +125,7 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
     assert result.exit_code == 0, result.output
     import json
 
-    report = json.loads(next((tmp_path / "reports").glob("*/ope.json")).read_text())
+    report = json.loads(next((tmp_path / "reports").glob("*/ope-champion-explore0.json")).read_text())
     assert report["logged_value"] > 0 and {"ips", "snips", "dr"} <= set(report)
     assert report["dr"]["ci95"][0] <= report["dr"]["value"] <= report["dr"]["ci95"][1]
 

@@ -286,15 +286,22 @@ def test_section_config_from_any_caller():
     assert section_config({"n_boot": 5}, "uplift") == {"n_boot": 5}  # the part itself
 
 
-def test_holdout_campaigns_from_bandit_yaml(tmp_path):
-    assert holdout_campaigns(tmp_path / "absent.yaml") == {"all": "all"}
+def test_holdout_campaigns_from_the_validated_bandit_config(tmp_path):
+    from nextbest.config import ConfigError
+    from nextbest.settings import CONFIG_DIR
+
+    assert set(holdout_campaigns()) == {"all", "deposits", "investments"}  # configs/bandit.yaml
+    base = (CONFIG_DIR / "bandit.yaml").read_text().split("\nholdout:")[0]
     path = tmp_path / "bandit.yaml"
-    path.write_text("version: 1\n")
+    path.write_text(base)
     assert holdout_campaigns(path) == {"all": "all"}
-    path.write_text("version: 1\nholdout:\n  share: 0.1\n  campaigns:\n    cards: [credit_card, cashback_card]\n"
-                    "    loans: {products: [consumer_loan], share: 0.2}\n")
-    assert holdout_campaigns(path) == {"all": "all", "cards": ["credit_card", "cashback_card"],
-                                       "loans": ["consumer_loan"]}
+    path.write_text(base + "\nholdout:\n  share: 0.1\n  campaigns:\n    loans: {products: [consumer_loan], share: 0.2}\n")
+    assert holdout_campaigns(path) == {"all": "all", "loans": ["consumer_loan"]}
+    path.write_text(base + "\nholdout:\n  campaigns:\n    loans: {products: [consumer_lone], share: 0.2}\n")
+    with pytest.raises(ConfigError, match="consumer_lone"):
+        holdout_campaigns(path)
+    with pytest.raises(ConfigError, match="not found"):
+        holdout_campaigns(tmp_path / "absent.yaml")
 
 
 def test_section_writes_json_and_html(hand, tmp_path):
