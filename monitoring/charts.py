@@ -251,7 +251,7 @@ def _clean(x):
 
 def write_atomic(path: Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    from monitoring.drift import atomic_write
+    from nextbest.io import atomic_write
 
     atomic_write(Path(path), lambda t: Path(t).write_text(text, encoding="utf-8"))
 

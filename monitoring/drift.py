@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.io import atomic_write
 
 NUMERICAL, CATEGORICAL = "num", "cat"
 # Distances only: their value does not grow with the row count (see the module docstring).
@@ -62,48 +60,6 @@ LAST_RESPONSE = "last_offer_response"
 NEVER_MONTHS = 99  # features.build.NEVER
 # Look-backs that the name alone does not tell (a 30-day change needs 60 days; the trend 120).
 LOOKBACK_EXCEPTIONS = {"logins_change_30d": 2, "inflow_trend": 4}
-
-
-# -- atomic files -------------------------------------------------------------------------------
-
-def atomic_write(target: Path, write: Callable[[str], None]) -> Path:
-    """Calls `write(tmp_path)` for a temporary file beside `target`, then renames it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def write_json(target: Path, data) -> Path:
-    """Strict JSON (non-finite numbers become null), written atomically."""
-    text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
-    return atomic_write(target, lambda t: Path(t).write_text(text))
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (pd.Timestamp, np.datetime64)):
-        return str(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # -- columns: kinds, look-backs, censoring --------------------------------------------------------

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring import drift as D
 from nextbest.config import validated
+from nextbest.io import atomic_write, write_json
 from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, PRODUCT_ID, SNAPSHOT_DATE
 from nextbest.settings import CONFIG_DIR, Paths
 
@@ -666,8 +667,8 @@ def run_monitor(paths: Paths, config: MonitoringConfig | None = None,
         "seconds": round(time.perf_counter() - started, 2),
         "stage_seconds": timings,
     }
-    files["summary"] = D.write_json(out_dir / "summary.json", summary)
-    files["html"] = D.atomic_write(out_dir / "index.html", lambda t: Path(t).write_text(_index_html(summary, files)))
+    files["summary"] = write_json(out_dir / "summary.json", summary)
+    files["html"] = atomic_write(out_dir / "index.html", lambda t: Path(t).write_text(_index_html(summary, files)))
     return MonitorResult(summary, 0 if passed else 1, files)
 
 

@@ -249,7 +249,7 @@ def ope_section(paths, config, out_dir) -> tuple[str, dict, None]:
             results[label] = evaluate(paths, 0.0, model)
         except (FileNotFoundError, LookupError) as exc:
             results[label] = {"status": str(exc)}
-    from monitoring.drift import write_json
+    from nextbest.io import write_json
 
     write_json(out_dir / "ope.json", results)
     return "ope", results, None

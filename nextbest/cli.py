@@ -202,7 +202,7 @@ def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> d
             result = evaluate(paths, explore_share, model)
         except (FileNotFoundError, LookupError) as exc:
             raise StageError(str(exc).strip("'\"")) from None
-        from monitoring.drift import write_json
+        from nextbest.io import write_json
 
         # One file per candidate, beside the monitor's ope.json (same UTC date as the monitor's folder).
         name = f"ope-{model or 'champion'}-explore{explore_share:g}.json"

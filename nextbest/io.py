@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,19 +19,51 @@ from features.schema import SchemaError, validate
 RAW_TABLES = ("customers", "holdings", "transactions", "interactions", "offers")
 
 
-def atomic_write_parquet(table: pd.DataFrame | pa.Table, path: Path) -> Path:
-    """Writes a parquet file via a temp file in the same directory, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write(target: Path, write: Callable[[str], None]) -> Path:
+    """Calls `write(tmp_path)` for a temporary file beside `target`, then renames it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        if isinstance(table, pd.DataFrame):
-            table = pa.Table.from_pandas(table, preserve_index=False)
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write(tmp)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return target
+
+
+def write_json(target: Path, data) -> Path:
+    """Strict JSON (non-finite numbers become null), written atomically."""
+    text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
+    return atomic_write(target, lambda t: Path(t).write_text(text))
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (pd.Timestamp, np.datetime64)):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def atomic_write_parquet(table: pd.DataFrame | pa.Table, path: Path) -> Path:
+    """Writes a parquet file via a temp file in the same directory, then renames it into place."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 

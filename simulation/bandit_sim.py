@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from nextbest.constants import CHANNELS, CUSTOMER_ID, DEFAULT_SEED, SNAPSHOT_DATE
+from nextbest.io import atomic_write, write_json
 from serving.eventlog import EventLog
 from simulation.response import accept_probability
 
@@ -775,7 +776,7 @@ def plot_regret(result: Result, path: Path, title: str = "") -> Path:
     ax.legend()
     fig.tight_layout()
     path = path.with_suffix(".png")
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda t: fig.savefig(t, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -794,8 +795,7 @@ def _svg_plot(curves: dict[str, np.ndarray], path: Path, title: str) -> Path:
         parts += [f'<polyline fill="none" stroke="{colour}" points="{pts}"/>',
                   f'<text x="{width - 150}" y="{40 + 16 * j}" fill="{colour}">{name}</text>']
     parts.append("</svg>")
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write(path, lambda t: Path(t).write_text("\n".join(parts)))
 
 
 def write_outputs(result: Result, out_dir: Path, name: str) -> dict[str, Path]:
@@ -807,23 +807,24 @@ def write_outputs(result: Result, out_dir: Path, name: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     rows = checkpoints(result)
-    files["csv"] = out_dir / f"{name}.csv"
-    with open(files["csv"], "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
-        writer.writeheader()
-        writer.writerows(rows)
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    files["csv"] = atomic_write(out_dir / f"{name}.csv", write_csv)
     files["plot"] = plot_regret(result, out_dir / f"{name}.png")
     trace = pd.DataFrame(result.trace)
     if not trace.empty:
         trace["offers"] = trace["offers"].map(json.dumps)
         trace["accepted"] = trace["accepted"].map(json.dumps)
-    files["trace"] = out_dir / f"{name}.trace.parquet"
-    trace.to_parquet(files["trace"], index=False)
+    files["trace"] = atomic_write(out_dir / f"{name}.trace.parquet", lambda t: trace.to_parquet(t, index=False))
     files["json"] = out_dir / f"{name}.json"
     summary = {"config": result.config, "decisions_with_candidates": int(result.has_candidates.sum()),
                "engine_seconds": round(result.engine_seconds, 2), "events_db": str(result.events_db),
                "policies": result.summary(), "files": {k: str(v) for k, v in files.items() if k != "json"}}
-    files["json"].write_text(json.dumps(summary, indent=2))
+    write_json(files["json"], summary)
     return files
 
 
