@@ -31,11 +31,13 @@ class Logged:
         served: index among the decision's candidates of the offer in each slot, -1 if empty, (n, k).
         propensity: logging probability of that offer in that slot, (n, k).
         reward: realised value of that offer (accepted x value, 0 otherwise), (n, k).
+        decision_ids: the logged decision of each row, when read from an event log.
     """
 
     served: np.ndarray
     propensity: np.ndarray
     reward: np.ndarray
+    decision_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
             j, c = o["rank"] - 1, arms.index(o["product_id"])
             served[i, j], propensity[i, j] = c, o["propensity"]
             reward[i, j] = rewards.get((decision_id, o["product_id"]), 0.0) * value[c]
-    return Logged(served, propensity, reward), target, predicted
+    return Logged(served, propensity, reward, tuple(d[0] for d in decisions)), target, predicted
 
 
 def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dict:

@@ -870,24 +870,6 @@ def simulate_workdir(paths, policy: str = ENGINE_POLICY, steps: int = 10_000, se
 
 # -- off-policy evaluation against the truth ------------------------------------------------------
 
-def logged_decision_ids(events_db: Path, featuriser) -> list[str]:
-    """The decisions `monitoring.ope.from_event_log` reads, in its order (same query, same filter)."""
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{events_db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT decision_id, offers, context FROM decisions ORDER BY created_at").fetchall()
-    finally:
-        conn.close()
-    out = []
-    for decision_id, offers_json, context_json in rows:
-        offers = json.loads(offers_json)
-        evaluable = featuriser.logged(json.loads(context_json)) is not None
-        if offers and evaluable and all("propensity" in o for o in offers):
-            out.append(decision_id)
-    return out
-
-
 def ope_against_truth(result: Result, posterior, featuriser, explore_share: float = 0.0,
                       windows: tuple[slice, ...] = (slice(None),), samples: int = 256, seed: int = 0) -> list[dict]:
     """IPS, SNIPS and DR estimates of a Thompson-sampling candidate policy from the run's decision log,
@@ -909,7 +891,7 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
     if result.steps is None:
         raise ValueError("run the simulation with keep_steps=True to evaluate against the truth")
     logged, target, predicted = from_event_log(result.events_db, posterior, featuriser, explore_share, samples, seed)
-    ids = logged_decision_ids(result.events_db, featuriser)
+    ids = logged.decision_ids
     steps = {s.decision_id: s for s in result.steps if s.decision_id is not None}
     true_ev = np.zeros(target.shape[:2])
     for row, decision_id in enumerate(ids):

@@ -57,12 +57,11 @@ def test_doubly_robust_recovers_the_true_value_of_a_candidate(logged_run):
 def test_the_evaluated_log_is_the_engines_log(logged_run):
     """The arrays the estimators read are the simulator's decisions: same offers, propensities in (0, 1]."""
     from monitoring.ope import from_event_log
-    from simulation.bandit_sim import logged_decision_ids
 
     engine = logged_run.engine
     logged, target, predicted = from_event_log(logged_run.events_db, engine.policy.posterior,
                                                engine.policy.featuriser, 0.0, samples=16)
-    ids = logged_decision_ids(logged_run.events_db, engine.policy.featuriser)
+    ids = logged.decision_ids
     assert len(ids) == len(logged.served) == int(logged_run.has_candidates.sum())
     assert (logged.propensity > 0).all() and (logged.propensity <= 1).all()
     # Exploration shows: some offers were served with a propensity well below 1 - explore_share.
