@@ -6,6 +6,13 @@ Trains the next-best-product and churn models with the shipped configs (training
 by FeatureService), and prints each beside popularity, LightGBM and the oracle (the simulator's
 true probabilities) on the same test month. Targets: next-best-product MAP@7 >= 0.95 x oracle and
 >= LightGBM; churn ROC AUC >= 0.97 x oracle.
+
+It also measures how much of the oracle any model can reach (`--ceiling-only` runs just that).
+The simulator gives each customer an unobserved taste per product (docs/simulator.md), which the
+oracle knows and no feature reveals beyond a trace in page views. The same bank is simulated again
+in memory, and each month from the seventh on, its clients' realised acquisitions are ranked (a)
+by the oracle's truth and (b) by everything but the taste: exact latent needs, life-event boosts,
+tenure and loan history. (b) / (a) is the ceiling of a model, however good, relative to the oracle.
 """
 
 from __future__ import annotations
@@ -26,15 +33,56 @@ from nextbest.config import load_catalogue, load_train_config  # noqa: E402
 from nextbest.settings import Paths  # noqa: E402
 from simulation.bank import BankSpec  # noqa: E402
 from simulation.write import generate_to  # noqa: E402
+from training.metrics import map_at_k  # noqa: E402
 from training.pipeline import train_model  # noqa: E402
+
+END = pd.Timestamp("2026-10-31")
+
+
+def observable_ceiling(customers: int, months: int, seed: int, warmup: int = 6) -> list[tuple[str, float, float]]:
+    """(month end, oracle MAP@7, MAP@7 of the taste-free truth) per month after `warmup`, on the
+    clients of the bank that `run` generates (same spec, same seed: the same bank)."""
+    import numpy as np
+
+    from simulation.bank import _Bank
+
+    spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=END)
+    bank = _Bank(load_catalogue(), spec)
+    ids = np.asarray(bank.ids.to_pylist())
+    out = []
+    for t, month_end in enumerate(spec.month_ends()):
+        held = bank.held.copy()
+        clients = held.any(1)
+        open_ = (bank.eligible(t) & ~held)[clients]
+        no_taste = bank.intent(t, taste=False)[clients]
+        truth = bank.step(t).tables["truth/acquisition"].to_pandas().set_index("customer_id")
+        if t < warmup or t == months - 1:  # the last month's acquisitions are not observed
+            continue
+        acquired = (bank.held & ~held)[clients] & open_
+        oracle = truth.reindex(ids[clients])[bank.products].to_numpy(float)
+        score = lambda s: np.where(open_, s, -np.inf)  # noqa: E731
+        out.append((str(month_end.date()), map_at_k(acquired.astype(np.int8), score(oracle)),
+                    map_at_k(acquired.astype(np.int8), score(no_taste))))
+    return out
+
+
+def print_ceiling(rows: list[tuple[str, float, float]]) -> None:
+    import numpy as np
+
+    ratios = np.array([c / o for _, o, c in rows])
+    print("\n| month | oracle MAP@7 | MAP@7 knowing all but the taste | ratio |")
+    print("|---|---:|---:|---:|")
+    for (month, o, c), r in zip(rows, ratios):
+        print(f"| {month} | {o:.4f} | {c:.4f} | {r:.3f} |")
+    print(f"\nceiling of any model: {ratios.mean():.3f} x the oracle's MAP@7 (months {ratios.min():.3f}-"
+          f"{ratios.max():.3f}); the 0.95 target is above it.")
 
 
 def run(workdir: Path, customers: int, months: int, seed: int) -> None:
     paths = Paths.from_workdir(workdir).ensure()
     catalogue = load_catalogue()
     t = time.perf_counter()
-    generate_to(paths, catalogue, BankSpec(n_customers=customers, n_months=months, seed=seed,
-                                           end=pd.Timestamp("2026-10-31")))
+    generate_to(paths, catalogue, BankSpec(n_customers=customers, n_months=months, seed=seed, end=END))
     build_features_to(paths, catalogue)
     feast_store.apply(paths)
     print(f"bank: {customers:,} customers x {months} months, features and feast apply in {time.perf_counter() - t:.0f}s")
@@ -58,6 +106,12 @@ def run(workdir: Path, customers: int, months: int, seed: int) -> None:
     print(f"\ntargets: nbp MAP@7 >= 0.95 x oracle: {'met' if nbp[2] >= 0.95 * nbp[5] else 'NOT met'}; "
           f">= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "
           f"churn AUC >= 0.97 x oracle: {'met' if churn[2] >= 0.97 * churn[5] else 'NOT met'}")
+    ceiling = observable_ceiling(customers, months, seed)
+    print_ceiling(ceiling)
+    test = [c / o for m, o, c in ceiling if m == nbp[8]]
+    if test:
+        print(f"test month {nbp[8]}: PyTorch reaches {nbp[2] / nbp[5] / test[0]:.3f} of the ceiling "
+              f"({nbp[2] / nbp[5]:.3f} x oracle / {test[0]:.3f})")
 
 
 def main() -> None:
@@ -66,7 +120,11 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=18)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the work directory here (default: temporary)")
+    ap.add_argument("--ceiling-only", action="store_true", help="only the ceiling of any model against the oracle")
     args = ap.parse_args()
+    if args.ceiling_only:
+        print_ceiling(observable_ceiling(args.customers, args.months, args.seed))
+        return
     if args.workdir:
         run(args.workdir, args.customers, args.months, args.seed)
     else:

@@ -129,7 +129,7 @@ def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> d
 
 
 def from_event_log(db_path, posterior, featuriser, explore_share: float, samples: int = 256,
-                   seed: int = 0, rescorer=None) -> tuple[Logged, np.ndarray, np.ndarray]:
+                   seed: int = 0, rescorer=None, reward_model=None) -> tuple[Logged, np.ndarray, np.ndarray]:
     """Logged decisions of `events.db` and a Thompson-sampling candidate policy's view of them.
 
     The candidate is the policy of `serving/bandit.py` with the given posterior and exploration
@@ -137,6 +137,11 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     decision's logged candidates and context. Offers without a reward count as not accepted.
     With a `monitoring.rescore.Rescorer`, the candidate policy scores the candidates with that
     model (e.g. the `challenger`) on the features each customer had at decision time.
+
+    The DR estimate's reward model is `reward_model` (default: `posterior`) on the rows each
+    decision was logged with. It should be the acceptance model learned from this log (the current
+    posterior), whatever the candidate: a candidate far from the data (say, the prior) knows least
+    about the rewards, and its own model would bias the direct part where the weights cannot help.
 
     Returns:
         (logged, target slot probabilities (n, m, k), predicted value-weighted rewards (n, m)).
@@ -154,18 +159,21 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     finally:
         conn.close()
     rng = np.random.default_rng(seed)
-    contexts = [json.loads(r[3]) for r in rows]
+    reward_model = posterior if reward_model is None else reward_model
+    logged_contexts = [json.loads(r[3]) for r in rows]
+    contexts = logged_contexts
     if rescorer is not None:
         from monitoring.rescore import rescore_contexts
 
-        contexts, _ = rescore_contexts(contexts, [r[4] for r in rows], rescorer)
+        contexts, _ = rescore_contexts(logged_contexts, [r[4] for r in rows], rescorer)
     decisions = []
-    for (decision_id, k, offers_json, _, _), ctx in zip(rows, contexts):
+    for (decision_id, k, offers_json, _, _), ctx, logged_ctx in zip(rows, contexts, logged_contexts):
         offers = json.loads(offers_json)
         rows = featuriser.logged(ctx)
         if not offers or rows is None or not all("propensity" in o for o in offers):
             continue
-        decisions.append((decision_id, k, offers, ctx["candidates"], rows))
+        x_logged = rows[1] if ctx is logged_ctx else featuriser.logged(logged_ctx)[1]
+        decisions.append((decision_id, k, offers, ctx["candidates"], rows, x_logged))
     n = len(decisions)
     m = max((len(d[3]) for d in decisions), default=1)
     k = max((d[1] for d in decisions), default=1)
@@ -174,11 +182,11 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     reward = np.zeros((n, k))
     target = np.zeros((n, m, k))
     predicted = np.zeros((n, m))
-    for i, (decision_id, k_i, offers, cands, (arms, x)) in enumerate(decisions):
+    for i, (decision_id, k_i, offers, cands, (arms, x), x_logged) in enumerate(decisions):
         value = np.array([c["value"] for c in cands])
         probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples)
         target[i, :len(arms), :probs.shape[1]] = probs
-        predicted[i, :len(arms)] = sigmoid(x @ posterior.mean) * value
+        predicted[i, :len(arms)] = sigmoid(x_logged @ reward_model.mean) * value
         for o in offers:
             j, c = o["rank"] - 1, arms.index(o["product_id"])
             served[i, j], propensity[i, j] = c, o["propensity"]
@@ -203,7 +211,7 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
         raise FileNotFoundError(f"{paths.events_db}: no decision log yet; serve and answer some requests first")
     catalogue = load_catalogue()
     cfg = load_bandit(catalogue=catalogue)
-    featuriser = Featuriser(catalogue.ids + list(cfg.actions))
+    featuriser = Featuriser.for_catalogue(catalogue, cfg.actions)
     saved = _saved_policy(paths.events_db, cfg.policy, featuriser.signature)
     if saved is None:
         raise LookupError(f"{paths.events_db}: no saved state of policy {cfg.policy!r} to evaluate")

@@ -56,25 +56,39 @@ class Featuriser:
 
     Layout: [intercept, logit(base probability), viewed page, one-hot offer, one-hot channel,
     channel x sin(hour), channel x cos(hour), weekend on staffed / other channels,
-    engagement on digital / other channels].
+    engagement on digital / other channels, offer group x channel].
+
+    The last block is the channel fit: one weight per (group, channel), a group being a product
+    category (an offer with no group has none), so the policy learns that, say, loans sell better
+    in the branch and cards in the app, with a handful of weights shared by the group's offers.
     """
 
-    def __init__(self, arms: list[str], channels: tuple[str, ...] = CHANNELS):
+    def __init__(self, arms: list[str], channels: tuple[str, ...] = CHANNELS, groups: dict[str, str] | None = None):
         self.arms = list(arms)
         self.channels = list(channels)
         self._arm = {a: i for i, a in enumerate(self.arms)}
         self._channel = {c: i for i, c in enumerate(self.channels)}
+        groups = {a: g for a, g in (groups or {}).items() if a in self._arm}
+        self.groups = sorted(set(groups.values()))
+        self._group = {a: self.groups.index(g) for a, g in groups.items()}
         n_a, n_c = len(self.arms), len(self.channels)
         self.offsets = {"arm": 3, "channel": 3 + n_a, "sin": 3 + n_a + n_c, "cos": 3 + n_a + 2 * n_c,
-                        "tail": 3 + n_a + 3 * n_c}
-        self.dim = self.offsets["tail"] + 4
+                        "tail": 3 + n_a + 3 * n_c, "fit": 3 + n_a + 3 * n_c + 4}
+        self.dim = self.offsets["fit"] + len(self.groups) * n_c
+
+    @classmethod
+    def for_catalogue(cls, catalogue, actions) -> "Featuriser":
+        """The served policy's featuriser: catalogue products, then the configured actions; products
+        grouped by category."""
+        return cls(catalogue.ids + list(actions), groups={p.product_id: p.category for p in catalogue.products})
 
     @property
     def names(self) -> list[str]:
         return (["intercept", "base_logit", "viewed"] + [f"arm={a}" for a in self.arms]
                 + [f"channel={c}" for c in self.channels] + [f"sin_hour|{c}" for c in self.channels]
                 + [f"cos_hour|{c}" for c in self.channels]
-                + ["weekend|staffed", "weekend|other", "engagement|digital", "engagement|other"])
+                + ["weekend|staffed", "weekend|other", "engagement|digital", "engagement|other"]
+                + [f"fit|{g}|{c}" for g in self.groups for c in self.channels])
 
     @property
     def signature(self) -> str:
@@ -124,6 +138,10 @@ class Featuriser:
         staffed = ctx.channel in _STAFFED
         x[:, tail + (0 if staffed else 1)] = weekend
         x[:, tail + (2 if ctx.channel in DIGITAL_CHANNELS else 3)] = ctx.engagement
+        grouped = [(i, self._group[a]) for i, a in enumerate(arms) if a in self._group]
+        if grouped:
+            rows, g = np.array(grouped).T
+            x[rows, self.offsets["fit"] + g * len(self.channels) + c] = 1.0
         return x
 
 
@@ -242,12 +260,12 @@ class OnlinePolicy:
     the restarted policy is the one that would have run without the restart.
     """
 
-    def __init__(self, arms: list[str], cfg, events, viewed_weight: float = 0.0, stream: int = 0):
+    def __init__(self, featuriser: Featuriser, cfg, events, viewed_weight: float = 0.0, stream: int = 0):
         import threading
 
         self.cfg = cfg
         self.events = events
-        self.featuriser = Featuriser(arms)
+        self.featuriser = featuriser
         self.name = cfg.policy
         self._lock = threading.Lock()
         self.rng = np.random.default_rng([cfg.seed, stream])

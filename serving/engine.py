@@ -27,7 +27,7 @@ from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, 
                                 REALTIME_PUSH_SOURCE, REALTIME_VIEW)
 from nextbest.settings import Paths
 from serving import fallback as fb
-from serving.bandit import Context, OnlinePolicy
+from serving.bandit import Context, Featuriser, OnlinePolicy
 from serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
                             holdout_groups, holdout_unit, make_profile)
 from serving.eventlog import EventLog
@@ -158,9 +158,9 @@ class DecisionEngine:
                 rows = fb.build(db, self.paths.features, self.catalogue, self.rules, self.key)
                 log.info("fallback table rebuilt: %d customers", rows)
             self.fallback = fb.Fallback(db)
-            arms = self.catalogue.ids + list(self.policy_cfg.actions)
             # Each worker process draws its own random stream; all learn the same rewards in log order.
-            self.policy = OnlinePolicy(arms, self.policy_cfg, self.eventlog,
+            self.policy = OnlinePolicy(Featuriser.for_catalogue(self.catalogue, self.policy_cfg.actions),
+                                       self.policy_cfg, self.eventlog,
                                        viewed_weight=math.log(self.policy_cfg.cold_start.page_boost),
                                        stream=self._stream)
         except Exception as exc:  # noqa: BLE001 - any load failure must surface on /readyz, not kill the server

@@ -10,8 +10,8 @@ the customer's answer from the simulator's offer-response truth.
 The truth (`Truth`):
 - a product's acceptance is `simulation.response.accept_probability` with the customer's true
   P(acquire next month) of the latest snapshot (truth/acquisition.parquet) and latent digital
-  affinity (truth/latent.parquet), the request's channel, hour and weekday: the function that
-  answered the bank's historical offers.
+  affinity (truth/latent.parquet), the request's channel, hour and weekday, and the channel fit of
+  the product's category: the function that answered the bank's historical offers.
 - The two non-product actions have no truth in the bank simulator; we give them one here
   (ACTION_TRUTH): the same response function with a fixed unprompted-equivalent probability
   (retention call 2%, repayment help 1%), i.e. the same channel, time and affinity effects as a
@@ -98,6 +98,7 @@ class Truth:
         p_next: true P(acquire next month) per customer and product, (n, P); actions use ACTION_TRUTH.
         affinity: latent digital affinity per customer, (n,).
         snapshot: the snapshot date the state is frozen at.
+        categories: product category per product (the channel fit of the offer-response truth).
     """
 
     customer_ids: list[str]
@@ -106,6 +107,7 @@ class Truth:
     p_next: np.ndarray
     affinity: np.ndarray
     snapshot: datetime
+    categories: dict[str, str] = field(default_factory=dict)
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +120,8 @@ class Truth:
                              np.tile(np.array([self.actions[a] for a in self.actions], dtype=float), (n, 1))])
 
     @classmethod
-    def load(cls, truth_dir: Path, products: list[str], actions: dict[str, float] | None = None) -> "Truth":
+    def load(cls, truth_dir: Path, products: list[str], actions: dict[str, float] | None = None,
+             categories: dict[str, str] | None = None) -> "Truth":
         """The latest snapshot of `truth/acquisition.parquet` and the latent affinity."""
         import pandas as pd
 
@@ -130,7 +133,7 @@ class Truth:
         return cls(acq[CUSTOMER_ID].astype(str).tolist(), list(products),
                    dict(ACTION_TRUTH if actions is None else actions),
                    acq[products].to_numpy(np.float64), np.nan_to_num(affinity, nan=0.5),
-                   pd.Timestamp(latest).to_pydatetime().replace(tzinfo=timezone.utc))
+                   pd.Timestamp(latest).to_pydatetime().replace(tzinfo=timezone.utc), dict(categories or {}))
 
     def column(self, arm: str) -> int:
         return self._col[arm]
@@ -142,7 +145,7 @@ class Truth:
             return np.zeros(0)
         p = self._p[customer, [self._col[a] for a in arms]]
         return accept_probability(p, np.full(n, channel), np.full(n, hour), np.full(n, weekday),
-                                  np.full(n, self.affinity[customer]))
+                                  np.full(n, self.affinity[customer]), [self.categories.get(a) for a in arms])
 
     def acquire(self, customer: int, arm: str) -> None:
         """The customer now holds the product: no more unprompted acquisition of it."""
@@ -858,7 +861,8 @@ def simulate_workdir(paths, policy: str = ENGINE_POLICY, steps: int = 10_000, se
     engine = open_engine(paths, events_db)
     if tune is not None:
         tune(engine)
-    truth = Truth.load(truth_dir, catalogue.ids, {a: ACTION_TRUTH.get(a, 0.01) for a in engine.policy_cfg.actions})
+    truth = Truth.load(truth_dir, catalogue.ids, {a: ACTION_TRUTH.get(a, 0.01) for a in engine.policy_cfg.actions},
+                       {p.product_id: p.category for p in catalogue.products})
     start = truth.snapshot + timedelta(days=1)
     traffic = make_traffic(len(truth.customer_ids), steps, seed, start, visits_per_week, customers)
     result = run(engine, truth, traffic, policy, shadows, k, update_every, seed, keep_steps, progress)
@@ -871,7 +875,8 @@ def simulate_workdir(paths, policy: str = ENGINE_POLICY, steps: int = 10_000, se
 # -- off-policy evaluation against the truth ------------------------------------------------------
 
 def ope_against_truth(result: Result, posterior, featuriser, explore_share: float = 0.0,
-                      windows: tuple[slice, ...] = (slice(None),), samples: int = 256, seed: int = 0) -> list[dict]:
+                      windows: tuple[slice, ...] = (slice(None),), samples: int = 256, seed: int = 0,
+                      reward_model=None) -> list[dict]:
     """IPS, SNIPS and DR estimates of a Thompson-sampling candidate policy from the run's decision log,
     beside the candidate's true value on the same logged contexts.
 
@@ -879,6 +884,8 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
         result: a run with the engine on the path and `keep_steps=True`.
         posterior: the candidate's posterior (e.g. the run's final one, or the prior).
         explore_share: the candidate's exploration share (0: greedy on the posterior mean).
+        reward_model: the DR estimate's reward model (default the candidate's posterior; the run's
+            final posterior is the one learned from this log).
         windows: which logged decisions to evaluate on, in log order (e.g. `slice(0, 50_000)`);
             one answer per window.
 
@@ -890,7 +897,8 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
 
     if result.steps is None:
         raise ValueError("run the simulation with keep_steps=True to evaluate against the truth")
-    logged, target, predicted = from_event_log(result.events_db, posterior, featuriser, explore_share, samples, seed)
+    logged, target, predicted = from_event_log(result.events_db, posterior, featuriser, explore_share, samples, seed,
+                                               reward_model=reward_model)
     ids = logged.decision_ids
     steps = {s.decision_id: s for s in result.steps if s.decision_id is not None}
     true_ev = np.zeros(target.shape[:2])

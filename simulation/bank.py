@@ -194,6 +194,7 @@ class _Bank:
         self.min_age = np.array([catalogue.by_id()[p].eligibility.min_age for p in self.products])
         self.max_age = np.array([catalogue.by_id()[p].eligibility.max_age for p in self.products])
         self.requires = [[self.pidx[r] for r in catalogue.by_id()[p].eligibility.requires] for p in self.products]
+        self.categories = np.array([catalogue.by_id()[p].category for p in self.products])
         self.loan_cols = self._cols(LOAN_PRODUCTS)
 
         # Lifecycle at the start of the window.
@@ -274,6 +275,24 @@ class _Bank:
 
     # -- one month ---------------------------------------------------------------------------
 
+    def intent(self, t: int, taste: bool = True) -> np.ndarray:
+        """Logit of next month's acquisition hazard, shape (n, P), float32, built in place: needs,
+        the customer's taste, life-event boosts, tenure and loan history.
+
+        With `taste=False`, everything but the taste: the most that any model of the customer's
+        observable behaviour could know (benchmarks/bench_models.py measures that ceiling).
+        """
+        tenure = t - self.join_month
+        intent = self.needs @ self.weights
+        intent += self.base
+        if taste:
+            intent += self.taste
+        intent += self.boost
+        intent[tenure < 6] += 0.6
+        recent_loan = self.months_since_loan < 6
+        intent[np.ix_(recent_loan, self.loan_cols)] -= 2.5
+        return intent
+
     def step(self, t: int) -> MonthBatch:
         rng, n = self.rng, self.n
         drift = self.spec.drift
@@ -286,16 +305,7 @@ class _Bank:
         former = self.ever_client & ~is_client
         eligible = self.eligible(t)
 
-        # Intent for next month: needs, taste, life-event boosts, tenure and loan history.
-        # Shape (n, P), float32, built in place.
-        tenure = t - self.join_month
-        intent = self.needs @ self.weights
-        intent += self.base
-        intent += self.taste
-        intent += self.boost
-        intent[tenure < 6] += 0.6
-        recent_loan = self.months_since_loan < 6
-        intent[np.ix_(recent_loan, self.loan_cols)] -= 2.5
+        intent = self.intent(t)
         p_acq = _sigmoid_(intent.copy())
         p_acq *= eligible & ~self.held & is_client[:, None]
 
@@ -418,13 +428,15 @@ class _Bank:
         offered_at = (self.month_start[t] + (day - 1) * _DAY + hour * np.timedelta64(1, "h")
                       + minute * np.timedelta64(1, "m"))
         weekday = (offered_at.astype("datetime64[D]").astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
-        p_accept = accept_probability(p_acq[off_idx, prod], channel, hour, weekday, self.digital[off_idx])
+        p_accept = accept_probability(p_acq[off_idx, prod], channel, hour, weekday, self.digital[off_idx],
+                                      self.categories[prod])
         accepted = rng.random(k) < p_accept
         responded = accepted | (rng.random(k) < 0.45)
         response = np.where(accepted, 0, np.where(responded, 1, 2))
         forced[off_idx[accepted], prod[accepted]] = True
-        # The truth accounts for the offer: P(acquire) = 1 - (1 - unprompted)(1 - accept).
-        p_acq[off_idx, prod] = 1 - (1 - p_acq[off_idx, prod]) * (1 - p_accept)
+        # The answer is known by the month end: an accepted offer is acquired next month for sure;
+        # after any other answer the unprompted hazard stands. The truth is that probability.
+        p_acq[off_idx[accepted], prod[accepted]] = 1.0
         table = pa.table({
             "offer_id": _running_ids("O", self.offer_seq, k, width=9),
             "customer_id": self._customer_ids(off_idx),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulation.params import CHANNEL_LIFT, CHANNEL_PEAK_HOUR, DIGITAL_CHANNELS
+from simulation.params import CATEGORY_CHANNEL_FIT, CHANNEL_LIFT, CHANNEL_PEAK_HOUR, DIGITAL_CHANNELS
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -22,6 +22,7 @@ def accept_probability(
     hour: np.ndarray,
     weekday: np.ndarray,
     digital_affinity: np.ndarray,
+    category: np.ndarray | None = None,
 ) -> np.ndarray:
     """True probability that a customer accepts an offer.
 
@@ -31,6 +32,8 @@ def accept_probability(
         hour: hour of contact 0..23, shape (n,).
         weekday: 0 = Monday .. 6 = Sunday, shape (n,).
         digital_affinity: the customer's latent digital affinity in [0, 1], shape (n,).
+        category: the offer's product category per offer (None or an unknown category: no
+            channel fit, as for the non-product actions), shape (n,).
 
     Returns:
         Acceptance probabilities, shape (n,).
@@ -46,4 +49,6 @@ def accept_probability(
     digital = np.isin(channel, DIGITAL_CHANNELS)
     affinity_effect = np.where(digital, 1.6 * (np.asarray(digital_affinity) - 0.5), -0.8 * (np.asarray(digital_affinity) - 0.5))
     z = _logit(np.asarray(p_next, dtype=float)) + lift + timing + weekend_effect + affinity_effect
+    if category is not None:
+        z = z + np.array([CATEGORY_CHANNEL_FIT.get(g, {}).get(c, 0.0) for g, c in zip(category, channel)])
     return 1.0 / (1.0 + np.exp(-z))

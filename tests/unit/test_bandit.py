@@ -13,6 +13,7 @@ from serving.decide import Candidate
 from serving.eventlog import EventLog
 
 ARMS = ["savings_account", "term_deposit", "credit_card", "mortgage", "retention_call"]
+GROUPS = {"savings_account": "deposit", "term_deposit": "deposit", "credit_card": "card", "mortgage": "loan"}
 
 
 def _setup(seed=0):
@@ -74,7 +75,7 @@ def test_state_survives_a_restart_exactly(tmp_path):
     events = EventLog(tmp_path / "events.db")
     cands = [Candidate("savings_account", "S", 0.02, 45.0), Candidate("mortgage", "M", 0.004, 1400.0)]
     ctx = Context("push", 18, 5, 2.0)
-    policy = OnlinePolicy(ARMS, cfg, events)
+    policy = OnlinePolicy(Featuriser(ARMS, groups=GROUPS), cfg, events)
     for n in range(30):
         c = policy.choose(cands, ctx, 2)
         context = {"request": ctx.as_dict(), "candidates": [{"arm": x.arm, "base_prob": x.base_prob, "viewed": False}
@@ -85,7 +86,7 @@ def test_state_survives_a_restart_exactly(tmp_path):
         policy.learn()
     assert policy.posterior.n_updates == 30
     # A new process: loads the snapshot taken at 28 updates, then replays the two after it.
-    restarted = OnlinePolicy(ARMS, cfg, EventLog(tmp_path / "events.db"))
+    restarted = OnlinePolicy(Featuriser(ARMS, groups=GROUPS), cfg, EventLog(tmp_path / "events.db"))
     assert restarted.replayed == 2
     assert restarted.posterior.n_updates == 30
     np.testing.assert_allclose(restarted.posterior.mean, policy.posterior.mean, rtol=1e-10, atol=1e-12)
@@ -111,3 +112,33 @@ def test_featuriser_layout_is_fixed_by_its_signature():
     assert named["base_logit"] == pytest.approx(0.0) and named["weekend|staffed"] == 1
     assert named["engagement|other"] == 1 and named["engagement|digital"] == 0
     json.dumps(a.names)
+
+
+def test_channel_fit_block_is_shared_by_a_category_and_absent_for_actions():
+    f = Featuriser(ARMS, groups=GROUPS)
+    assert f.dim == Featuriser(ARMS).dim + 3 * len(f.channels) and f.signature != Featuriser(ARMS).signature
+    x = f.matrix(["savings_account", "term_deposit", "mortgage", "retention_call"], np.full(4, 0.01), np.zeros(4),
+                 Context("branch", 11, 2, 1.0))
+    named = [dict(zip(f.names, row)) for row in x]
+    fit = [{k: v for k, v in row.items() if k.startswith("fit|") and v} for row in named]
+    assert fit == [{"fit|deposit|branch": 1.0}, {"fit|deposit|branch": 1.0}, {"fit|loan|branch": 1.0}, {}]
+
+
+def test_policy_learns_which_category_sells_in_which_channel():
+    """Loans are taken in the branch, cards in the app; the model score says nothing of it. After
+    feedback the posterior-mean ranking follows the channel, which a ranking by score cannot."""
+    f = Featuriser(ARMS, groups=GROUPS)
+    post = Posterior.prior(f, intercept=1.0, score_weight=1.0, variance=0.25)
+    rng = np.random.default_rng(4)
+    truth = {("mortgage", "branch"): 0.12, ("mortgage", "mobile_app"): 0.02,
+             ("credit_card", "branch"): 0.02, ("credit_card", "mobile_app"): 0.12}
+    rows = {(a, c): f.matrix([a], np.array([0.01]), np.zeros(1), Context(c, 12, 2, 1.0))[0] for a, c in truth}
+    for _ in range(600):
+        for key, p in truth.items():
+            post.update(rows[key], float(rng.random() < p))
+    value = np.array([1.0, 1.0])
+    for channel, best in (("branch", "mortgage"), ("mobile_app", "credit_card")):
+        x = f.matrix(["mortgage", "credit_card"], np.array([0.01, 0.01]), np.zeros(2), Context(channel, 12, 2, 1.0))
+        c = choose(post, x, value, 1, 0.0, rng, samples=16)
+        assert ["mortgage", "credit_card"][c.order[0]] == best
+        assert c.probability.max() > 2 * c.probability.min()

@@ -105,7 +105,7 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
 
     catalogue = load_catalogue()
     cfg = load_bandit(catalogue=catalogue)
-    f = Featuriser(catalogue.ids + list(cfg.actions))
+    f = Featuriser.for_catalogue(catalogue, cfg.actions)
     post = Posterior.prior(f, 1.0, 1.0, 0.25)
     events = EventLog(tmp_path / "events.db")
     rng = np.random.default_rng(3)

@@ -70,3 +70,23 @@ def test_the_evaluated_log_is_the_engines_log(logged_run):
     assert (logged.reward > 0).sum() == accepted > 0
     np.testing.assert_allclose(target.sum(1)[:, 0], 1.0)  # greedy: one offer per slot
     assert math.isclose(logged.reward.sum(), logged_run.tallies["nextbest"].realised.sum(), rel_tol=1e-4)
+
+
+def test_the_dr_reward_model_is_the_one_learned_from_the_log_whatever_the_candidate(logged_run):
+    """A candidate far from the data (the prior) is valued with the log's acceptance model in the
+    direct part, not its own: the reward predictions do not depend on the candidate."""
+    from monitoring.ope import from_event_log
+    from serving.bandit import Context, Posterior, sigmoid
+
+    engine = logged_run.engine
+    f, final, cfg = engine.policy.featuriser, engine.policy.posterior, engine.policy_cfg
+    prior = Posterior.prior(f, cfg.prior.intercept, cfg.prior.score_weight, cfg.prior.variance)
+    _, t_prior, p_prior = from_event_log(logged_run.events_db, prior, f, 0.0, samples=8, reward_model=final)
+    _, t_final, p_final = from_event_log(logged_run.events_db, final, f, 0.0, samples=8)
+    np.testing.assert_array_equal(p_prior, p_final)
+    assert not np.array_equal(t_prior, t_final)  # the candidates do choose differently
+    _, _, p_own = from_event_log(logged_run.events_db, prior, f, 0.0, samples=8)
+    assert not np.allclose(p_own, p_final)
+    step = next(s for s in logged_run.steps if s.decision_id is not None)
+    x = f.matrix(step.arms, step.base_prob, step.viewed, Context(step.channel, step.hour, step.weekday, step.engagement))
+    np.testing.assert_allclose(p_final[0, :len(step.arms)], sigmoid(x @ final.mean) * step.value, rtol=1e-4)

@@ -80,3 +80,41 @@ def test_offer_response_truth_moves_with_channel_and_timing():
     assert (good > bad).all() and (good > p).all()
     assert accept_probability(np.array([0.2]), np.array(["web"]), np.array([21]), np.array([0]), np.array([0.5]))[0] > \
         accept_probability(np.array([0.01]), np.array(["web"]), np.array([21]), np.array([0]), np.array([0.5]))[0]
+
+
+def test_offer_response_truth_has_a_channel_fit_by_category():
+    """The same customer and product answer differently by channel: advice products in the branch,
+    everyday ones in the app. Non-product actions (no category) get no fit."""
+    p, aff = np.full(2, 0.01), np.full(2, 0.5)
+    hour, day = np.array([12, 12]), np.array([2, 2])
+    branch = np.array(["branch"] * 2)
+    app = np.array(["mobile_app"] * 2)
+    loan_card = np.array(["loan", "card"])
+    in_branch = accept_probability(p, branch, hour, day, aff, loan_card)
+    in_app = accept_probability(p, app, hour, day, aff, loan_card)
+    assert in_branch[0] > in_branch[1] and in_app[1] > in_app[0]
+    np.testing.assert_allclose(accept_probability(p, branch, hour, day, aff, [None, None]),
+                               accept_probability(p, branch, hour, day, aff))
+
+
+def test_an_answered_offer_sets_the_truth_it_is_acquired_by(catalogue):
+    """At the month end the answer is known: an accepted offer's truth is 1 and the product is held
+    next month; after any other answer the truth is the unprompted hazard, not one raised by an
+    offer the customer turned down."""
+    frames = simulate_frames(catalogue, BankSpec(n_customers=20_000, n_months=3, seed=3, end=END, offer_share=0.5))
+    offers, truth, h = frames["raw/offers"], frames["truth/acquisition"], frames["raw/holdings"]
+    offers = offers.assign(snapshot_date=offers.offered_at.dt.to_period("M").dt.to_timestamp("M"))
+    offers = offers[offers.snapshot_date < offers.snapshot_date.max()]  # the next month is simulated
+    t = truth.set_index(["customer_id", "snapshot_date"])
+    p = np.array([t.at[(c, d), prod] for c, d, prod in zip(offers.customer_id, offers.snapshot_date, offers.product_id)])
+    accepted = (offers.response == "accept").to_numpy()
+    assert accepted.sum() >= 20 and (p[accepted] == 1.0).all() and (p[~accepted] < 0.5).all()
+    held = set(zip(h.customer_id, h.snapshot_date, h.product_id))
+    nxt = offers.snapshot_date + pd.offsets.MonthEnd(1)
+    got = np.array([(c, d, prod) in held for c, d, prod in zip(offers.customer_id, nxt, offers.product_id)])
+    # Accepted offers are held next month, unless the customer left the bank that month (churn
+    # closes everything; the truth, like every acquisition hazard, leaves that out).
+    assert got[accepted].mean() > 0.95, got[accepted].mean()
+    # Turned-down offers are acquired at their (unprompted) truth, within sampling error.
+    expected, n = p[~accepted].sum(), (~accepted).sum()
+    assert abs(got[~accepted].sum() - expected) < 4 * np.sqrt(expected) + 2, (got[~accepted].sum(), expected, n)
