@@ -129,11 +129,13 @@ def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> d
 
 
 def from_event_log(db_path, posterior, featuriser, explore_share: float, samples: int = 256,
-                   seed: int = 0, rescorer=None, reward_model=None) -> tuple[Logged, np.ndarray, np.ndarray]:
+                   seed: int = 0, rescorer=None, reward_model=None,
+                   uniform_share: float = 0.0) -> tuple[Logged, np.ndarray, np.ndarray]:
     """Logged decisions of `events.db` and a Thompson-sampling candidate policy's view of them.
 
     The candidate is the policy of `serving/bandit.py` with the given posterior and exploration
-    share (e.g. the current posterior with no exploration, or a challenger's), replayed on each
+    share, `uniform_share` of it uniform (e.g. the current posterior with no exploration, or a
+    challenger's), replayed on each
     decision's logged candidates and context. Offers without a reward count as not accepted.
     With a `monitoring.rescore.Rescorer`, the candidate policy scores the candidates with that
     model (e.g. the `challenger`) on the features each customer had at decision time.
@@ -184,7 +186,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     predicted = np.zeros((n, m))
     for i, (decision_id, k_i, offers, cands, (arms, x), x_logged) in enumerate(decisions):
         value = np.array([c["value"] for c in cands])
-        probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples)
+        probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples, uniform_share)
         target[i, :len(arms), :probs.shape[1]] = probs
         predicted[i, :len(arms)] = sigmoid(x_logged @ reward_model.mean) * value
         for o in offers:
@@ -222,7 +224,8 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
 
         rescorer = model_rescorer(paths, NBP_MODEL_NAME, model)
     logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,
-                                               cfg.propensity_samples, cfg.seed, rescorer=rescorer)
+                                               cfg.propensity_samples, cfg.seed, rescorer=rescorer,
+                                               uniform_share=min(cfg.uniform_share, explore_share))
     if len(logged.served) == 0:
         raise LookupError("no logged decision with offers and propensities to evaluate")
     return {"policy": cfg.policy, "explore_share": explore_share, "updates": saved[0],

@@ -76,6 +76,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=512, ge=1)
     max_epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=4, ge=1)
+    select_on: Literal["metric", "loss"] = Field(
+        default="metric", description="Early stopping and the kept epoch: the validation metric (MAP@7 / ROC AUC) "
+                                      "or the validation loss (masked log-loss, smoother on one noisy month).")
     seed: int = 42
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
     val_months: int = Field(default=1, ge=1)
@@ -260,6 +263,9 @@ class BanditConfig(BaseModel):
     version: int
     policy: str = "lin_ts"
     explore_share: float = Field(default=0.1, ge=0, le=1)
+    uniform_share: float = Field(default=0.0, ge=0, le=1,
+                                 description="Part of explore_share ranked uniformly at random: every allowed offer "
+                                             "then has an exact propensity of at least uniform_share / n.")
     propensity_samples: int = Field(default=256, ge=16, le=100_000)
     seed: int = 42
     prior: BanditPrior = Field(default_factory=BanditPrior)
@@ -276,6 +282,9 @@ class BanditConfig(BaseModel):
     def _known_actions(self) -> "BanditConfig":
         if self.retention.action not in self.actions:
             raise ValueError(f"retention.action {self.retention.action!r} is not one of actions {sorted(self.actions)}")
+        if self.uniform_share > self.explore_share:
+            raise ValueError(f"uniform_share {self.uniform_share} is part of explore_share and cannot exceed it "
+                             f"({self.explore_share})")
         return self
 
 

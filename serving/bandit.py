@@ -9,8 +9,12 @@ is sensible before any feedback arrives.
 
 A decision ranks the offers the rules allow by expected value sigmoid(x . w) * value: with
 probability 1 - explore_share by the posterior mean (exploit), otherwise by one posterior sample
-(explore). The propensity of each served offer in its slot is the probability of that slot under
-this mixture, with the explore part estimated by Monte Carlo over posterior samples.
+(explore), except that a `uniform_share` part of the exploration ranks uniformly at random. The
+propensity of each served offer in its slot is the probability of that slot under this mixture:
+exact for the greedy and uniform parts, estimated by Monte Carlo over posterior samples for the
+Thompson part. The uniform part gives every allowed offer an exact propensity of at least
+uniform_share / n, which off-policy evaluation needs for candidates far from the logging policy
+(the Monte-Carlo estimate of a rarely drawn offer's probability is too coarse to weight it by).
 """
 
 from __future__ import annotations
@@ -196,7 +200,7 @@ class Choice:
 
 
 def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,
-           rng: np.random.Generator, samples: int) -> Choice:
+           rng: np.random.Generator, samples: int, uniform_share: float = 0.0) -> Choice:
     """Ranks candidates by expected value, exploring with a Thompson sample on a share of decisions.
 
     Args:
@@ -207,6 +211,7 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
         explore_share: probability that this decision ranks by a posterior sample.
         rng: the policy's random generator.
         samples: Monte-Carlo draws for the propensities of the explore branch.
+        uniform_share: the part of explore_share that ranks uniformly at random (at most explore_share).
 
     Returns:
         The choice, with the marginal probability of each served offer in its slot under the policy.
@@ -218,24 +223,31 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
     greedy = np.argsort(-ev, kind="stable")[:k]
     if k == 0:
         return Choice([], [], [], False, prob, ev)
-    exploring = explore_share > 0 and rng.random() < explore_share
-    if explore_share > 0:
-        draws = posterior.sample(rng, samples + int(exploring))  # (d, m)
+    uniform_share = min(uniform_share, explore_share)
+    thompson = explore_share - uniform_share
+    u = rng.random() if explore_share > 0 else 1.0
+    exploring, uniform = u < explore_share, u < uniform_share
+    served, hits = greedy, np.zeros(k)
+    if uniform:
+        served = rng.permutation(n)[:k]
+    if thompson > 0:
+        drawn = exploring and not uniform
+        draws = posterior.sample(rng, samples + int(drawn))  # (d, m)
         sampled = sigmoid(x @ draws) * value[:, None]             # (n, m)
         ranks = np.argsort(-sampled, axis=0, kind="stable")[:k]    # (k, m): candidate in each slot per draw
-        served = ranks[:, -1] if exploring else greedy
-        # P(candidate i in slot j | explore), the served draw included when it is one of them.
+        if drawn:
+            served = ranks[:, -1]
+        # P(candidate i in slot j | Thompson), the served draw included when it is one of them.
         hits = (ranks == served[:, None]).mean(axis=1)
-    else:
-        served, hits = greedy, np.zeros(k)
-    prop = (1 - explore_share) * (served == greedy) + explore_share * hits
+    # A uniform ranking puts each candidate in each slot with probability 1/n.
+    prop = (1 - explore_share) * (served == greedy) + thompson * hits + uniform_share / n
     return Choice(order=[int(i) for i in served], propensity=[float(p) for p in prop],
                   explored=[bool(s != g) for s, g in zip(served, greedy)], exploring=bool(exploring),
                   probability=prob, expected_value=ev)
 
 
 def slot_propensities(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,
-                      rng: np.random.Generator, samples: int) -> np.ndarray:
+                      rng: np.random.Generator, samples: int, uniform_share: float = 0.0) -> np.ndarray:
     """P(candidate i in slot j) under the policy for every candidate and slot, shape (n, k).
 
     For off-policy evaluation of this policy on logged contexts (it is what `choose` samples from).
@@ -245,10 +257,13 @@ def slot_propensities(posterior: Posterior, x: np.ndarray, value: np.ndarray, k:
     ev = sigmoid(x @ posterior.mean) * value
     out = np.zeros((n, k))
     out[np.argsort(-ev, kind="stable")[:k], np.arange(k)] = 1 - explore_share
-    if explore_share > 0 and k:
+    uniform_share = min(uniform_share, explore_share)
+    thompson = explore_share - uniform_share
+    if thompson > 0 and k:
         ranks = np.argsort(-(sigmoid(x @ posterior.sample(rng, samples)) * value[:, None]), axis=0, kind="stable")[:k]
         for j in range(k):
-            out[:, j] += explore_share * np.bincount(ranks[j], minlength=n) / samples
+            out[:, j] += thompson * np.bincount(ranks[j], minlength=n) / samples
+    out += uniform_share / max(n, 1)
     return out
 
 
@@ -289,7 +304,8 @@ class OnlinePolicy:
         value = np.array([c.value for c in candidates])
         share = self.cfg.explore_share if explore_share is None else explore_share
         with self._lock:
-            return choose(self.posterior, x, value, k, share, self.rng, self.cfg.propensity_samples)
+            return choose(self.posterior, x, value, k, share, self.rng, self.cfg.propensity_samples,
+                          self.cfg.uniform_share)
 
     def learn(self) -> int:
         """Applies the rewards logged since the last update; returns how many."""

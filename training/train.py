@@ -71,10 +71,18 @@ def masked_scores(logits: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 
 
 def validation_metric(task: str, model: TabularNet, data: TaskData) -> float:
+    return validation_scores(task, model, data)[0]
+
+
+def validation_scores(task: str, model: TabularNet, data: TaskData) -> tuple[float, float]:
+    """(metric, loss) on a validation split: MAP@7 (nbp) or ROC AUC (churn), and the masked
+    log-loss the model is trained on."""
     logits = predict_logits(model, data)
+    loss = float((nn.functional.binary_cross_entropy_with_logits(logits, data.y, reduction="none") * data.mask).sum()
+                 / data.mask.sum().clamp(min=1.0))
     if task == "nbp":
-        return map_at_k(data.y.numpy(), masked_scores(logits, data.mask), k=7)
-    return roc_auc(data.y.numpy(), logits.numpy())
+        return map_at_k(data.y.numpy(), masked_scores(logits, data.mask), k=7), loss
+    return roc_auc(data.y.numpy(), logits.numpy()), loss
 
 
 @dataclass
@@ -95,7 +103,9 @@ class World:
 
 def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainConfig,
         on_epoch: EpochCallback | None = None, world: World | None = None) -> FitResult:
-    """Trains with masked BCE, Adam and early stopping on the validation metric.
+    """Trains with masked BCE, Adam and early stopping on the validation metric (`cfg.select_on`
+    "metric") or loss ("loss": smoother, so the kept epoch is less the luck of one noisy month).
+    `best_val` is the kept epoch's validation metric either way; the history has both.
 
     Args:
         task: "nbp" (metric MAP@7) or "churn" (metric ROC AUC).
@@ -117,7 +127,7 @@ def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainCo
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every process
     best = FitResult(copy.deepcopy(model), -1, -np.inf)
-    stale = 0
+    best_key, stale = -np.inf, 0
     for epoch in range(cfg.max_epochs):
         net.train()
         order = torch.randperm(len(train), generator=gen)
@@ -138,14 +148,15 @@ def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainCo
             opt.step()
             total += loss.item() / scale * float(count)
             weight += float(count)
-        val_metric = validation_metric(task, model, val)
-        metrics = {"train_loss": total / max(weight, 1.0), "val_metric": val_metric}
+        val_metric, val_loss = validation_scores(task, model, val)
+        metrics = {"train_loss": total / max(weight, 1.0), "val_loss": val_loss, "val_metric": val_metric}
         best.history.append({"epoch": epoch, **metrics})
         if on_epoch:
             on_epoch(epoch, metrics)
-        if val_metric > best.best_val + 1e-5:
+        key = -val_loss if cfg.select_on == "loss" else val_metric
+        if key > best_key + (1e-7 if cfg.select_on == "loss" else 1e-5):
             best.model, best.best_epoch, best.best_val = copy.deepcopy(model), epoch, val_metric
-            stale = 0
+            best_key, stale = key, 0
         else:
             stale += 1
             if stale >= cfg.patience:

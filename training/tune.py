@@ -49,7 +49,7 @@ def suggest(trial, base: TrainConfig) -> TrainConfig:
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
         "dropout": trial.suggest_float("dropout", 0.0, 0.4),
         "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [256, 512, 1024]),
+        "batch_size": trial.suggest_categorical("batch_size", [256, 512, 1024, 2048]),
         "embedding_dim": trial.suggest_int("embedding_dim", 2, 8),
     })
 

@@ -24,14 +24,15 @@ def _setup(seed=0):
     return f, post, x, value
 
 
-def test_logged_propensities_match_the_policy_empirically():
+@pytest.mark.parametrize("uniform", [0.0, 0.1])
+def test_logged_propensities_match_the_policy_empirically(uniform):
     _, post, x, value = _setup()
     rng = np.random.default_rng(1)
     share, k, n = 0.3, 2, 4000
     counts = np.zeros((x.shape[0], k))
     logged = {}
     for _ in range(n):
-        c = choose(post, x, value, k, share, rng, samples=256)
+        c = choose(post, x, value, k, share, rng, samples=256, uniform_share=uniform)
         for slot, (i, p) in enumerate(zip(c.order, c.propensity)):
             counts[i, slot] += 1
             logged.setdefault((i, slot), []).append(p)
@@ -40,9 +41,34 @@ def test_logged_propensities_match_the_policy_empirically():
     for (i, slot), ps in logged.items():
         # Each logged propensity estimates P(offer i in this slot); MC error ~ 0.03 for 256 draws.
         assert abs(np.mean(ps) - empirical[i, slot]) < 0.03, (i, slot, np.mean(ps), empirical[i, slot])
-    exact = slot_propensities(post, x, value, k, share, np.random.default_rng(2), samples=20_000)
+    exact = slot_propensities(post, x, value, k, share, np.random.default_rng(2), samples=20_000,
+                              uniform_share=uniform)
     np.testing.assert_allclose(exact, empirical, atol=0.03)
     np.testing.assert_allclose(exact.sum(0), 1.0, atol=1e-9)  # every slot is filled by someone
+    assert (exact >= uniform / x.shape[0] - 1e-12).all()
+
+
+def test_uniform_exploration_gives_every_offer_an_exact_floor():
+    """An offer the posterior never ranks (worth almost nothing) is still served now and then, and
+    then logged with exactly the uniform part's probability: no Monte-Carlo floor on its weight."""
+    _, post, x, value = _setup()
+    value = value.copy()
+    value[0] = 1e-6
+    rng = np.random.default_rng(5)
+    seen = [c.propensity[0] for c in (choose(post, x, value, 1, 0.1, rng, samples=256, uniform_share=0.04)
+                                      for _ in range(3000)) if c.order[0] == 0]
+    assert 20 < len(seen) < 60  # 3000 x 0.04 / 4 = 30 expected
+    np.testing.assert_allclose(seen, 0.04 / 4)
+    without = [c.order[0] for c in (choose(post, x, value, 1, 0.1, rng, samples=256) for _ in range(3000))]
+    assert 0 not in without
+
+
+def test_uniform_share_is_part_of_the_exploration_share():
+    from pydantic import ValidationError
+
+    cfg = load_bandit()
+    with pytest.raises(ValidationError, match="uniform_share"):
+        type(cfg).model_validate({**cfg.model_dump(), "explore_share": 0.05, "uniform_share": 0.1})
 
 
 def test_without_exploration_the_ranking_is_greedy_with_propensity_one():

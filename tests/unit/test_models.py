@@ -128,3 +128,25 @@ def test_row_scorer_equals_torch_on_frames_and_online_rows():
     np.testing.assert_allclose(scorer.predict_row(one), scorer.predict_proba(row)[0], rtol=1e-12)
     first = df.iloc[0].to_dict()
     np.testing.assert_allclose(scorer.predict_row(first), predict_proba(model, meta, df.head(1))[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("select_on", ["metric", "loss"])
+def test_early_stopping_keeps_the_epoch_it_selects_on(select_on):
+    """The kept model is the epoch with the best validation metric, or the lowest validation loss;
+    both are recorded every epoch, and the kept model's validation scores are that epoch's."""
+    from training.train import validation_scores
+
+    train, val = _data(400, seed=1), _data(300, seed=2)
+    pre = Preprocessor.fit(train, ["x", "held_a", "held_b", "held_c"], ["seg"])
+    cfg = TrainConfig(hidden=[16], max_epochs=12, patience=12, batch_size=32, lr=0.05, select_on=select_on)
+    t, v = nbp_task(train, pre, PRODUCTS), nbp_task(val, pre, PRODUCTS)
+    result = fit("nbp", _meta(pre), t, v, cfg)
+    hist = result.history
+    assert len(hist) == 12 and all({"val_loss", "val_metric", "train_loss"} <= set(h) for h in hist)
+    if select_on == "loss":
+        want = min(range(len(hist)), key=lambda i: hist[i]["val_loss"])
+    else:
+        want = max(range(len(hist)), key=lambda i: hist[i]["val_metric"])
+    assert result.best_epoch == want
+    metric, loss = validation_scores("nbp", result.model, v)
+    assert metric == pytest.approx(hist[want]["val_metric"]) and loss == pytest.approx(hist[want]["val_loss"])
