@@ -225,7 +225,7 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
         rescorer = model_rescorer(paths, NBP_MODEL_NAME, model)
     logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,
                                                cfg.propensity_samples, cfg.seed, rescorer=rescorer,
-                                               uniform_share=min(cfg.uniform_share, explore_share))
+                                               uniform_share=cfg.uniform_share)
     if len(logged.served) == 0:
         raise LookupError("no logged decision with offers and propensities to evaluate")
     return {"policy": cfg.policy, "explore_share": explore_share, "updates": saved[0],

@@ -62,6 +62,10 @@ class Catalogue(BaseModel):
     def by_id(self) -> dict[str, Product]:
         return {p.product_id: p for p in self.products}
 
+    def categories(self) -> dict[str, str]:
+        """product_id -> category."""
+        return {p.product_id: p.category for p in self.products}
+
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one PyTorch model (`configs/nbp.yaml`, `configs/churn.yaml`)."""

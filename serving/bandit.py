@@ -84,7 +84,7 @@ class Featuriser:
     def for_catalogue(cls, catalogue, actions) -> "Featuriser":
         """The served policy's featuriser: catalogue products, then the configured actions; products
         grouped by category."""
-        return cls(catalogue.ids + list(actions), groups={p.product_id: p.category for p in catalogue.products})
+        return cls(catalogue.ids + list(actions), groups=catalogue.categories())
 
     @property
     def names(self) -> list[str]:

@@ -862,7 +862,7 @@ def simulate_workdir(paths, policy: str = ENGINE_POLICY, steps: int = 10_000, se
     if tune is not None:
         tune(engine)
     truth = Truth.load(truth_dir, catalogue.ids, {a: ACTION_TRUTH.get(a, 0.01) for a in engine.policy_cfg.actions},
-                       {p.product_id: p.category for p in catalogue.products})
+                       catalogue.categories())
     start = truth.snapshot + timedelta(days=1)
     traffic = make_traffic(len(truth.customer_ids), steps, seed, start, visits_per_week, customers)
     result = run(engine, truth, traffic, policy, shadows, k, update_every, seed, keep_steps, progress)

@@ -194,7 +194,8 @@ class _Bank:
         self.min_age = np.array([catalogue.by_id()[p].eligibility.min_age for p in self.products])
         self.max_age = np.array([catalogue.by_id()[p].eligibility.max_age for p in self.products])
         self.requires = [[self.pidx[r] for r in catalogue.by_id()[p].eligibility.requires] for p in self.products]
-        self.categories = np.array([catalogue.by_id()[p].category for p in self.products])
+        category = catalogue.categories()
+        self.categories = np.array([category[p] for p in self.products])
         self.loan_cols = self._cols(LOAN_PRODUCTS)
 
         # Lifecycle at the start of the window.

@@ -70,10 +70,6 @@ def masked_scores(logits: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return torch.where(mask > 0, logits, torch.full_like(logits, -np.inf)).numpy()
 
 
-def validation_metric(task: str, model: TabularNet, data: TaskData) -> float:
-    return validation_scores(task, model, data)[0]
-
-
 def validation_scores(task: str, model: TabularNet, data: TaskData) -> tuple[float, float]:
     """(metric, loss) on a validation split: MAP@7 (nbp) or ROC AUC (churn), and the masked
     log-loss the model is trained on."""
