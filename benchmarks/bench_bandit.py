@@ -35,13 +35,16 @@ their true value on those same contexts from the truth. The DR reward model is t
 (the acceptance model learned from the log) for both candidates. Issue target: DR within 5% of the truth
 at 50,000 logged decisions.
 
-Analysis line: the regret of a greedy policy that knows E[true acceptance | arm, channel,
+Analysis lines: the regret of a greedy policy that knows E[true acceptance | arm, channel,
 model-score decile], calibrated in-sample on the run's own truth: about the floor for any policy
-that sees what ours sees (the model's score per offer and the request context).
+that sees what ours sees (the model's score per offer and the request context). Then the cost of
+learning: the regret our final posterior would have had if known from the first decision, and the
+regret of our model class fitted to the true probabilities (in-sample); the gap between those and
+our regret is what learning online costs at this many decisions.
 
 `--variant key=value` (repeatable) runs our policy with a changed configs/bandit.yaml setting
-(`explore_share`, `propensity_samples`, `prior.intercept`, `prior.score_weight`,
-`prior.variance`), applied to the engine's in-memory config only: an experiment, labelled as such
+(`explore_share`, `uniform_share`, `propensity_samples`, `prior.intercept`, `prior.score_weight`,
+`prior.variance`, `prior.score_variance`, `prior.fit_variance`), applied to the engine's in-memory config only: an experiment, labelled as such
 in the output, never the shipped configuration. The source work dir is never written: it is copied
 to `--workdir` once (Feast paths rewritten).
 """
@@ -138,6 +141,45 @@ def calibrated_bound(steps, oracle_total: float, bins: int = 10) -> float:
     return regret
 
 
+def _rows(featuriser, s):
+    from serving.bandit import Context
+
+    return featuriser.matrix(s.arms, s.base_prob, s.viewed, Context(s.channel, s.hour, s.weekday, s.engagement))
+
+
+def frozen_regret(steps, featuriser, weights) -> float:
+    """Regret of the greedy ranking by sigmoid(x . weights) x value, the weights fixed from the first
+    step: what a policy would lose if it had known these weights all along (no cost of learning)."""
+    import numpy as np
+
+    from serving.bandit import sigmoid
+
+    regret = 0.0
+    for s in steps:
+        if s.arms:
+            j = int(np.argmax(sigmoid(_rows(featuriser, s) @ weights) * s.value))
+            regret += float(s.true_value.max() - s.true_value[j])
+    return regret
+
+
+def best_in_class(steps, featuriser, start, every: int = 3, ridge: float = 1e-3):
+    """The weights of our policy's own model (logistic on the featuriser) fitted by Newton to the true
+    acceptance probabilities of every `every`-th step's candidates (in-sample): the best that model
+    class can know."""
+    import numpy as np
+
+    from serving.bandit import sigmoid
+
+    x = np.vstack([_rows(featuriser, s) for s in steps[::every] if s.arms])
+    y = np.concatenate([s.p_true for s in steps[::every] if s.arms])
+    w = np.array(start, dtype=float)
+    for _ in range(25):
+        p = sigmoid(x @ w)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge * np.eye(len(w))
+        w = w - np.linalg.solve(hess, x.T @ (p - y) + ridge * w)
+    return w
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, default=REPO / ".nextbest" / "qs4000")
@@ -205,13 +247,20 @@ def main() -> None:
         print(f"Analysis: a greedy policy knowing E[true acceptance | arm, channel, model-score decile] "
               f"(in-sample, perfectly calibrated) would have regret {bound:,.0f} = {bound / best_regret:.3f} x "
               f"{best}: the most our policy's features allow.")
+        featuriser, final = result.engine.policy.featuriser, result.engine.policy.posterior.mean
+        frozen = frozen_regret(result.steps, featuriser, final)
+        ideal = frozen_regret(result.steps, featuriser, best_in_class(result.steps, featuriser, final))
+        report["learning"] = {"frozen_final_posterior_regret": frozen, "best_in_class_regret": ideal}
+        print(f"Cost of learning: the final posterior, known from the first decision, would have regret "
+              f"{frozen:,.0f} = {frozen / best_regret:.3f} x {best}; our model class fitted to the true "
+              f"probabilities (in-sample) {ideal:,.0f} = {ideal / best_regret:.3f} x. The rest of our regret "
+              f"is spent learning online.")
     if not args.no_ope:
         engine = result.engine
         featuriser = engine.policy.featuriser
         cfg = engine.policy_cfg
         final = engine.policy.posterior
-        prior = Posterior.prior(featuriser, cfg.prior.intercept, cfg.prior.score_weight, cfg.prior.variance,
-                                math.log(cfg.cold_start.page_boost))
+        prior = Posterior.from_config(featuriser, cfg.prior, math.log(cfg.cold_start.page_boost))
         report["ope"] = {}
         print(f"\n## Off-policy evaluation on {args.ope_at:,} logged decisions (truth from the simulator)\n")
         print("| candidate policy | logged decisions | true value / decision | DR [95% CI] | DR error | IPS | SNIPS "

@@ -78,6 +78,10 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=1e-5, ge=0)
     batch_size: int = Field(default=512, ge=1)
+    min_steps_per_epoch: int = Field(
+        default=32, ge=1, description="The batch shrinks below batch_size when the training set is too small for "
+                                      "this many optimiser steps per epoch, so settings tuned on a large bank "
+                                      "still train on a small one.")
     max_epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=4, ge=1)
     select_on: Literal["metric", "loss"] = Field(
@@ -203,7 +207,14 @@ class BanditPrior(BaseModel):
 
     intercept: float = 0.0
     score_weight: float = 1.0
-    variance: float = Field(default=0.25, gt=0)
+    variance: float = Field(default=0.25, gt=0, description="Prior variance of every weight around its mean, "
+                                                           "unless set below for its block.")
+    score_variance: float | None = Field(
+        default=None, gt=0, description="Prior variance of the weight on logit P(acquire). That input is large "
+                                        "(about -3 to -7), so the same variance as the others lets one early reward "
+                                        "swing every offer's odds; a small one trusts the champion's ranking.")
+    fit_variance: float | None = Field(default=None, gt=0,
+                                       description="Prior variance of the channel-fit weights (category x channel).")
 
 
 class Levers(BaseModel):

@@ -159,10 +159,24 @@ class Posterior:
 
     @classmethod
     def prior(cls, featuriser: Featuriser, intercept: float, score_weight: float, variance: float,
-              viewed_weight: float = 0.0) -> "Posterior":
+              viewed_weight: float = 0.0, score_variance: float | None = None,
+              fit_variance: float | None = None) -> "Posterior":
+        """Independent Gaussian prior: mean zero except intercept, score weight and viewed weight;
+        variance `variance`, or `score_variance` / `fit_variance` for those blocks when given."""
         mean = np.zeros(featuriser.dim)
         mean[0], mean[1], mean[2] = intercept, score_weight, viewed_weight
-        return cls(mean, np.eye(featuriser.dim) * variance)
+        var = np.full(featuriser.dim, float(variance))
+        if score_variance is not None:
+            var[1] = score_variance
+        if fit_variance is not None:
+            var[featuriser.offsets["fit"]:] = fit_variance
+        return cls(mean, np.diag(var))
+
+    @classmethod
+    def from_config(cls, featuriser: Featuriser, prior, viewed_weight: float = 0.0) -> "Posterior":
+        """The prior configured under `prior:` in configs/bandit.yaml (a `BanditPrior`)."""
+        return cls.prior(featuriser, prior.intercept, prior.score_weight, prior.variance, viewed_weight,
+                         prior.score_variance, prior.fit_variance)
 
     def update(self, x: np.ndarray, reward: float) -> None:
         """One online Laplace step for one observation (x: (d,), reward 0 or 1).
@@ -287,8 +301,7 @@ class OnlinePolicy:
         self._unsaved = 0
         saved = events.load_policy(self.name, self.featuriser.signature)
         if saved is None:
-            self.posterior = Posterior.prior(self.featuriser, cfg.prior.intercept, cfg.prior.score_weight,
-                                             cfg.prior.variance, viewed_weight)
+            self.posterior = Posterior.from_config(self.featuriser, cfg.prior, viewed_weight)
             self.last_rowid = 0
         else:
             n, self.last_rowid, mean, cov = saved

@@ -29,7 +29,7 @@ from training import evaluate as ev
 from training import registry
 from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels
 from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba, save_checkpoint
-from training.train import World, churn_task, fit, fit_temperature, nbp_task, predict_logits
+from training.train import World, churn_task, effective_batch_size, fit, fit_temperature, nbp_task, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,8 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     with mlflow.start_run(experiment_id=exp, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.log_params({**cfg.model_dump(exclude={"hidden"}), "hidden": ",".join(map(str, cfg.hidden)),
                            "feature_service": service, "n_features": len(prep.features),
-                           "train_rows": len(split.train), "data_hash": data_hash(prep.df)})
+                           "train_rows": len(split.train),
+                           "effective_batch_size": effective_batch_size(cfg, len(train_data)), "data_hash": data_hash(prep.df)})
         mlflow.set_tags({"feature_service": service, "task": task, "test_month": ",".join(split.months["test"])})
         from mlflow.entities import Metric
 

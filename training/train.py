@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,12 @@ class World:
     size: int
 
 
+def effective_batch_size(cfg: TrainConfig, rows: int) -> int:
+    """`cfg.batch_size`, or less so that an epoch over `rows` examples takes at least
+    `cfg.min_steps_per_epoch` optimiser steps (never below 1)."""
+    return max(1, min(cfg.batch_size, math.ceil(rows / cfg.min_steps_per_epoch)))
+
+
 def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainConfig,
         on_epoch: EpochCallback | None = None, world: World | None = None) -> FitResult:
     """Trains with masked BCE, Adam and early stopping on the validation metric (`cfg.select_on`
@@ -124,12 +131,13 @@ def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainCo
     gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every process
     best = FitResult(copy.deepcopy(model), -1, -np.inf)
     best_key, stale = -np.inf, 0
+    batch = effective_batch_size(cfg, len(train))
     for epoch in range(cfg.max_epochs):
         net.train()
         order = torch.randperm(len(train), generator=gen)
         total, weight = 0.0, 0.0
-        for i in range(0, len(train), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+        for i in range(0, len(train), batch):
+            idx = order[i:i + batch]
             count = train.mask[idx].sum()
             if world is not None and world.size > 1:
                 idx = idx[world.rank::world.size]  # this process's share of the global batch

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nextbest.config import load_bandit
-from serving.bandit import Context, Featuriser, OnlinePolicy, Posterior, choose, slot_propensities
+from serving.bandit import Context, Featuriser, OnlinePolicy, Posterior, choose, sigmoid, slot_propensities
 from serving.decide import Candidate
 from serving.eventlog import EventLog
 
@@ -168,3 +168,30 @@ def test_policy_learns_which_category_sells_in_which_channel():
         c = choose(post, x, value, 1, 0.0, rng, samples=16)
         assert ["mortgage", "credit_card"][c.order[0]] == best
         assert c.probability.max() > 2 * c.probability.min()
+
+
+def test_prior_variance_by_block_and_what_a_small_score_variance_buys():
+    """`score_variance` and `fit_variance` set their blocks' prior variance; the rest keep `variance`.
+    The score input is large (logit of a small probability), so with the common variance one early
+    acceptance swings the odds of every offer; a small score variance keeps the champion's ranking."""
+    from nextbest.config import BanditPrior
+
+    f = Featuriser(ARMS, groups=GROUPS)
+    post = Posterior.from_config(f, BanditPrior(intercept=1.0, score_weight=1.0, variance=0.25, score_variance=0.01,
+                                                fit_variance=0.5), viewed_weight=0.7)
+    var = np.diag(post.cov)
+    assert var[1] == 0.01 and np.all(var[f.offsets["fit"]:] == 0.5) and f.dim > f.offsets["fit"]
+    assert np.all(np.delete(var[:f.offsets["fit"]], 1) == 0.25)
+    assert post.mean[:3].tolist() == [1.0, 1.0, 0.7]
+    assert np.array_equal(Posterior.from_config(f, BanditPrior(variance=0.25)).cov, np.eye(f.dim) * 0.25)
+
+    ctx = Context("web", 20, 2, 1.5)
+    x = f.matrix(ARMS[:4], np.array([0.02, 0.03, 0.01, 0.005]), np.zeros(4), ctx)
+    moved = {}
+    for score_variance in (None, 0.01):
+        p = Posterior.from_config(f, BanditPrior(intercept=1.0, variance=0.25, score_variance=score_variance))
+        before = sigmoid(x @ p.mean)
+        p.update(x[0], 1.0)  # one acceptance of the savings account
+        after = sigmoid(x @ p.mean)
+        moved[score_variance] = np.abs(np.log(after[1:] / before[1:])).max()  # the other offers' odds
+    assert moved[0.01] < 0.5 * moved[None]

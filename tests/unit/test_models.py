@@ -150,3 +150,28 @@ def test_early_stopping_keeps_the_epoch_it_selects_on(select_on):
     assert result.best_epoch == want
     metric, loss = validation_scores("nbp", result.model, v)
     assert metric == pytest.approx(hist[want]["val_metric"]) and loss == pytest.approx(hist[want]["val_loss"])
+
+
+def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch):
+    """A batch larger than the data would make one step per epoch: the batch shrinks to keep
+    `min_steps_per_epoch` optimiser steps, so settings chosen on a large bank train on a small one."""
+    from training.train import effective_batch_size
+
+    assert effective_batch_size(TrainConfig(batch_size=2048, min_steps_per_epoch=32), 600) == 19
+    assert effective_batch_size(TrainConfig(batch_size=2048, min_steps_per_epoch=32), 1_000_000) == 2048
+    assert effective_batch_size(TrainConfig(batch_size=64, min_steps_per_epoch=32), 10) == 1
+
+    steps = []
+    original = torch.optim.Adam.step
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting)
+    df = _data(600)
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"])
+    data = nbp_task(df, pre, PRODUCTS)
+    fit("nbp", _meta(pre), data, data, TrainConfig(hidden=[16], max_epochs=2, patience=5, batch_size=4096,
+                                                   min_steps_per_epoch=32))
+    assert len(steps) == 2 * 32  # ceil(600 / 19) = 32 steps in each of the 2 epochs

@@ -31,27 +31,53 @@ def logged_run(quickstart_workdir, tmp_path_factory):
     return result
 
 
-def test_doubly_robust_recovers_the_true_value_of_a_candidate(logged_run):
-    from simulation.bandit_sim import ope_against_truth
+COVERAGE_SEEDS = (11, 12, 13, 14)
 
-    engine = logged_run.engine
-    ope, = ope_against_truth(logged_run, engine.policy.posterior, engine.policy.featuriser, explore_share=0.0)
-    n = ope["n"]
-    assert n > 0.5 * STEPS  # most requests were allowed an offer, and all of those are evaluable
-    truth = ope["true_value"]
-    assert truth > 0
-    # Unbiased estimators: the truth lies in their 95% intervals (one fixed seed: a 5% chance this
-    # draw misses it, so the seed was not chosen by looking; the interval widths are the tolerance).
+
+@pytest.fixture(scope="module")
+def coverage_runs(logged_run, quickstart_workdir, tmp_path_factory):
+    """The candidate's OPE on four independent logs (simulator seeds 11-14; 11 is `logged_run`)."""
+    from nextbest.settings import Paths
+    from simulation.bandit_sim import ope_against_truth, simulate_workdir
+    from tests.servers import copy_workdir
+
+    out = []
+    for seed in COVERAGE_SEEDS:
+        if seed == 11:
+            run = logged_run
+        else:
+            wd = copy_workdir(quickstart_workdir, tmp_path_factory.mktemp(f"ope-sim-{seed}") / "wd")
+            run, _ = simulate_workdir(Paths.from_workdir(wd), "nextbest", steps=STEPS, seed=seed, keep_steps=True,
+                                      out_dir=tmp_path_factory.mktemp(f"ope-out-{seed}"))
+        engine = run.engine
+        ope, = ope_against_truth(run, engine.policy.posterior, engine.policy.featuriser, explore_share=0.0)
+        out.append(ope)
+    return out
+
+
+def test_doubly_robust_recovers_the_true_value_of_a_candidate(coverage_runs):
+    """On four independent logs the truth lies in the 95% intervals of DR and of IPS in at least
+    three of the four, and the intervals say something.
+
+    Each interval misses the truth with probability about 5% by design (more with heavy tails), so
+    one draw cannot carry the check: at 95% coverage, two misses in four happen 1.4% of the time,
+    while a biased estimator misses in most draws. The seeds are the consecutive 11-14, not chosen
+    by looking (seed 11 alone was the check until its IPS interval missed, [0.86, 2.41] against a
+    truth of 2.74, after the 2026-11 training settings changed the logged run)."""
+    for ope in coverage_runs:
+        assert ope["n"] > 0.5 * STEPS  # most requests were allowed an offer, and all of those are evaluable
+        assert ope["true_value"] > 0
     for name in ("dr", "ips"):
-        low, high = ope[name]["ci95"]
-        assert low < truth < high, (name, ope[name], truth)
+        covered = [ope[name]["ci95"][0] < ope["true_value"] < ope[name]["ci95"][1] for ope in coverage_runs]
+        assert sum(covered) >= 3, (name, [(ope[name], ope["true_value"]) for ope in coverage_runs])
     # ...and the intervals say something. The tolerance is the interval itself: rewards are
     # value-weighted (an accepted mortgage is worth 1,400 EUR, most offers 20-500, ~2% accepted),
     # so one decision's reward has a standard deviation of ~30 EUR against a value of ~2 EUR, and
     # exploration adds importance weights up to ~100; at ~4,500 decisions the 95% half-width is
-    # ~50% of the value, shrinking as 1/sqrt(n) (the benchmark measures 50,000).
-    dr_low, dr_high = ope["dr"]["ci95"]
-    assert (dr_high - dr_low) / 2 < 0.6 * truth, (ope["dr"], truth)
+    # ~50% of the value, shrinking as 1/sqrt(n) (the benchmark measures 50,000). One log with an
+    # explored high-value acceptance can be far wider, so the median of the four is checked.
+    half = [(ope["dr"]["ci95"][1] - ope["dr"]["ci95"][0]) / 2 / ope["true_value"] for ope in coverage_runs]
+    assert float(np.median(half)) < 0.6, half
 
 
 def test_the_evaluated_log_is_the_engines_log(logged_run):
@@ -80,7 +106,7 @@ def test_the_dr_reward_model_is_the_one_learned_from_the_log_whatever_the_candid
 
     engine = logged_run.engine
     f, final, cfg = engine.policy.featuriser, engine.policy.posterior, engine.policy_cfg
-    prior = Posterior.prior(f, cfg.prior.intercept, cfg.prior.score_weight, cfg.prior.variance)
+    prior = Posterior.from_config(f, cfg.prior)
     _, t_prior, p_prior = from_event_log(logged_run.events_db, prior, f, 0.0, samples=8, reward_model=final)
     _, t_final, p_final = from_event_log(logged_run.events_db, final, f, 0.0, samples=8)
     np.testing.assert_array_equal(p_prior, p_final)
