@@ -211,7 +211,7 @@ class BanditPrior(BaseModel):
                                                            "unless set below for its block.")
     score_variance: float | None = Field(
         default=None, gt=0, description="Prior variance of the weight on logit P(acquire). That input is large "
-                                        "(about -3 to -7), so the same variance as the others lets one early reward "
+                                        "(about -5 to -9), so the same variance as the others lets one early reward "
                                         "swing every offer's odds; a small one trusts the champion's ranking.")
     fit_variance: float | None = Field(default=None, gt=0,
                                        description="Prior variance of the channel-fit weights (category x channel).")
