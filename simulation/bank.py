@@ -368,7 +368,10 @@ class _Bank:
         if offers is not None:
             tables["raw/offers"] = offers
         rows = np.flatnonzero(known | self.ever_client)
-        tables["truth/acquisition"], tables["truth/churn"] = self._truth_tables(t, rows, p_acq, p_churn)
+        # The churn label's event, holding nothing next month: churning, or else every held product
+        # closing with nothing acquired (offers already in p_acq). Drops for unmet requirements are left out.
+        p_gone = np.where(is_client, p_churn + (1 - p_churn) * self._p_empty(p_acq), 0.0)
+        tables["truth/acquisition"], tables["truth/churn"] = self._truth_tables(t, rows, p_acq, p_churn, p_gone)
 
         # Transition to next month.
         acquire = rng.random(p_acq.shape, dtype=np.float32) < p_acq
@@ -449,15 +452,26 @@ class _Bank:
         self.offer_seq += k
         return table, forced
 
+    def _p_empty(self, p_acq: np.ndarray) -> np.ndarray:
+        """P(every held product closes and none is acquired next month | no churn), per customer,
+        with the closing probabilities the month's transition draws from."""
+        out = np.ones(self.n)
+        scale = 1 + 3 * self.dissat
+        for j in range(len(self.products)):  # column by column: no (customers x products) temporary
+            close = np.clip(self.close_rate[j] * scale, 0.0, 1.0)
+            out *= np.where(self.held[:, j], close, 1.0) * (1.0 - p_acq[:, j])
+        return out
+
     def _truth_tables(self, t: int, rows: np.ndarray, p_acq: np.ndarray,
-                      p_churn: np.ndarray) -> tuple[pa.Table, pa.Table]:
+                      p_churn: np.ndarray, p_gone: np.ndarray) -> tuple[pa.Table, pa.Table]:
         ids = self._customer_ids(rows)
         snapshot = _constant_timestamps(self.dates.values[t], len(rows))
         by_product = np.ascontiguousarray(p_acq[rows].T)  # (P, rows): one contiguous column each
         acquisition = pa.table({"customer_id": ids, "snapshot_date": snapshot,
                                 **{p: pa.array(by_product[j]) for j, p in enumerate(self.products)}})
         churn = pa.table({"customer_id": ids, "snapshot_date": snapshot,
-                          "p_churn": pa.array(p_churn[rows].astype(np.float32))})
+                          "p_churn": pa.array(p_churn[rows].astype(np.float32)),
+                          "p_gone": pa.array(p_gone[rows].astype(np.float32))})
         return acquisition, churn
 
     def _life_events(self, t: int, took_loan: np.ndarray) -> pa.Table:

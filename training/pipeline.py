@@ -206,9 +206,12 @@ def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baseline
         x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric, prep.categorical)
         scores["lightgbm"] = ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
                                                 split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
-    oracle = _align(split.test, prep.truth, ["p_churn"])
+    # The label's event, holding nothing, has a true monthly probability `p_gone` (churning, or every
+    # held product closing); banks simulated before it was recorded have only the churn hazard.
+    column = "p_gone" if prep.truth is not None and "p_gone" in prep.truth.columns else "p_churn"
+    oracle = _align(split.test, prep.truth, [column])
     if oracle is not None:
-        # The truth is the next-month hazard; over the horizon it compounds (same ranking, comparable scale).
+        # A monthly probability; over the horizon it compounds (same ranking, comparable scale).
         scores["oracle"] = 1 - (1 - oracle.ravel()) ** cfg.horizon_months
     metrics: dict[str, float] = {}
     for name, s in scores.items():

@@ -118,3 +118,24 @@ def test_an_answered_offer_sets_the_truth_it_is_acquired_by(catalogue):
     # Turned-down offers are acquired at their (unprompted) truth, within sampling error.
     expected, n = p[~accepted].sum(), (~accepted).sum()
     assert abs(got[~accepted].sum() - expected) < 4 * np.sqrt(expected) + 2, (got[~accepted].sum(), expected, n)
+
+
+def test_churn_truth_covers_the_labels_event(small_bank):
+    """The churn label is "holds no product"; a client gets there by churning or by closing every
+    product. `p_gone` is the true monthly probability of that event, so it ranks who ends up holding
+    nothing better than the churn hazard alone, and its mean matches the realised rate."""
+    from sklearn.metrics import roc_auc_score
+
+    h, churn = small_bank["raw/holdings"], small_bank["truth/churn"]
+    assert churn.p_gone.between(0, 1).all() and (churn.p_gone >= churn.p_churn - 1e-7).all()
+    dates = sorted(h.snapshot_date.unique())
+    held = {d: set(h.customer_id[h.snapshot_date == d]) for d in dates}
+    rows = []
+    for a, b in zip(dates[:-1], dates[1:]):
+        month = churn[(churn.snapshot_date == a) & churn.customer_id.isin(held[a])]
+        rows.append(month.assign(gone=~month.customer_id.isin(held[b])))
+    r = pd.concat(rows)
+    assert len(r) > 10_000 and r.gone.sum() > 50
+    assert roc_auc_score(r.gone, r.p_gone) > roc_auc_score(r.gone, r.p_churn)
+    se = np.sqrt(r.p_gone.mean() / len(r))
+    assert abs(r.gone.mean() - r.p_gone.mean()) < 3 * se, (r.gone.mean(), r.p_gone.mean(), r.p_churn.mean())
