@@ -141,12 +141,6 @@ def calibrated_bound(steps, oracle_total: float, bins: int = 10) -> float:
     return regret
 
 
-def _rows(featuriser, s):
-    from serving.bandit import Context
-
-    return featuriser.matrix(s.arms, s.base_prob, s.viewed, Context(s.channel, s.hour, s.weekday, s.engagement))
-
-
 def frozen_regret(steps, featuriser, weights) -> float:
     """Regret of the greedy ranking by sigmoid(x . weights) x value, the weights fixed from the first
     step: what a policy would lose if it had known these weights all along (no cost of learning)."""
@@ -157,7 +151,7 @@ def frozen_regret(steps, featuriser, weights) -> float:
     regret = 0.0
     for s in steps:
         if s.arms:
-            j = int(np.argmax(sigmoid(_rows(featuriser, s) @ weights) * s.value))
+            j = int(np.argmax(sigmoid(s.rows(featuriser) @ weights) * s.value))
             regret += float(s.true_value.max() - s.true_value[j])
     return regret
 
@@ -170,7 +164,7 @@ def best_in_class(steps, featuriser, start, every: int = 3, ridge: float = 1e-3)
 
     from serving.bandit import sigmoid
 
-    x = np.vstack([_rows(featuriser, s) for s in steps[::every] if s.arms])
+    x = np.vstack([s.rows(featuriser) for s in steps[::every] if s.arms])
     y = np.concatenate([s.p_true for s in steps[::every] if s.arms])
     w = np.array(start, dtype=float)
     for _ in range(25):

@@ -232,6 +232,13 @@ class Step:
     def true_value(self) -> np.ndarray:
         return self.p_true * self.value
 
+    def rows(self, featuriser) -> np.ndarray:
+        """The feature rows our policy scores this step's candidates with, (n, featuriser.dim)."""
+        from serving.bandit import Context
+
+        return featuriser.matrix(self.arms, self.base_prob, self.viewed,
+                                 Context(self.channel, self.hour, self.weekday, self.engagement))
+
 
 def _top(score: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")[:k]

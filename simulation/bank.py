@@ -379,7 +379,7 @@ class _Bank:
         if drift is not None:
             drift.acquisitions(self, t, acquire, eligible, is_client)
         del p_acq, forced
-        close_p = self.close_rate * (1 + 3 * self.dissat[:, None]).astype(np.float32)
+        close_p = self.close_rate * self._close_multiplier()[:, None]
         close = rng.random(self.held.shape, dtype=np.float32) < close_p
         del close_p
         close &= self.held
@@ -452,11 +452,16 @@ class _Bank:
         self.offer_seq += k
         return table, forced
 
+    def _close_multiplier(self) -> np.ndarray:
+        """Per customer, what a product's monthly close rate is multiplied by: dissatisfaction
+        raises it up to 4-fold. float32, (n,)."""
+        return (1 + 3 * self.dissat).astype(np.float32)
+
     def _p_empty(self, p_acq: np.ndarray) -> np.ndarray:
         """P(every held product closes and none is acquired next month | no churn), per customer,
         with the closing probabilities the month's transition draws from."""
         out = np.ones(self.n)
-        scale = 1 + 3 * self.dissat
+        scale = self._close_multiplier()
         for j in range(len(self.products)):  # column by column: no (customers x products) temporary
             close = np.clip(self.close_rate[j] * scale, 0.0, 1.0)
             out *= np.where(self.held[:, j], close, 1.0) * (1.0 - p_acq[:, j])

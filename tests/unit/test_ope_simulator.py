@@ -102,7 +102,7 @@ def test_the_dr_reward_model_is_the_one_learned_from_the_log_whatever_the_candid
     """A candidate far from the data (the prior) is valued with the log's acceptance model in the
     direct part, not its own: the reward predictions do not depend on the candidate."""
     from monitoring.ope import from_event_log
-    from serving.bandit import Context, Posterior, sigmoid
+    from serving.bandit import Posterior, sigmoid
 
     engine = logged_run.engine
     f, final, cfg = engine.policy.featuriser, engine.policy.posterior, engine.policy_cfg
@@ -114,5 +114,5 @@ def test_the_dr_reward_model_is_the_one_learned_from_the_log_whatever_the_candid
     _, _, p_own = from_event_log(logged_run.events_db, prior, f, 0.0, samples=8)
     assert not np.allclose(p_own, p_final)
     step = next(s for s in logged_run.steps if s.decision_id is not None)
-    x = f.matrix(step.arms, step.base_prob, step.viewed, Context(step.channel, step.hour, step.weekday, step.engagement))
+    x = step.rows(f)
     np.testing.assert_allclose(p_final[0, :len(step.arms)], sigmoid(x @ final.mean) * step.value, rtol=1e-4)
