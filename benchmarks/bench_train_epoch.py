@@ -71,12 +71,12 @@ def main() -> None:
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
     cats = [c for c in CATEGORICAL_FEATURES if c in features]
     nums = [c for c in features if c not in cats]
-    pre = Preprocessor.fit(df, nums, cats)
+    base = load_train_config("nbp")
+    pre = Preprocessor.fit(df, nums, cats, base.numeric_encoding, base.piecewise_bins)
     t = time.perf_counter()
     data = nbp_task(df, pre, products)
     prep_s = time.perf_counter() - t
     n = len(data)
-    base = load_train_config("nbp")
     print(f"examples: {n:,} customer-months x {len(nums)} numeric + {len(cats)} categorical features "
           f"({prep_s:.1f}s to tensors); peak RSS so far {rss_gb():.1f} GB")
     meta = ModelMeta("nbp", "next_best_product_v1", pre, products, base.hidden, base.embedding_dim, base.dropout)

@@ -87,6 +87,11 @@ class TrainConfig(BaseModel):
     select_on: Literal["metric", "loss"] = Field(
         default="metric", description="Early stopping and the kept epoch: the validation metric (MAP@7 / ROC AUC) "
                                       "or the validation loss (masked log-loss, smoother on one noisy month).")
+    numeric_encoding: Literal["standard", "piecewise"] = Field(
+        default="standard", description="standard: sign-log, then standardised. piecewise: also a piecewise-linear "
+                                        "encoding on the training quantiles, so thresholds cost the network one "
+                                        "weight (training.models.Preprocessor).")
+    piecewise_bins: int = Field(default=8, ge=2, le=64, description="Quantile bins per numeric feature (piecewise).")
     seed: int = 42
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
     val_months: int = Field(default=1, ge=1)

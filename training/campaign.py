@@ -81,7 +81,7 @@ def train_campaign(contacts: pd.DataFrame, cfg: TrainConfig) -> CampaignResult:
     tr, va, te = chrono_thirds(len(df))
     train, val, test = df.iloc[tr], df.iloc[va], df.iloc[te]
     numeric = [*NUMERIC, "never_contacted"]
-    pre = Preprocessor.fit(train, numeric, list(CATEGORICAL))
+    pre = Preprocessor.fit(train, numeric, list(CATEGORICAL), cfg.numeric_encoding, cfg.piecewise_bins)
     meta = ModelMeta(task="campaign", feature_service="uci_bank_marketing", preprocessor=pre, outputs=["subscribed"],
                      hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim, dropout=cfg.dropout)
     data = {name: binary_task(part, pre, LABEL) for name, part in (("train", train), ("val", val), ("test", test))}
@@ -112,7 +112,7 @@ def rolling_window(contacts: pd.DataFrame, cfg: TrainConfig, windows: int = 10, 
         history = df.iloc[:lo]
         cut = int(len(history) * 0.9)
         train, val, test = history.iloc[:cut], history.iloc[cut:], df.iloc[lo:hi]
-        pre = Preprocessor.fit(train, numeric, list(CATEGORICAL))
+        pre = Preprocessor.fit(train, numeric, list(CATEGORICAL), cfg.numeric_encoding, cfg.piecewise_bins)
         meta = ModelMeta(task="campaign", feature_service="uci_bank_marketing", preprocessor=pre,
                          outputs=["subscribed"], hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim,
                          dropout=cfg.dropout)

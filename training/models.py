@@ -21,18 +21,38 @@ WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
 
 
+ENCODINGS = ("standard", "piecewise")
+
+
 @dataclass
 class Preprocessor:
-    """Turns a feature frame into model tensors; fitted on the training window only."""
+    """Turns a feature frame into model tensors; fitted on the training window only.
+
+    Numeric features are sign-log compressed and standardised. With `encoding="piecewise"` each
+    one also gets a piecewise-linear encoding (Gorishniy et al., "On Embeddings for Numerical
+    Features in Tabular Deep Learning", 2022): for the training quantiles e_0 < ... < e_B of the
+    standardised value v, B more inputs clip((v - e_{b-1}) / (e_b - e_{b-1}), 0, 1). A threshold
+    or a bend at any of those edges is then one weight away, as it is for a tree.
+    """
 
     numeric: list[str]
     categorical: list[str]
     means: list[float] = field(default_factory=list)
     stds: list[float] = field(default_factory=list)
     vocabs: dict[str, list[str]] = field(default_factory=dict)
+    encoding: str = "standard"
+    edges: list[list[float]] = field(default_factory=list)  # piecewise: per numeric column, [] if constant
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"numeric encoding {self.encoding!r}: expected one of {list(ENCODINGS)}")
+        if self.encoding == "piecewise" and len(self.edges) != len(self.numeric):
+            raise ValueError(f"piecewise encoding: {len(self.edges)} lists of edges for "
+                             f"{len(self.numeric)} numeric features")
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> "Preprocessor":
+    def fit(cls, df: pd.DataFrame, numeric: list[str], categorical: list[str], encoding: str = "standard",
+            bins: int = 8) -> "Preprocessor":
         x = df[numeric].to_numpy(dtype=np.float64)
         # Heavy-tailed money amounts are compressed before scaling so one rich customer does not set the scale.
         x = np.sign(x) * np.log1p(np.abs(x))
@@ -40,10 +60,23 @@ class Preprocessor:
         stds = np.nanstd(x, axis=0)
         stds = np.where(stds < 1e-6, 1.0, stds)
         vocabs = {c: sorted(df[c].astype(str).unique().tolist()) for c in categorical}
-        return cls(numeric, categorical, means.tolist(), stds.tolist(), vocabs)
+        edges: list[list[float]] = []
+        if encoding == "piecewise":
+            z = (x - means) / stds
+            for j in range(z.shape[1]):
+                col = z[:, j][np.isfinite(z[:, j])]
+                # Quantile edges; repeated ones (a mass of zeros, a binary flag) merge into one.
+                e = np.unique(np.quantile(col, np.linspace(0.0, 1.0, bins + 1))) if len(col) else np.array([])
+                edges.append(e.tolist() if len(e) > 1 else [])
+        return cls(numeric, categorical, means.tolist(), stds.tolist(), vocabs, encoding, edges)
+
+    @property
+    def width(self) -> int:
+        """Numeric inputs to the network: the standardised features, plus their piecewise encodings."""
+        return len(self.numeric) + sum(max(len(e) - 1, 0) for e in self.edges)
 
     def transform(self, df: pd.DataFrame | dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (numeric float32 [n, n_numeric], categorical int64 [n, n_categorical]).
+        """Returns (numeric float32 [n, width], categorical int64 [n, n_categorical]).
 
         Takes a frame, or columns as lists (what Feast's online `to_dict()` returns), which
         skips building a DataFrame for the one-customer requests of serving.
@@ -52,30 +85,44 @@ class Preprocessor:
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(cats)
 
     def arrays(self, df: pd.DataFrame | dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
-        """`transform` as numpy: (numeric float64 [n, n_numeric], categorical int64 [n, n_categorical])."""
+        """`transform` as numpy: (numeric float64 [n, width], categorical int64 [n, n_categorical])."""
         if isinstance(df, pd.DataFrame):
             x = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             x = np.array([[np.nan if v is None else v for v in df[c]] for c in self.numeric], dtype=np.float64).T
-        x = np.sign(x) * np.log1p(np.abs(x))
-        x = (x - np.asarray(self.means)) / np.asarray(self.stds)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         cats = np.zeros((len(x), len(self.categorical)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
             # Index 0 is reserved for values never seen in training.
             index = self._vocab_index(c)
             cats[:, j] = [index.get(str(v), 0) for v in df[c]]
-        return x, cats
+        return self._numeric(x), cats
 
     def row_arrays(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
         """`arrays` of one row given as {feature: value} (what the online store returns), shapes [1, n]."""
         x = np.fromiter((np.nan if (v := row[c]) is None else v for c in self.numeric), dtype=np.float64,
                         count=len(self.numeric))[None, :]
+        cats = np.array([[self._vocab_index(c).get(str(row[c]), 0) for c in self.categorical]], dtype=np.int64)
+        return self._numeric(x), cats.reshape(1, len(self.categorical))
+
+    def _numeric(self, x: np.ndarray) -> np.ndarray:
+        """Raw numeric values [n, n_numeric] -> network inputs [n, width]; missing values sit at the mean."""
         x = np.sign(x) * np.log1p(np.abs(x))
         x = (x - np.asarray(self.means)) / np.asarray(self.stds)
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        cats = np.array([[self._vocab_index(c).get(str(row[c]), 0) for c in self.categorical]], dtype=np.int64)
-        return x, cats.reshape(1, len(self.categorical))
+        if self.encoding != "piecewise":
+            return x
+        lo, hi, col = self._bins()
+        return np.concatenate([x, np.clip((x[:, col] - lo) / (hi - lo), 0.0, 1.0)], axis=1)
+
+    def _bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lower edges, upper edges, source column) of every piecewise input, cached."""
+        cache = self.__dict__.get("_bin_arrays")  # not a field: never serialised
+        if cache is None:
+            lo = [e[b] for e in self.edges for b in range(len(e) - 1)]
+            hi = [e[b + 1] for e in self.edges for b in range(len(e) - 1)]
+            col = [j for j, e in enumerate(self.edges) for _ in range(len(e) - 1)]
+            cache = self.__dict__["_bin_arrays"] = (np.asarray(lo, float), np.asarray(hi, float), np.asarray(col, int))
+        return cache
 
     def _vocab_index(self, column: str) -> dict[str, int]:
         cache = self.__dict__.setdefault("_indexes", {})  # not a field: never serialised
@@ -134,7 +181,7 @@ class ModelMeta:
 
 def build_model(meta: ModelMeta) -> TabularNet:
     pre = meta.preprocessor
-    return TabularNet(len(pre.numeric), [len(pre.vocabs[c]) for c in pre.categorical], len(meta.outputs),
+    return TabularNet(pre.width, [len(pre.vocabs[c]) for c in pre.categorical], len(meta.outputs),
                       meta.hidden, meta.embedding_dim, meta.dropout)
 
 

@@ -301,7 +301,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     service, model_name, gate_metric = TASKS[task]
     prep = prepared or prepare(paths, task, cfg, stage)
     split, products = prep.split, prep.products
-    pre = Preprocessor.fit(split.train, prep.numeric, prep.categorical)
+    pre = Preprocessor.fit(split.train, prep.numeric, prep.categorical, cfg.numeric_encoding, cfg.piecewise_bins)
     outputs = products if task == "nbp" else ["churn"]
     meta = ModelMeta(task=task, feature_service=service, preprocessor=pre, outputs=outputs,
                      hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim, dropout=cfg.dropout)

@@ -58,7 +58,7 @@ def _objective_fn(prep: Prepared, base: TrainConfig, parent_run_id: str, experim
     import optuna
 
     service = TASKS[prep.task][0]
-    pre = Preprocessor.fit(prep.split.train, prep.numeric, prep.categorical)
+    pre = Preprocessor.fit(prep.split.train, prep.numeric, prep.categorical, base.numeric_encoding, base.piecewise_bins)
     make = (lambda d: nbp_task(d, pre, prep.products)) if prep.task == "nbp" else (lambda d: churn_task(d, pre))
     train_data, val_data = make(prep.split.train), make(prep.split.val)
     outputs = prep.products if prep.task == "nbp" else ["churn"]

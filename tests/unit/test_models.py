@@ -53,9 +53,10 @@ def test_held_products_are_masked_from_loss_and_ranking():
     assert np.isneginf(scores[df.held_a.to_numpy() == 1, 0]).all()
 
 
-def test_checkpoint_roundtrip_without_pickle(tmp_path):
+@pytest.mark.parametrize("encoding", ["standard", "piecewise"])
+def test_checkpoint_roundtrip_without_pickle(tmp_path, encoding):
     df = _data(100)
-    pre = Preprocessor.fit(df, ["x", "held_a"], ["seg"])
+    pre = Preprocessor.fit(df, ["x", "held_a"], ["seg"], encoding, bins=4)
     meta = _meta(pre)
     cfg = TrainConfig(hidden=[16], max_epochs=2, patience=2)
     model = fit("nbp", meta, nbp_task(df, pre, PRODUCTS), nbp_task(df, pre, PRODUCTS), cfg).model
@@ -109,12 +110,13 @@ def test_behaviour_mortgage_page_views_and_salary_rise_rank_the_mortgage_higher(
     assert p_keen[0] > p_keen[1] and p_plain[0] < p_plain[1]  # the mortgage moves from second to first
 
 
-def test_row_scorer_equals_torch_on_frames_and_online_rows():
+@pytest.mark.parametrize("encoding", ["standard", "piecewise"])
+def test_row_scorer_equals_torch_on_frames_and_online_rows(encoding):
     """Serving's numpy forward pass gives the trained model's probabilities (frames, dict rows, unseen values)."""
     from training.models import RowScorer
 
     df = _data(300, seed=3)
-    pre = Preprocessor.fit(df, ["x", "held_a", "held_b"], ["seg"])
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b"], ["seg"], encoding)
     meta = ModelMeta(task="nbp", feature_service="test_v1", preprocessor=pre, outputs=PRODUCTS,
                      hidden=[16, 8], embedding_dim=2, dropout=0.2, temperature=1.7)
     cfg = TrainConfig(hidden=[16, 8], max_epochs=3, patience=3, dropout=0.2)
@@ -128,6 +130,46 @@ def test_row_scorer_equals_torch_on_frames_and_online_rows():
     np.testing.assert_allclose(scorer.predict_row(one), scorer.predict_proba(row)[0], rtol=1e-12)
     first = df.iloc[0].to_dict()
     np.testing.assert_allclose(scorer.predict_row(first), predict_proba(model, meta, df.head(1))[0], rtol=1e-5, atol=1e-7)
+
+
+def test_piecewise_encoding_against_hand_computed_values():
+    """Each numeric feature: its standardised value, then one input per quantile bin, clipped to [0, 1]."""
+    x = np.arange(9, dtype=float)  # 0..8
+    df = pd.DataFrame({"x": x, "flag": [0, 1] * 4 + [1], "const": 5.0, "seg": "u"})
+    pre = Preprocessor.fit(df, ["x", "flag", "const"], ["seg"], "piecewise", bins=4)
+    z = np.log1p(x)
+    z = (z - z.mean()) / z.std()
+    np.testing.assert_allclose(pre.edges[0], np.quantile(z, [0, 0.25, 0.5, 0.75, 1]))
+    assert len(pre.edges[1]) == 2  # a 0/1 flag: its quantile edges merge into one bin
+    assert pre.edges[2] == []  # a constant gets no bins
+    assert pre.width == 3 + 4 + 1
+    out, _ = pre.arrays(pd.DataFrame({"x": [3.0, None], "flag": [1, 0], "const": [5.0, 5.0], "seg": ["u", "u"]}))
+    assert out.shape == (2, 8)
+    e = np.asarray(pre.edges[0])
+    v = (np.log1p(3.0) - np.log1p(x).mean()) / np.log1p(x).std()
+    np.testing.assert_allclose(out[0, 0], v)
+    np.testing.assert_allclose(out[0, 3:7], np.clip((v - e[:-1]) / np.diff(e), 0, 1))
+    assert out[0, 3] == 1.0 and out[0, 6] == 0.0  # 3 of 0..8: above the first bin, below the last
+    np.testing.assert_allclose(out[0, 7], 1.0)  # flag 1 sits at the top edge
+    # A missing value sits at the training mean (0 after standardising), encoded like any other 0.
+    np.testing.assert_allclose(out[1, 3:7], np.clip((0 - e[:-1]) / np.diff(e), 0, 1))
+    # Online rows take the same path.
+    row, _ = pre.row_arrays({"x": 3.0, "flag": 1, "const": 5.0, "seg": "u"})
+    np.testing.assert_allclose(row[0], out[0])
+
+
+def test_a_checkpoint_with_inconsistent_encoding_is_refused():
+    df = _data(50)
+    pre = Preprocessor.fit(df, ["x", "held_a"], [], "piecewise")
+    data = json.loads(_meta(pre).to_json())
+    data["preprocessor"]["edges"] = data["preprocessor"]["edges"][:1]
+    with pytest.raises(ValueError, match="1 lists of edges for 2 numeric features"):
+        ModelMeta.from_json(json.dumps(data))
+    data["preprocessor"]["encoding"] = "quantum"
+    with pytest.raises(ValueError, match="numeric encoding 'quantum'"):
+        ModelMeta.from_json(json.dumps(data))
+    with pytest.raises(ValueError, match="numeric_encoding"):
+        TrainConfig(numeric_encoding="quantum")
 
 
 @pytest.mark.parametrize("select_on", ["metric", "loss"])
