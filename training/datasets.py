@@ -94,3 +94,29 @@ def chrono_split(df: pd.DataFrame, val_months: int = 1, test_months: int = 1,
 
 def label_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(LABEL_PREFIX)]
+
+
+def target_mask(df: pd.DataFrame, products: list[str], catalogue=None) -> np.ndarray:
+    """Which (row, product) pairs the next-best-product model may predict and rank: 1.0 where the
+    product is not held and, given the catalogue (a `nextbest.config.Catalogue`), the customer may
+    take it: age within the product's range (an unknown age counts as within) and one of its
+    `requires` held. The same eligibility rules serving applies before ranking
+    (`serving.decide.eligible_products`), so training, evaluation and serving rank the same set.
+
+    Returns:
+        float64 array [len(df), len(products)].
+    """
+    held = {p: df[f"held_{p}"].to_numpy(dtype=float) > 0 for p in products}
+    mask = np.stack([~held[p] for p in products], axis=1) if products else np.zeros((len(df), 0), bool)
+    if catalogue is not None:
+        rules = {p.product_id: p.eligibility for p in catalogue.products}
+        age = df["age"].to_numpy(dtype=float) if "age" in df.columns else np.full(len(df), np.nan)
+        known = np.isfinite(age) & (age >= 0)
+        for j, p in enumerate(products):
+            e = rules.get(p)
+            if e is None:
+                continue
+            mask[:, j] &= ~known | ((age >= e.min_age) & (age <= e.max_age))
+            if e.requires:
+                mask[:, j] &= np.any([df[f"held_{r}"].to_numpy(dtype=float) > 0 for r in e.requires], axis=0)
+    return mask.astype(float)

@@ -27,9 +27,10 @@ from nextbest.io import read_raw
 from nextbest.settings import Paths
 from training import evaluate as ev
 from training import registry
-from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels
+from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels, target_mask
 from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba, save_checkpoint
-from training.train import World, churn_task, effective_batch_size, fit, fit_temperature, nbp_task, predict_logits
+from training.train import (TaskData, World, churn_task, effective_batch_size, fit, fit_temperature, nbp_task,
+                            predict_logits)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,17 @@ class Prepared:
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
+
+    def mask(self, df: pd.DataFrame) -> np.ndarray:
+        """nbp: the (row, product) pairs that may be predicted and ranked: not held, and eligible under
+        the catalogue's rules, as serving ranks them (`datasets.target_mask`)."""
+        return target_mask(df, self.products, load_catalogue())
+
+    def task_data(self, df: pd.DataFrame, pre: Preprocessor) -> TaskData:
+        """Model inputs, targets and mask of one split."""
+        if self.task == "nbp":
+            return nbp_task(df, pre, self.products, load_catalogue())
+        return churn_task(df, pre)
 
     def save(self, directory: Path) -> None:
         """Writes the training set for other processes (parquet + JSON: nothing pickled)."""
@@ -161,10 +173,9 @@ def evaluate(prep: Prepared, model: TabularNet, meta: ModelMeta, cfg: TrainConfi
 def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool) -> Evaluation:
     split, products = prep.split, prep.products
     label_cols = [f"label_{p}" for p in products]
-    held_cols = [f"held_{p}" for p in products]
 
     def arrays(df):
-        return df[label_cols].to_numpy(dtype=float), 1.0 - df[held_cols].to_numpy(dtype=float)
+        return df[label_cols].to_numpy(dtype=float), prep.mask(df)
 
     (y_tr, m_tr), (y_va, m_va), (y_te, m_te) = arrays(split.train), arrays(split.val), arrays(split.test)
     seg_tr = split.train[SEGMENT_COLUMN].to_numpy() if SEGMENT_COLUMN in split.train else None
@@ -270,8 +281,7 @@ def evaluate_metric(prep: Prepared, prob: np.ndarray) -> float:
     test = prep.split.test
     if prep.task == "nbp":
         y = test[[f"label_{p}" for p in prep.products]].to_numpy(float)
-        mask = 1.0 - test[[f"held_{p}" for p in prep.products]].to_numpy(float)
-        return map_at_k(y, ev.masked(prob, mask), 7)
+        return map_at_k(y, ev.masked(prob, prep.mask(test)), 7)
     return roc_auc(test["label_churn"].to_numpy(float), prob.ravel())
 
 
@@ -305,8 +315,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     outputs = products if task == "nbp" else ["churn"]
     meta = ModelMeta(task=task, feature_service=service, preprocessor=pre, outputs=outputs,
                      hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim, dropout=cfg.dropout)
-    make = (lambda d: nbp_task(d, pre, products)) if task == "nbp" else (lambda d: churn_task(d, pre))
-    train_data, val_data = make(split.train), make(split.val)
+    train_data, val_data = prep.task_data(split.train, pre), prep.task_data(split.val, pre)
 
     stage(f"training {task} ({len(split.train):,} train / {len(split.val):,} val / {len(split.test):,} test rows)")
     result = fit(task, meta, train_data, val_data, cfg, on_epoch=on_epoch, world=world)

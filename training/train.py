@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nextbest.config import TrainConfig
+from training.datasets import target_mask
 from training.metrics import map_at_k, roc_auc
 from training.models import ModelMeta, Preprocessor, TabularNet, build_model
 
@@ -39,12 +40,13 @@ class TaskData:
         return len(self.y)
 
 
-def nbp_task(df: pd.DataFrame, pre: Preprocessor, products: list[str]) -> TaskData:
-    """Targets = acquired next month; mask = products not held now (held ones cannot be acquired)."""
+def nbp_task(df: pd.DataFrame, pre: Preprocessor, products: list[str], catalogue=None) -> TaskData:
+    """Targets = acquired next month; mask = products not held now (held ones cannot be acquired)
+    and, given the catalogue, that the customer is eligible for (`datasets.target_mask`)."""
     x_num, x_cat = pre.transform(df)
     y = torch.from_numpy(df[[f"label_{p}" for p in products]].to_numpy(dtype=np.float32))
-    held = df[[f"held_{p}" for p in products]].to_numpy(dtype=np.float32)
-    return TaskData(x_num, x_cat, y, torch.from_numpy(1.0 - held))
+    mask = target_mask(df, products, catalogue).astype(np.float32)
+    return TaskData(x_num, x_cat, y, torch.from_numpy(mask))
 
 
 def binary_task(df: pd.DataFrame, pre: Preprocessor, label: str) -> TaskData:

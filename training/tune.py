@@ -18,7 +18,7 @@ from nextbest.settings import Paths
 from training import registry
 from training.models import ModelMeta, Preprocessor
 from training.pipeline import TASKS, Prepared, prepare
-from training.train import churn_task, fit, nbp_task
+from training.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def _objective_fn(prep: Prepared, base: TrainConfig, parent_run_id: str, experim
 
     service = TASKS[prep.task][0]
     pre = Preprocessor.fit(prep.split.train, prep.numeric, prep.categorical, base.numeric_encoding, base.piecewise_bins)
-    make = (lambda d: nbp_task(d, pre, prep.products)) if prep.task == "nbp" else (lambda d: churn_task(d, pre))
-    train_data, val_data = make(prep.split.train), make(prep.split.val)
+    train_data, val_data = prep.task_data(prep.split.train, pre), prep.task_data(prep.split.val, pre)
     outputs = prep.products if prep.task == "nbp" else ["churn"]
 
     def objective(trial: optuna.Trial) -> float:

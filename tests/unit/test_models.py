@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from nextbest.config import TrainConfig
-from training.models import ModelMeta, Preprocessor, from_checkpoint, predict_proba, save_checkpoint
+from training.models import ModelMeta, Preprocessor, build_model, from_checkpoint, predict_proba, save_checkpoint
 from training.train import fit, masked_scores, nbp_task, predict_logits
 
 PRODUCTS = ["a", "b", "c"]
@@ -217,3 +218,39 @@ def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch
     fit("nbp", _meta(pre), data, data, TrainConfig(hidden=[16], max_epochs=2, patience=5, batch_size=4096,
                                                    min_steps_per_epoch=32))
     assert len(steps) == 2 * 32  # ceil(600 / 19) = 32 steps in each of the 2 epochs
+
+
+def test_target_mask_drops_held_and_ineligible_products_from_loss_and_ranking():
+    """nbp predicts and ranks what serving may offer: not held, age within range, prerequisite held."""
+    from nextbest.config import Catalogue
+    from training.datasets import target_mask
+
+    catalogue = Catalogue(version=1, products=[
+        {"product_id": "a", "name": "A", "category": "account", "margin": 1},
+        {"product_id": "b", "name": "B", "category": "card", "margin": 1,
+         "eligibility": {"min_age": 21, "requires": ["a"]}},
+        {"product_id": "c", "name": "C", "category": "loan", "margin": 1, "eligibility": {"max_age": 65}},
+    ])
+    df = pd.DataFrame({"age": [30, 19, 70, np.nan, 30], "held_a": [1, 1, 0, 1, 0], "held_b": [0, 0, 0, 0, 1],
+                       "held_c": [0, 0, 0, 0, 0], "x": 0.0, "label_a": 0, "label_b": 0, "label_c": 0})
+    expected = np.array([[0, 1, 1],   # holds a: b allowed (age 30, requires a), c allowed
+                         [0, 0, 1],   # 19: too young for b
+                         [1, 0, 0],   # 70: b needs a, c too old
+                         [0, 1, 1],   # unknown age counts as within range (as in serving)
+                         [1, 0, 1]])  # b held (its prerequisite gone: still masked, as held)
+    np.testing.assert_array_equal(target_mask(df, PRODUCTS, catalogue), expected)
+    np.testing.assert_array_equal(target_mask(df, PRODUCTS), 1 - df[["held_a", "held_b", "held_c"]].to_numpy())
+    pre = Preprocessor.fit(df, ["x"], [])
+    data = nbp_task(df, pre, PRODUCTS, catalogue)
+    np.testing.assert_array_equal(data.mask.numpy(), expected)
+    # A masked cell contributes nothing to the loss: changing its label leaves the gradient unchanged.
+    torch.manual_seed(0)
+    model = build_model(_meta(pre))
+    grads = []
+    for label in (0.0, 1.0):
+        data.y[2, 1] = label  # row 2, product b: ineligible
+        model.zero_grad()
+        logits = model(data.x_num, data.x_cat)
+        (nn.functional.binary_cross_entropy_with_logits(logits, data.y, reduction="none") * data.mask).sum().backward()
+        grads.append(model.mlp[0].weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
