@@ -4,7 +4,7 @@ Our policy logs decisions through the real decision engine (the simulation's dec
 estimators of `monitoring.ope` then value a candidate policy -- greedy on the final posterior --
 from that log alone, and the simulator's truth gives the candidate's true value on the same
 logged contexts. At 50,000 decisions the benchmark (benchmarks/bench_bandit.py) checks the issue's
-5%; here a few thousand decisions must put the truth inside the estimators' 95% intervals.
+5%; here 12,000 decisions must put the truth inside the estimators' 95% intervals.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6000
+# The test bank (the quickstart fixture) ends at the last month end before today, so it is drawn anew
+# each calendar month. At 6,000 logged decisions the median DR half-width below was 0.70 x the truth
+# on the bank of 2026-11-30 (0.45 on another draw): one explored high-value acceptance widens a log's
+# interval a lot. 12,000 decisions halve the variance; the threshold is unchanged.
+STEPS = 12000
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,8 @@ def test_doubly_robust_recovers_the_true_value_of_a_candidate(coverage_runs):
     # ...and the intervals say something. The tolerance is the interval itself: rewards are
     # value-weighted (an accepted mortgage is worth 1,400 EUR, most offers 20-500, ~2% accepted),
     # so one decision's reward has a standard deviation of ~30 EUR against a value of ~2 EUR, and
-    # exploration adds importance weights up to ~100; at ~4,500 decisions the 95% half-width is
-    # ~50% of the value, shrinking as 1/sqrt(n) (the benchmark measures 50,000). One log with an
+    # exploration adds importance weights up to ~100; at ~9,000 evaluable decisions the 95% half-width is
+    # ~30-60% of the value, shrinking as 1/sqrt(n) (the benchmark measures 50,000). One log with an
     # explored high-value acceptance can be far wider, so the median of the four is checked.
     half = [(ope["dr"]["ci95"][1] - ope["dr"]["ci95"][0]) / 2 / ope["true_value"] for ope in coverage_runs]
     assert float(np.median(half)) < 0.6, half
