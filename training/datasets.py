@@ -118,5 +118,6 @@ def target_mask(df: pd.DataFrame, products: list[str], catalogue=None) -> np.nda
                 continue
             mask[:, j] &= ~known | ((age >= e.min_age) & (age <= e.max_age))
             if e.requires:
-                mask[:, j] &= np.any([df[f"held_{r}"].to_numpy(dtype=float) > 0 for r in e.requires], axis=0)
+                mask[:, j] &= np.any([held[r] if r in held else df[f"held_{r}"].to_numpy(dtype=float) > 0
+                                      for r in e.requires], axis=0)
     return mask.astype(float)

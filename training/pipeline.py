@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +59,20 @@ class Prepared:
     def features(self) -> list[str]:
         return self.numeric + self.categorical
 
+    @cached_property
+    def catalogue(self):
+        """The product catalogue whose eligibility rules the nbp mask applies (read once)."""
+        return load_catalogue()
+
     def mask(self, df: pd.DataFrame) -> np.ndarray:
         """nbp: the (row, product) pairs that may be predicted and ranked: not held, and eligible under
         the catalogue's rules, as serving ranks them (`datasets.target_mask`)."""
-        return target_mask(df, self.products, load_catalogue())
+        return target_mask(df, self.products, self.catalogue)
 
     def task_data(self, df: pd.DataFrame, pre: Preprocessor) -> TaskData:
         """Model inputs, targets and mask of one split."""
         if self.task == "nbp":
-            return nbp_task(df, pre, self.products, load_catalogue())
+            return nbp_task(df, pre, self.products, self.catalogue)
         return churn_task(df, pre)
 
     def save(self, directory: Path) -> None:
