@@ -1,11 +1,17 @@
 """Model quality against the targets of issue 4, on one simulated bank, in one run:
 
     python benchmarks/bench_models.py [--customers 20000] [--months 18] [--workdir DIR]
+                                      [--train-seeds 43,44,45]
 
 Trains the next-best-product and churn models with the shipped configs (training sets from Feast
 by FeatureService), and prints each beside popularity, LightGBM and the oracle (the simulator's
 true probabilities) on the same test month. Targets: next-best-product MAP@7 >= 0.95 x oracle and
 >= LightGBM; churn ROC AUC >= 0.97 x oracle.
+
+`--train-seeds` trains the PyTorch models again with those seeds on the same prepared data (the
+bank, split and baselines stay; only the network's initialisation and batch order change) and
+prints every seed's ratios beside the shipped seed's, with their worst and mean: a target met at
+one seed only is luck.
 
 It also measures how much of the oracle any model can reach (`--ceiling-only` runs just that).
 The simulator gives each customer an unobserved taste per product (docs/simulator.md), which the
@@ -34,7 +40,7 @@ from nextbest.settings import Paths  # noqa: E402
 from simulation.bank import BankSpec  # noqa: E402
 from simulation.write import generate_to  # noqa: E402
 from training.metrics import map_at_k  # noqa: E402
-from training.pipeline import train_model  # noqa: E402
+from training.pipeline import prepare, train_model  # noqa: E402
 
 END = pd.Timestamp("2026-10-31")
 
@@ -78,7 +84,26 @@ def print_ceiling(rows: list[tuple[str, float, float]]) -> None:
           f"{ratios.max():.3f}); the 0.95 target is above it.")
 
 
-def run(workdir: Path, customers: int, months: int, seed: int) -> None:
+def print_seeds(by_seed: dict[str, dict[int, float]], nbp_oracle: float, nbp_lgb: float, churn_oracle: float,
+                churn_lgb: float) -> None:
+    """Every training seed's ratios on the same test month, then the worst and the mean."""
+    import numpy as np
+
+    seeds = list(by_seed["nbp"])
+    nbp = np.array([by_seed["nbp"][s] for s in seeds])
+    churn = np.array([by_seed["churn"][s] for s in seeds])
+    print("\n| training seed | nbp MAP@7 | / oracle | / LightGBM | churn ROC AUC | / oracle | / LightGBM |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = [(str(s), n, c) for s, n, c in zip(seeds, nbp, churn)]
+    rows += [("worst", nbp.min(), churn.min()), ("mean", nbp.mean(), churn.mean())]
+    for label, n, c in rows:
+        print(f"| {label} | {n:.5f} | {n / nbp_oracle:.3f} | {n / nbp_lgb:.3f} | {c:.4f} | {c / churn_oracle:.3f} | "
+              f"{c / churn_lgb:.3f} |")
+    print(f"\nevery seed: nbp >= LightGBM {int((nbp >= nbp_lgb).sum())} of {len(seeds)}; "
+          f"churn >= 0.97 x oracle {int((churn >= 0.97 * churn_oracle).sum())} of {len(seeds)}")
+
+
+def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: list[int] = ()) -> None:
     paths = Paths.from_workdir(workdir).ensure()
     catalogue = load_catalogue()
     t = time.perf_counter()
@@ -86,15 +111,20 @@ def run(workdir: Path, customers: int, months: int, seed: int) -> None:
     build_features_to(paths, catalogue)
     feast_store.apply(paths)
     print(f"bank: {customers:,} customers x {months} months, features and feast apply in {time.perf_counter() - t:.0f}s")
-    rows = []
-    for task, metric, target in (("nbp", "map_at_7", None), ("churn", "roc_auc", None)):
+    rows, by_seed = [], {}
+    for task, metric in (("nbp", "map_at_7"), ("churn", "roc_auc")):
         cfg = load_train_config(task)
         t = time.perf_counter()
-        r = train_model(paths, task, cfg)
-        m = r.metrics
+        prepared = prepare(paths, task, cfg)
+        r = train_model(paths, task, cfg, prepared=prepared)
+        m, secs = r.metrics, time.perf_counter() - t
+        by_seed[task] = {cfg.seed: m[f"test_{metric}"]}
+        for s in train_seeds:  # the same data, another initialisation and batch order
+            again = train_model(paths, task, cfg.model_copy(update={"seed": s, "baselines": False}), prepared=prepared)
+            by_seed[task][s] = again.metrics[f"test_{metric}"]
         oracle = m.get(f"oracle_{metric}")
         rows.append((task, metric, m[f"test_{metric}"], m.get(f"popularity_{metric}"), m.get(f"lightgbm_{metric}"),
-                     oracle, time.perf_counter() - t, r.rows["train"], ",".join(r.months["test"])))
+                     oracle, secs, r.rows["train"], ",".join(r.months["test"])))
     print("\n| model | metric | PyTorch | popularity | LightGBM | oracle | PyTorch / oracle | PyTorch / LightGBM | "
           "train rows | test month | seconds |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
@@ -106,6 +136,8 @@ def run(workdir: Path, customers: int, months: int, seed: int) -> None:
     print(f"\ntargets: nbp MAP@7 >= 0.95 x oracle: {'met' if nbp[2] >= 0.95 * nbp[5] else 'NOT met'}; "
           f">= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "
           f"churn AUC >= 0.97 x oracle: {'met' if churn[2] >= 0.97 * churn[5] else 'NOT met'}")
+    if train_seeds:
+        print_seeds(by_seed, nbp[5], nbp[4], churn[5], churn[4])
     ceiling = observable_ceiling(customers, months, seed)
     print_ceiling(ceiling)
     test = [c / o for m, o, c in ceiling if m == nbp[8]]
@@ -120,16 +152,21 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=18)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the work directory here (default: temporary)")
+    ap.add_argument("--train-seeds", default="", help="comma-separated extra training seeds, e.g. 43,44,45")
     ap.add_argument("--ceiling-only", action="store_true", help="only the ceiling of any model against the oracle")
     args = ap.parse_args()
     if args.ceiling_only:
         print_ceiling(observable_ceiling(args.customers, args.months, args.seed))
         return
+    try:
+        seeds = [int(s) for s in args.train_seeds.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--train-seeds: expected comma-separated integers, got {args.train_seeds!r}")
     if args.workdir:
-        run(args.workdir, args.customers, args.months, args.seed)
+        run(args.workdir, args.customers, args.months, args.seed, seeds)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), args.customers, args.months, args.seed)
+            run(Path(tmp), args.customers, args.months, args.seed, seeds)
 
 
 if __name__ == "__main__":

@@ -167,11 +167,13 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
-        bar = progress.add_task(f"train {task}", total=cfg.max_epochs, info="")
+        # At most max_epochs per network; early stopping ends a network sooner.
+        bar = progress.add_task(f"train {task}", total=cfg.max_epochs * cfg.ensemble, info="")
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            net = f"network {int(m['member']) + 1}/{cfg.ensemble} " if "member" in m else ""
             progress.update(bar, completed=epoch + 1,
-                            info=f"epoch {epoch + 1} loss {m['train_loss']:.4f} val {m['val_metric']:.4f}")
+                            info=f"{net}epoch {epoch + 1} loss {m['train_loss']:.4f} val {m['val_metric']:.4f}")
 
         result = train_model(paths, task, cfg, on_epoch=on_epoch,
                              on_stage=lambda s: progress.update(bar, info=s))

@@ -92,6 +92,9 @@ class TrainConfig(BaseModel):
                                         "encoding on the training quantiles, so thresholds cost the network one "
                                         "weight (training.models.Preprocessor).")
     piecewise_bins: int = Field(default=8, ge=2, le=64, description="Quantile bins per numeric feature (piecewise).")
+    ensemble: int = Field(default=1, ge=1, le=16,
+                          description="Networks trained alike with seeds seed, seed + 1, ...; the model averages "
+                                      "their logits (one artifact; `tune` scores single networks).")
     seed: int = 42
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
     val_months: int = Field(default=1, ge=1)

@@ -155,6 +155,26 @@ class TabularNet(nn.Module):
         return self.mlp(torch.cat(parts, dim=1))
 
 
+class Ensemble(nn.Module):
+    """Several TabularNets trained alike from different seeds; the logit is their mean.
+
+    Averaging networks that differ only in initialisation and batch order cancels part of what
+    each learned by chance (README, model quality).
+    """
+
+    def __init__(self, members: list[TabularNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x_num, x_cat) for m in self.members]).mean(0)
+
+
+def networks(model: nn.Module) -> list[TabularNet]:
+    """The TabularNets a model is made of: its members, or itself."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
 @dataclass
 class ModelMeta:
     """Everything needed to rebuild and feed the model, stored as JSON beside the weights."""
@@ -168,6 +188,7 @@ class ModelMeta:
     dropout: float
     temperature: float = 1.0  # calibration: probabilities are sigmoid(logit / temperature)
     extra: dict = field(default_factory=dict)
+    members: int = 1  # networks averaged (an Ensemble when > 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -179,20 +200,24 @@ class ModelMeta:
         return cls(**data)
 
 
-def build_model(meta: ModelMeta) -> TabularNet:
+def build_model(meta: ModelMeta) -> TabularNet | Ensemble:
+    """An untrained model of the shape `meta` describes: one TabularNet, or an Ensemble of `members`."""
+    if meta.members < 1:
+        raise ValueError(f"model.json: members must be at least 1, got {meta.members}")
     pre = meta.preprocessor
-    return TabularNet(pre.width, [len(pre.vocabs[c]) for c in pre.categorical], len(meta.outputs),
-                      meta.hidden, meta.embedding_dim, meta.dropout)
+    nets = [TabularNet(pre.width, [len(pre.vocabs[c]) for c in pre.categorical], len(meta.outputs),
+                       meta.hidden, meta.embedding_dim, meta.dropout) for _ in range(meta.members)]
+    return nets[0] if meta.members == 1 else Ensemble(nets)
 
 
-def save_checkpoint(directory: Path, model: TabularNet, meta: ModelMeta) -> Path:
+def save_checkpoint(directory: Path, model: TabularNet | Ensemble, meta: ModelMeta) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / WEIGHTS_FILE)
     (directory / META_FILE).write_text(meta.to_json())
     return directory
 
 
-def from_checkpoint(directory: Path) -> tuple[TabularNet, ModelMeta]:
+def from_checkpoint(directory: Path) -> tuple[TabularNet | Ensemble, ModelMeta]:
     """Rebuilds a model from a checkpoint directory without unpickling arbitrary objects."""
     meta = ModelMeta.from_json((Path(directory) / META_FILE).read_text())
     model = build_model(meta)
@@ -203,20 +228,22 @@ def from_checkpoint(directory: Path) -> tuple[TabularNet, ModelMeta]:
 
 
 class RowScorer:
-    """A trained TabularNet's forward pass in numpy, for serving one customer at a time.
+    """A trained model's forward pass in numpy (one TabularNet, or an Ensemble's members averaged),
+    for serving one customer at a time.
 
     The same weights (read from the model's state_dict) and the same arithmetic as
     `predict_proba`, without torch's per-module dispatch, which dominates at batch size 1
     (about 0.45 ms per prediction in torch, 0.1 ms here; outputs equal within 1e-5, tested).
     """
 
-    def __init__(self, model: TabularNet, meta: "ModelMeta"):
+    def __init__(self, model: TabularNet | Ensemble, meta: "ModelMeta"):
         model.eval()
         self.preprocessor = meta.preprocessor
         self.temperature = meta.temperature
-        self.embeddings = [e.weight.detach().double().numpy().copy() for e in model.embeddings]
-        self.layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
-                       for m in model.mlp if isinstance(m, nn.Linear)]
+        # Per network: embedding tables and (weight, bias) of each linear layer.
+        self.networks = [([e.weight.detach().double().numpy().copy() for e in net.embeddings],
+                          [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
+                           for m in net.mlp if isinstance(m, nn.Linear)]) for net in networks(model)]
 
     def predict_proba(self, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
         """Calibrated probabilities, shape [len(df), n_outputs]."""
@@ -227,16 +254,20 @@ class RowScorer:
         return self._forward(*self.preprocessor.row_arrays(row))[0]
 
     def _forward(self, x: np.ndarray, cats: np.ndarray) -> np.ndarray:
-        h = np.concatenate([x] + [emb[cats[:, j]] for j, emb in enumerate(self.embeddings)], axis=1)
-        for i, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            if i < len(self.layers) - 1:  # ReLU between layers; dropout is the identity in eval
-                np.maximum(h, 0.0, out=h)
-        return 1.0 / (1.0 + np.exp(-h / self.temperature))
+        logits = 0.0
+        for embeddings, layers in self.networks:
+            h = np.concatenate([x] + [emb[cats[:, j]] for j, emb in enumerate(embeddings)], axis=1)
+            for i, (w, b) in enumerate(layers):
+                h = h @ w + b
+                if i < len(layers) - 1:  # ReLU between layers; dropout is the identity in eval
+                    np.maximum(h, 0.0, out=h)
+            logits = logits + h
+        logits = logits / len(self.networks)  # an Ensemble's logit is its members' mean
+        return 1.0 / (1.0 + np.exp(-logits / self.temperature))
 
 
 @torch.no_grad()
-def predict_proba(model: TabularNet, meta: ModelMeta, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
+def predict_proba(model: TabularNet | Ensemble, meta: ModelMeta, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
     """Calibrated probabilities, shape [len(df), len(meta.outputs)]."""
     x_num, x_cat = meta.preprocessor.transform(df)
     return torch.sigmoid(model(x_num, x_cat) / meta.temperature).numpy()

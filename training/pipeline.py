@@ -29,9 +29,10 @@ from nextbest.settings import Paths
 from training import evaluate as ev
 from training import registry
 from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels, target_mask
-from training.models import ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba, save_checkpoint
-from training.train import (TaskData, World, churn_task, effective_batch_size, fit, fit_temperature, nbp_task,
-                            predict_logits)
+from training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
+                             save_checkpoint)
+from training.train import (TaskData, World, churn_task, effective_batch_size, fit_ensemble, fit_temperature,
+                            nbp_task, predict_logits)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
     return Prepared(task, products, df, split, numeric, categorical, truth)
 
 
-def evaluate(prep: Prepared, model: TabularNet, meta: ModelMeta, cfg: TrainConfig, baselines: bool = True) -> Evaluation:
+def evaluate(prep: Prepared, model: TabularNet | Ensemble, meta: ModelMeta, cfg: TrainConfig,
+             baselines: bool = True) -> Evaluation:
     """The model beside the baselines and the oracle on the test month."""
     prob = predict_proba(model, meta, prep.split.test)
     if prep.task == "nbp":
@@ -320,15 +322,18 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     pre = Preprocessor.fit(split.train, prep.numeric, prep.categorical, cfg.numeric_encoding, cfg.piecewise_bins)
     outputs = products if task == "nbp" else ["churn"]
     meta = ModelMeta(task=task, feature_service=service, preprocessor=pre, outputs=outputs,
-                     hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim, dropout=cfg.dropout)
+                     hidden=list(cfg.hidden), embedding_dim=cfg.embedding_dim, dropout=cfg.dropout,
+                     members=cfg.ensemble)
     train_data, val_data = prep.task_data(split.train, pre), prep.task_data(split.val, pre)
 
     stage(f"training {task} ({len(split.train):,} train / {len(split.val):,} val / {len(split.test):,} test rows)")
-    result = fit(task, meta, train_data, val_data, cfg, on_epoch=on_epoch, world=world)
+    result = fit_ensemble(task, meta, train_data, val_data, cfg, on_epoch=on_epoch, world=world)
     if world is not None and world.rank != 0:
         return None
     meta.temperature = fit_temperature(predict_logits(result.model, val_data), val_data.y, val_data.mask)
     meta.extra = {"split_months": split.months, "best_epoch": result.best_epoch}
+    if result.member_epochs:
+        meta.extra["member_best_epochs"] = result.member_epochs
 
     stage("evaluating beside popularity, LightGBM and the oracle" if cfg.baselines else "evaluating")
     evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines)
@@ -349,7 +354,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
 
         now = int(time.time() * 1000)
         epoch_metrics = [Metric(k, float(v), now, int(h["epoch"])) for h in result.history
-                         for k, v in h.items() if k != "epoch"]
+                         for k, v in h.items() if k not in ("epoch", "member")]
         client = mlflow.MlflowClient()
         for i in range(0, len(epoch_metrics), 900):  # one call per batch, not one per epoch
             client.log_batch(run.info.run_id, metrics=epoch_metrics[i:i + 900])

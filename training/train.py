@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from torch import nn
 from nextbest.config import TrainConfig
 from training.datasets import target_mask
 from training.metrics import map_at_k, roc_auc
-from training.models import ModelMeta, Preprocessor, TabularNet, build_model
+from training.models import Ensemble, ModelMeta, Preprocessor, TabularNet, build_model
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -61,7 +62,7 @@ def churn_task(df: pd.DataFrame, pre: Preprocessor) -> TaskData:
 
 
 @torch.no_grad()
-def predict_logits(model: TabularNet, data: TaskData, batch_size: int = 8192) -> torch.Tensor:
+def predict_logits(model: TabularNet | Ensemble, data: TaskData, batch_size: int = 8192) -> torch.Tensor:
     model.eval()
     out = [model(data.x_num[i:i + batch_size], data.x_cat[i:i + batch_size])
            for i in range(0, len(data), batch_size)]
@@ -73,7 +74,7 @@ def masked_scores(logits: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return torch.where(mask > 0, logits, torch.full_like(logits, -np.inf)).numpy()
 
 
-def validation_scores(task: str, model: TabularNet, data: TaskData) -> tuple[float, float]:
+def validation_scores(task: str, model: TabularNet | Ensemble, data: TaskData) -> tuple[float, float]:
     """(metric, loss) on a validation split: MAP@7 (nbp) or ROC AUC (churn), and the masked
     log-loss the model is trained on."""
     logits = predict_logits(model, data)
@@ -86,10 +87,11 @@ def validation_scores(task: str, model: TabularNet, data: TaskData) -> tuple[flo
 
 @dataclass
 class FitResult:
-    model: TabularNet
-    best_epoch: int
+    model: TabularNet | Ensemble
+    best_epoch: int  # an ensemble's: its first network's
     best_val: float
     history: list[dict[str, float]] = field(default_factory=list)
+    member_epochs: list[int] = field(default_factory=list)  # an ensemble's: each network's kept epoch
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,36 @@ def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainCo
                 break
     best.model.eval()
     return best
+
+
+def fit_ensemble(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainConfig,
+                 on_epoch: EpochCallback | None = None, world: World | None = None) -> FitResult:
+    """`fit`, or with `cfg.ensemble` > 1 that many networks trained alike with seeds cfg.seed,
+    cfg.seed + 1, ..., averaged into one Ensemble (`meta.members` must equal `cfg.ensemble`).
+
+    The history numbers epochs across the networks (`epoch` runs on, `member` says whose), so
+    per-epoch metrics and progress never restart; `best_val` is the ensemble's own.
+    """
+    if meta.members != cfg.ensemble:
+        raise ValueError(f"model description has {meta.members} members, config asks for ensemble {cfg.ensemble}")
+    if cfg.ensemble == 1:
+        return fit(task, meta, train, val, cfg, on_epoch, world)
+    single = dataclasses.replace(meta, members=1)
+    nets, history, epochs, offset = [], [], [], 0
+    for member in range(cfg.ensemble):
+        def member_epoch(epoch: int, metrics: dict[str, float], member: int = member, offset: int = offset) -> None:
+            if on_epoch:
+                on_epoch(offset + epoch, {**metrics, "member": member})
+
+        result = fit(task, single, train, val, cfg.model_copy(update={"seed": cfg.seed + member, "ensemble": 1}),
+                     member_epoch, world)
+        nets.append(result.model)
+        epochs.append(result.best_epoch)
+        history += [{**h, "epoch": offset + h["epoch"], "member": member} for h in result.history]
+        offset += len(result.history)
+    model = Ensemble(nets)
+    model.eval()
+    return FitResult(model, epochs[0], validation_scores(task, model, val)[0], history, epochs)
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:

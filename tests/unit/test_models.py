@@ -254,3 +254,53 @@ def test_target_mask_drops_held_and_ineligible_products_from_loss_and_ranking():
         (nn.functional.binary_cross_entropy_with_logits(logits, data.y, reduction="none") * data.mask).sum().backward()
         grads.append(model.mlp[0].weight.grad.clone())
     assert torch.equal(grads[0], grads[1])
+
+
+def test_an_ensemble_averages_networks_of_consecutive_seeds_and_round_trips(tmp_path):
+    """ensemble: 3 trains three networks with seeds 7, 8, 9; the model's logit is their mean; the
+    checkpoint, the numpy scorer and the history all carry the three."""
+    from training.models import Ensemble, RowScorer
+    from training.train import fit_ensemble
+
+    df = _data(400, seed=5)
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"], "piecewise", bins=4)
+    data = nbp_task(df, pre, PRODUCTS)
+    cfg = TrainConfig(hidden=[16], max_epochs=3, patience=3, seed=7, ensemble=3)
+    meta = ModelMeta(task="nbp", feature_service="test_v1", preprocessor=pre, outputs=PRODUCTS, hidden=[16],
+                     embedding_dim=2, dropout=0.0, members=3, temperature=1.3)
+    result = fit_ensemble("nbp", meta, data, data, cfg)
+    assert isinstance(result.model, Ensemble) and len(result.model.members) == 3
+    # Each member is the network a single run with its seed gives.
+    for i, member in enumerate(result.model.members):
+        alone = fit("nbp", _meta(pre), data, data, cfg.model_copy(update={"seed": 7 + i, "ensemble": 1})).model
+        torch.testing.assert_close(predict_logits(member, data), predict_logits(alone, data))
+    logits = [predict_logits(m, data) for m in result.model.members]
+    assert not torch.allclose(logits[0], logits[1])
+    torch.testing.assert_close(predict_logits(result.model, data), torch.stack(logits).mean(0))
+    # Epochs number on across members, so MLflow steps and the progress bar never restart.
+    assert [h["epoch"] for h in result.history] == list(range(len(result.history)))
+    assert [h["member"] for h in result.history] == sorted(h["member"] for h in result.history)
+    assert {h["member"] for h in result.history} == {0, 1, 2} and len(result.member_epochs) == 3
+
+    save_checkpoint(tmp_path, result.model, meta)
+    loaded, meta2 = from_checkpoint(tmp_path)
+    assert meta2.members == 3
+    np.testing.assert_allclose(predict_proba(loaded, meta2, df), predict_proba(result.model, meta, df), rtol=1e-6)
+    np.testing.assert_allclose(RowScorer(loaded, meta2).predict_proba(df), predict_proba(loaded, meta2, df),
+                               rtol=1e-5, atol=1e-7)
+    row = df.iloc[3].to_dict()
+    np.testing.assert_allclose(RowScorer(loaded, meta2).predict_row(row), predict_proba(loaded, meta2, df.iloc[[3]])[0],
+                               rtol=1e-5, atol=1e-7)
+
+    with pytest.raises(ValueError, match="3 members, config asks for ensemble 2"):
+        fit_ensemble("nbp", meta, data, data, cfg.model_copy(update={"ensemble": 2}))
+    # A checkpoint whose member count does not match its weights is refused, not half-loaded.
+    bad = json.loads((tmp_path / "model.json").read_text())
+    bad["members"] = 2
+    (tmp_path / "model.json").write_text(json.dumps(bad))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        from_checkpoint(tmp_path)
+    bad["members"] = 0
+    (tmp_path / "model.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="members must be at least 1, got 0"):
+        from_checkpoint(tmp_path)
