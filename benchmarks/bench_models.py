@@ -27,6 +27,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -103,7 +104,7 @@ def print_seeds(by_seed: dict[str, dict[int, float]], nbp_oracle: float, nbp_lgb
           f"churn >= 0.97 x oracle {int((churn >= 0.97 * churn_oracle).sum())} of {len(seeds)}")
 
 
-def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: list[int] = ()) -> None:
+def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequence[int] = ()) -> None:
     paths = Paths.from_workdir(workdir).ensure()
     catalogue = load_catalogue()
     t = time.perf_counter()

@@ -198,8 +198,7 @@ def fit_ensemble(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg
         epochs.append(result.best_epoch)
         history += [{**h, "epoch": offset + h["epoch"], "member": member} for h in result.history]
         offset += len(result.history)
-    model = Ensemble(nets)
-    model.eval()
+    model = Ensemble(nets)  # validation_scores puts it in eval mode
     return FitResult(model, epochs[0], validation_scores(task, model, val)[0], history, epochs)
 
 
