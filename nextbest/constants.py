@@ -25,7 +25,8 @@ CHANNELS = ("mobile_app", "web", "email", "push", "sms", "branch", "call_center"
 # Feast names: one FeatureService per model, used by name in training and serving.
 ENTITY_NAME = "customer"
 NBP_FEATURE_SERVICE = "next_best_product_v1"
-CHURN_FEATURE_SERVICE = "churn_v1"
+CHURN_FEATURE_SERVICE = "churn_v2"  # v1 without the products held: still applied, not trained on
+CHURN_FEATURE_SERVICE_V1 = "churn_v1"
 OFFER_CONTEXT_FEATURE_SERVICE = "offer_context_v1"
 REQUEST_CONTEXT_VIEW = "request_context"
 DIGITAL_CHANNELS = ("mobile_app", "web", "email", "push")

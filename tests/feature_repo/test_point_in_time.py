@@ -8,7 +8,8 @@ import pytest
 
 from feature_repo import store as feast_store
 from features.build import HOLDINGS_VIEW, PROFILE_VIEW
-from nextbest.constants import NBP_FEATURE_SERVICE, OFFER_CONTEXT_FEATURE_SERVICE
+from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_FEATURE_SERVICE_V1, NBP_FEATURE_SERVICE,
+                                OFFER_CONTEXT_FEATURE_SERVICE)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,19 @@ def test_request_context_is_the_same_function_online_and_offline(feast_workdir, 
     assert online["hour_sin"][0] == pytest.approx(np.sin(2 * np.pi * 20 / 24))
     for col in ("channel_digital", "is_weekend", "is_evening", "hour_sin", "hour_cos", "lifecycle", "relationship"):
         assert online[col][0] == pytest.approx(offline[col]) if col.startswith("hour") else online[col][0] == offline[col]
+
+
+def _names(service) -> set[str]:
+    return {f.name for projection in service.feature_view_projections for f in projection.features}
+
+
+def test_the_churn_service_reads_the_products_held_now_and_serving_has_them(feast_workdir, store):
+    """churn_v2 = churn_v1 + held_<product> for every product (no lags); both stay applied, and every
+    churn input is among the features serving reads online (the nbp service)."""
+    products = [c[len("held_"):] for c in pd.read_parquet(feast_workdir.features / f"{HOLDINGS_VIEW}.parquet").columns
+                if c.startswith("held_") and not c.startswith("held_lag")]
+    assert len(products) >= 10
+    v2, v1 = _names(store.get_feature_service(CHURN_FEATURE_SERVICE)), _names(store.get_feature_service(CHURN_FEATURE_SERVICE_V1))
+    assert v2 - v1 == {f"held_{p}" for p in products}
+    assert v1 < v2 and "n_products" in v1 and not any(n.startswith("held_lag") for n in v2)
+    assert v2 <= _names(store.get_feature_service(NBP_FEATURE_SERVICE))
