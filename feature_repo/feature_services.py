@@ -34,17 +34,15 @@ def feature_services(views: dict[str, FeatureView], context: OnDemandFeatureView
         name=NBP_FEATURE_SERVICE,
         features=[views[PROFILE_VIEW], views[HOLDINGS_VIEW], views[ACTIVITY_VIEW], views[SEGMENTS_VIEW]],
         description="Next-best-product model inputs (and the consent flags serving enforces).")
-    churn = FeatureService(
-        name=CHURN_FEATURE_SERVICE,
-        features=[views[PROFILE_VIEW], views[HOLDINGS_VIEW][churn_holdings_features(views[HOLDINGS_VIEW])],
-                  views[ACTIVITY_VIEW], views[SEGMENTS_VIEW]],
-        description="Churn model inputs: profile, activity, segments, holdings aggregates and the products held.")
+    def churn_service(name: str, holdings: list[str], description: str) -> FeatureService:
+        return FeatureService(name=name, description=description, features=[
+            views[PROFILE_VIEW], views[HOLDINGS_VIEW][holdings], views[ACTIVITY_VIEW], views[SEGMENTS_VIEW]])
+
+    churn = churn_service(CHURN_FEATURE_SERVICE, churn_holdings_features(views[HOLDINGS_VIEW]),
+                          "Churn model inputs: profile, activity, segments, holdings aggregates and the products held.")
     # Kept so that models trained on it can still have their training sets rebuilt.
-    churn_v1 = FeatureService(
-        name=CHURN_FEATURE_SERVICE_V1,
-        features=[views[PROFILE_VIEW], views[HOLDINGS_VIEW][list(CHURN_HOLDINGS_FEATURES)], views[ACTIVITY_VIEW],
-                  views[SEGMENTS_VIEW]],
-        description="Churn model inputs before churn_v2: holdings aggregates only, not the products held.")
+    churn_v1 = churn_service(CHURN_FEATURE_SERVICE_V1, list(CHURN_HOLDINGS_FEATURES),
+                             "Churn model inputs before churn_v2: holdings aggregates only, not the products held.")
     offer_context = FeatureService(
         name=OFFER_CONTEXT_FEATURE_SERVICE,
         features=[views[SEGMENTS_VIEW], context],

@@ -57,7 +57,8 @@ def test_quickstart_produced_every_stage(workdir):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
-    for name, metric, service in (("nbp", "test_map_at_7", "next_best_product_v1"), ("churn", "test_roc_auc", "churn_v2")):
+    for name, metric, service in (("nbp", "test_map_at_7", "next_best_product_v1"),
+                                  ("churn", "test_roc_auc", "churn_v2")):
         mv = client.get_model_version_by_alias(name, "champion")
         run = client.get_run(mv.run_id)
         assert metric in run.data.metrics

@@ -100,7 +100,8 @@ def test_the_churn_service_reads_the_products_held_now_and_serving_has_them(feas
     products = [c[len("held_"):] for c in pd.read_parquet(feast_workdir.features / f"{HOLDINGS_VIEW}.parquet").columns
                 if c.startswith("held_") and not c.startswith("held_lag")]
     assert len(products) >= 10
-    v2, v1 = _names(store.get_feature_service(CHURN_FEATURE_SERVICE)), _names(store.get_feature_service(CHURN_FEATURE_SERVICE_V1))
+    v2 = _names(store.get_feature_service(CHURN_FEATURE_SERVICE))
+    v1 = _names(store.get_feature_service(CHURN_FEATURE_SERVICE_V1))
     assert v2 - v1 == {f"held_{p}" for p in products}
     assert v1 < v2 and "n_products" in v1 and not any(n.startswith("held_lag") for n in v2)
     assert v2 <= _names(store.get_feature_service(NBP_FEATURE_SERVICE))
