@@ -28,12 +28,13 @@ inside the engine; the whole engine path's time is printed apart). Issue target:
 100,000 decisions at most 0.8 x the best baseline's.
 
 Off-policy evaluation on the same run: from the simulation's decision log (`monitoring.ope.
-from_event_log`), IPS, SNIPS and DR estimates of candidate policies -- greedy on our final
-posterior, and greedy on the prior (the policy before any feedback) -- on the first `--ope-at`
-logged decisions and on the last `--ope-at` (where the logging posterior has settled), beside
-their true value on those same contexts from the truth. The DR reward model is the final posterior
-(the acceptance model learned from the log) for both candidates. Issue target: DR within 5% of the truth
-at 50,000 logged decisions.
+from_event_log`), IPS, SNIPS, DR, DR with shrunk weights and direct-method estimates of candidate
+policies -- greedy on our final posterior, and greedy on the prior (the policy before any
+feedback) -- on the first `--ope-at` logged decisions and on the last `--ope-at` (where the
+logging posterior has settled), beside their true value on those same contexts from the truth.
+The reward model of DR and the direct method is the final posterior (the acceptance model learned
+from the log) for both candidates. Issue target: DR within 5% of the truth at 50,000 logged
+decisions.
 
 Analysis lines: the regret of a greedy policy that knows E[true acceptance | arm, channel,
 model-score decile], calibrated in-sample on the run's own truth: about the floor for any policy
@@ -258,8 +259,8 @@ def main() -> None:
         report["ope"] = {}
         print(f"\n## Off-policy evaluation on {args.ope_at:,} logged decisions (truth from the simulator)\n")
         print("| candidate policy | logged decisions | true value / decision | DR [95% CI] | DR error | IPS | SNIPS "
-              "| logged policy |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+              "| DR, shrunk weights (error) | direct method (error) | logged policy |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
         def fmt(e):
             return f"{e['value']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]"
@@ -270,8 +271,11 @@ def main() -> None:
                                                                          tuple(windows.values()),
                                                                          reward_model=final)):
                 report["ope"][f"{name}, {where} {args.ope_at}"] = ope
+                err = ope["errors"]
                 print(f"| {name} | {where} {ope['n']:,} | {ope['true_value']:.4f} | {fmt(ope['dr'])} | "
-                      f"{ope['dr_error']:+.2%} | {fmt(ope['ips'])} | {fmt(ope['snips'])} | {ope['logged_value']:.4f} |")
+                      f"{ope['dr_error']:+.2%} | {fmt(ope['ips'])} | {fmt(ope['snips'])} | "
+                      f"{ope['dr_os']['value']:.3f} ({err['dr_os']:+.2%}) | {ope['dm']['value']:.3f} "
+                      f"({err['dm']:+.2%}) | {ope['logged_value']:.4f} |")
     out = out_dir / f"bench_bandit-{args.steps}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nfiles: {', '.join(str(v) for v in files.values())}, {out}")

@@ -98,12 +98,62 @@ def doubly_robust(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> 
     Args:
         predicted: the reward model's expected reward of each candidate, (n, m) (0 for padding).
     """
+    w, direct, resid = _dr_terms(logged, target, predicted)
+    return _normal(direct + (w * resid).sum(1))
+
+
+def _dr_terms(logged: Logged, target: np.ndarray, predicted: np.ndarray):
+    """Importance weights (n, k), the reward model's value of the target's choices (n,), and the
+    served offers' residuals reward - predicted (n, k; 0 in empty slots)."""
     w, filled = _weights(logged, target)
     direct = np.einsum("nmk,nm->n", target, predicted)
     idx = np.where(filled, logged.served, 0)
-    q_served = np.take_along_axis(predicted, idx, axis=1)
-    correction = (w * np.where(filled, logged.reward - q_served, 0.0)).sum(1)
-    return _normal(direct + correction)
+    resid = np.where(filled, logged.reward - np.take_along_axis(predicted, idx, axis=1), 0.0)
+    return w, direct, resid
+
+
+def direct_method(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> Estimate:
+    """DM: the reward model's expected reward of the candidate's choices, no importance weights.
+
+    The lowest variance of all, and biased by whatever the reward model gets wrong; its interval
+    covers only the sampling of the logged contexts, not the reward model's own error.
+    """
+    return _normal(np.einsum("nmk,nm->n", target, predicted))
+
+
+# Shrinkage levels tried by `dr_shrunk`, as quantiles of the squared importance weights.
+_SHRINK_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+
+
+def dr_shrunk(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> tuple[Estimate, float]:
+    """DR with optimistic shrinkage of the weights (Su, Dimakopoulou, Krishnamurthy and Dudik, 2020).
+
+    Each weight w becomes lam * w / (w^2 + lam): large weights shrink, small ones barely move;
+    lam -> infinity is DR, lam -> 0 the direct method. lam is chosen among quantiles of w^2 (and
+    infinity) to minimise the estimated variance plus the squared estimated bias, the bias being
+    DR's value minus the shrunk one (DR is unbiased): mean(sum over slots (w - w_lam)(reward -
+    predicted)). Where the reward model is wrong the residuals carry it and that estimate grows, so
+    the weights stay; where it is right the residuals are noise and the weights shrink.
+
+    Returns:
+        (estimate, lam) -- lam is inf where plain DR was chosen. The interval is the normal one
+        around the shrunk terms and leaves out the bias the shrinkage admits: the bias is estimated
+        no better than DR's own noise, so a wrong reward model can pass for a right one and the
+        estimate then sits outside its interval. Read it beside DR, whose interval is honest.
+    """
+    w, direct, resid = _dr_terms(logged, target, predicted)
+    n = len(direct)
+    positive = w[(logged.served >= 0) & (w > 0)]
+    lams = [float(v) for v in np.quantile(positive ** 2, _SHRINK_QUANTILES)] if positive.size else []
+    best = None
+    for lam in sorted({v for v in lams if v > 0}) + [float("inf")]:
+        shrunk = w if np.isinf(lam) else lam * w / (w ** 2 + lam)
+        terms = direct + (shrunk * resid).sum(1)
+        bias = float(((w - shrunk) * resid).sum(1).mean())  # DR minus this estimate: DR is unbiased
+        mse = float(terms.var(ddof=1)) / n + bias ** 2
+        if best is None or mse < best[0]:
+            best = (mse, terms, lam)
+    return _normal(best[1]), best[2]
 
 
 def diagnostics(logged: Logged, target: np.ndarray) -> dict:
@@ -123,9 +173,13 @@ def diagnostics(logged: Logged, target: np.ndarray) -> dict:
 
 
 def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> dict[str, dict]:
-    """IPS, SNIPS and DR of one candidate policy, with weight diagnostics, as plain dicts for reports."""
+    """IPS, SNIPS, DR, DR with shrunk weights (`dr_os`, with its `lambda`) and the direct method (`dm`)
+    of one candidate policy, with weight diagnostics, as plain dicts for reports."""
+    shrunk, lam = dr_shrunk(logged, target, predicted)
     return {"ips": ips(logged, target).as_dict(), "snips": snips(logged, target).as_dict(),
-            "dr": doubly_robust(logged, target, predicted).as_dict(), "diagnostics": diagnostics(logged, target)}
+            "dr": doubly_robust(logged, target, predicted).as_dict(),
+            "dr_os": {**shrunk.as_dict(), "lambda": None if np.isinf(lam) else lam},
+            "dm": direct_method(logged, target, predicted).as_dict(), "diagnostics": diagnostics(logged, target)}
 
 
 def from_event_log(db_path, posterior, featuriser, explore_share: float, samples: int = 256,

@@ -213,9 +213,11 @@ def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> d
     for col in ("estimator", "value", "95% CI"):
         table.add_column(col)
     table.add_row("logged policy (observed)", f"{result['logged_value']:.4f}", "")
-    for name in ("ips", "snips", "dr"):
+    labels = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "dr_os": "DR, shrunk weights (interval omits its bias)",
+              "dm": "direct method (interval omits the model's error)"}
+    for name, label in labels.items():
         est = result[name]
-        table.add_row(name.upper(), f"{est['value']:.4f}", f"[{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]")
+        table.add_row(label, f"{est['value']:.4f}", f"[{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]")
     console.print(table)
     diag = result["diagnostics"]
     console.print(f"importance weights: effective sample size {diag['effective_sample_size']:,.0f} of "

@@ -897,8 +897,8 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
             one answer per window.
 
     Returns:
-        Per window: {"n", "true_value", "logged_value", "ips", "snips", "dr" (each {"value",
-        "ci95", "n"}), "dr_error" (relative)}.
+        Per window: {"n", "true_value", "logged_value", "ips", "snips", "dr", "dr_os", "dm" (each
+        {"value", "ci95", "n"}), "dr_error" (relative), "errors" (each estimator's, relative)}.
     """
     from monitoring.ope import Logged, estimate_all, from_event_log
 
@@ -921,6 +921,8 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
         part = Logged(logged.served[rows], logged.propensity[rows], logged.reward[rows])
         estimates = estimate_all(part, target[rows], predicted[rows])
         truth = float(np.einsum("nmk,nm->n", target[rows], true_ev[rows]).mean())
+        errors = {name: (estimates[name]["value"] - truth) / truth if truth else float("nan")
+                  for name in ("ips", "snips", "dr", "dr_os", "dm")}
         out.append({"n": len(rows), "true_value": truth, "logged_value": float(part.reward.sum(1).mean()),
-                    **estimates, "dr_error": (estimates["dr"]["value"] - truth) / truth if truth else float("nan")})
+                    **estimates, "dr_error": errors["dr"], "errors": errors})
     return out

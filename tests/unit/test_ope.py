@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitoring.ope import Logged, doubly_robust, from_event_log, ips, snips
+from monitoring.ope import Logged, direct_method, doubly_robust, dr_shrunk, from_event_log, ips, snips
 from serving.bandit import Context, Featuriser, Posterior, choose, sigmoid, slot_propensities
 from serving.eventlog import EventLog
 
@@ -39,6 +39,7 @@ def test_ips_and_doubly_robust_recover_the_true_value(seed):
     n, k, share = 50_000, 2, 0.3
     served, prop, reward = np.full((n, k), -1), np.ones((n, k)), np.zeros((n, k))
     target, predicted, true_values = np.zeros((n, len(ARMS), k)), np.zeros((n, len(ARMS))), np.zeros(n)
+    exact = np.zeros((n, len(ARMS)))  # the true expected reward of every candidate
     for i in range(n):
         ctx, base = _context(rng)
         x = f.matrix(ARMS, base, np.zeros(len(ARMS)), ctx)
@@ -49,7 +50,8 @@ def test_ips_and_doubly_robust_recover_the_true_value(seed):
             reward[i, j] = float(rng.random() < p_true[arm]) * VALUE[arm]
         target[i] = slot_propensities(target_post, x, VALUE, k, 0.0, rng, 1)  # greedy: exact
         predicted[i] = sigmoid(x @ logging.mean) * VALUE  # a wrong reward model: DR must correct it
-        true_values[i] = (target[i] * (p_true * VALUE)[:, None]).sum()
+        exact[i] = p_true * VALUE
+        true_values[i] = (target[i] * exact[i][:, None]).sum()
     logged = Logged(served, prop, reward)
     truth_value = true_values.mean()
     logging_value = reward.sum(1).mean()
@@ -62,8 +64,17 @@ def test_ips_and_doubly_robust_recover_the_true_value(seed):
     est = snips(logged, target)
     assert est.low < est.value < est.high and abs(est.value - truth_value) / truth_value < 0.25
     # The direct method alone (the wrong reward model) would be far off: the correction matters.
-    direct = np.einsum("nmk,nm->n", target, predicted).mean()
-    assert abs(direct - truth_value) / truth_value > 0.1
+    dm_error = abs(direct_method(logged, target, predicted).value - truth_value) / truth_value
+    assert dm_error > 0.1
+    # Shrinking the weights keeps enough of that correction: far closer than the direct method.
+    shrunk, _ = dr_shrunk(logged, target, predicted)
+    assert abs(shrunk.value - truth_value) / truth_value < min(0.1, dm_error / 2), shrunk
+    # With the true reward model the direct method is the truth itself, and shrinking the weights
+    # narrows DR's interval while staying close to the truth.
+    assert np.isclose(direct_method(logged, target, exact).value, truth_value, rtol=1e-12)
+    dr_exact, (shrunk_exact, lam_exact) = doubly_robust(logged, target, exact), dr_shrunk(logged, target, exact)
+    assert np.isfinite(lam_exact) and shrunk_exact.high - shrunk_exact.low < dr_exact.high - dr_exact.low
+    assert abs(shrunk_exact.value - truth_value) / truth_value < 0.05, shrunk_exact
 
 
 def test_the_event_log_gives_the_same_arrays(tmp_path):
@@ -126,7 +137,8 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
     import json
 
     report = json.loads(next((tmp_path / "reports").glob("*/ope-champion-explore0.json")).read_text())
-    assert report["logged_value"] > 0 and {"ips", "snips", "dr"} <= set(report)
+    assert report["logged_value"] > 0 and {"ips", "snips", "dr", "dr_os", "dm"} <= set(report)
+    assert "DR, shrunk weights" in result.output and "direct method" in result.output
     assert report["dr"]["ci95"][0] <= report["dr"]["value"] <= report["dr"]["ci95"][1]
 
 
