@@ -143,7 +143,7 @@ def dr_shrunk(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> tupl
     """
     w, direct, resid = _dr_terms(logged, target, predicted)
     n = len(direct)
-    positive = w[(logged.served >= 0) & (w > 0)]
+    positive = w[w > 0]  # empty slots weigh 0
     lams = [float(v) for v in np.quantile(positive ** 2, _SHRINK_QUANTILES)] if positive.size else []
     best = None
     for lam in sorted({v for v in lams if v > 0}) + [float("inf")]:
