@@ -21,8 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## Unit tests only (seconds).
+## The tests not marked slow: unit, data, adapters, Feast and training (a few minutes).
 test-fast: $(STAMP)
+	@echo "test-fast leaves out the slow tests (marked slow: the real service, end to end, the closed-loop simulator, deploy); make test runs them all"
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:

@@ -6,7 +6,7 @@
                                       [--variant explore_share=0.05 --variant prior.intercept=0.5 ...]
 
 What runs (simulation/bandit_sim.py): `--steps` requests of the work dir's customers (latest
-snapshot), each through the real decision path (`serving.engine.DecisionEngine`: online features,
+snapshot), each through the real decision path (`nextbest.serving.engine.DecisionEngine`: online features,
 both champion models, every rule with the simulation's own decision log as contact history, with
 simulated time), with our policy (`nextbest`: configs/bandit.yaml's Thompson sampling, learning
 online through `engine.feedback`) on the path. Every baseline is scored on exactly the same steps
@@ -27,7 +27,7 @@ vw), realised acceptance and reward, and the policy's own compute time (for ours
 inside the engine; the whole engine path's time is printed apart). Issue target: our regret after
 100,000 decisions at most 0.8 x the best baseline's.
 
-Off-policy evaluation on the same run: from the simulation's decision log (`monitoring.ope.
+Off-policy evaluation on the same run: from the simulation's decision log (`nextbest.monitoring.ope.
 from_event_log`), IPS, SNIPS, DR, DR with shrunk weights and direct-method estimates of candidate
 policies -- greedy on our final posterior, and greedy on the prior (the policy before any
 feedback) -- on the first `--ope-at` logged decisions and on the last `--ope-at` (where the
@@ -62,7 +62,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 BASELINES = ("greedy", "epsilon_greedy", "linucb", "lints", "vw")
 
@@ -95,7 +94,7 @@ def _variant(pairs: list[str]):
         changes[key.strip()] = float(value)
 
     def tune(engine):
-        from serving.bandit import Featuriser, OnlinePolicy
+        from nextbest.serving.bandit import Featuriser, OnlinePolicy
 
         cfg = engine.policy_cfg
         top = {k: (int(v) if k == "propensity_samples" else v) for k, v in changes.items() if "." not in k}
@@ -114,7 +113,7 @@ def calibrated_bound(steps, oracle_total: float, bins: int = 10) -> float:
     the whole run (in-sample): about the best any policy seeing those features could do."""
     import numpy as np
 
-    from serving.bandit import logit
+    from nextbest.serving.bandit import logit
 
     cells: dict = {}
     for s in steps:
@@ -147,7 +146,7 @@ def frozen_regret(steps, featuriser, weights) -> float:
     step: what a policy would lose if it had known these weights all along (no cost of learning)."""
     import numpy as np
 
-    from serving.bandit import sigmoid
+    from nextbest.serving.bandit import sigmoid
 
     regret = 0.0
     for s in steps:
@@ -163,7 +162,7 @@ def best_in_class(steps, featuriser, start, every: int = 3, ridge: float = 1e-3)
     class can know."""
     import numpy as np
 
-    from serving.bandit import sigmoid
+    from nextbest.serving.bandit import sigmoid
 
     x = np.vstack([s.rows(featuriser) for s in steps[::every] if s.arms])
     y = np.concatenate([s.p_true for s in steps[::every] if s.arms])
@@ -190,9 +189,9 @@ def main() -> None:
     ap.add_argument("--no-ope", action="store_true")
     args = ap.parse_args()
 
+    from nextbest.serving.bandit import Posterior
     from nextbest.settings import Paths
-    from serving.bandit import Posterior
-    from simulation.bandit_sim import ope_against_truth, simulate_workdir
+    from nextbest.simulation.bandit_sim import ope_against_truth, simulate_workdir
 
     _ensure_workdir(args.source, args.workdir, args.customers)
     paths = Paths.from_workdir(args.workdir).ensure()

@@ -5,7 +5,7 @@ Data: a reference and a current sample of ROWS rows each (default 1,000,000) x F
 categorical with 2-12 values), the reference spread over 6 months. DRIFTED columns (default 6)
 drift in the current sample: mean shifts of 0.3 sd, a 40% scale change, a category share moved.
 
-Our path (`monitoring.drift`): every statistic exact on all rows, one column at a time
+Our path (`nextbest.monitoring.drift`): every statistic exact on all rows, one column at a time
 (Evidently's own stattest functions: normalised Wasserstein, Jensen-Shannon); the natural-
 variation threshold from each reference month against the others (months sub-sampled to
 20,000 rows, the rest to 100,000: only the threshold's calibration is sampled); the Evidently
@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def make_data(rows: int, features: int, drifted: int,
@@ -85,7 +84,7 @@ def _rss_mb() -> float:
 def run_ours(args) -> dict:
     ref, cur, months, drifted = make_data(args.rows, args.features, args.drifted)
     after_data = _rss_mb()
-    from monitoring import drift as D
+    from nextbest.monitoring import drift as D
 
     started = time.perf_counter()
     kinds = {c: D.column_kind(ref[c]) for c in ref.columns}
@@ -116,7 +115,7 @@ def run_plain(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="drift-bench-") as tmp:
         snapshot.save_html(str(Path(tmp) / "plain.html"))
     total = time.perf_counter() - started
-    from monitoring.drift import report_scores
+    from nextbest.monitoring.drift import report_scores
 
     result = snapshot.dict()
     flagged = []

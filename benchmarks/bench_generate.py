@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,14 +24,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from nextbest.config import load_catalogue  # noqa: E402
-from nextbest.constants import CUSTOMER_ID, PRODUCT_ID, SNAPSHOT_DATE  # noqa: E402
-from nextbest.settings import Paths  # noqa: E402
-from simulation.bank import BankSpec  # noqa: E402
-from simulation.marginals import marginals, markdown_table  # noqa: E402
-from simulation.write import generate_to  # noqa: E402
+from nextbest.config import load_catalogue
+from nextbest.constants import CUSTOMER_ID, PRODUCT_ID, SNAPSHOT_DATE
+from nextbest.settings import Paths
+from nextbest.simulation.bank import BankSpec
+from nextbest.simulation.marginals import marginals, markdown_table
+from nextbest.simulation.write import generate_to
 
 
 def peak_rss_gb() -> float:

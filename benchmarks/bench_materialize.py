@@ -5,8 +5,8 @@
 1. Simulates a bank of `--subset` customers through the project's pipeline (simulation ->
    features -> `feast apply`).
 2. Materialises its latest snapshot with stock Feast (`FeatureStore.materialize` into Feast's
-   SQLite online store) and with our default path (`feature_repo.store.materialize` into
-   `feature_repo.online_store.RowSqliteOnlineStore`): rows/s of each and the ratio, and checks
+   SQLite online store) and with our default path (`nextbest.feature_repo.store.materialize` into
+   `nextbest.feature_repo.online_store.RowSqliteOnlineStore`): rows/s of each and the ratio, and checks
    that both stores serve the same values.
 3. Times one-customer online reads (`get_online_features` with the next-best-product feature
    service, then `to_dict()`) on both stores: p50 and p99.
@@ -40,12 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from feature_repo import store as feast_store  # noqa: E402
-from features.build import PROFILE_VIEW, VIEWS  # noqa: E402
-from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE  # noqa: E402
-from nextbest.settings import Paths  # noqa: E402
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE
+from nextbest.feature_repo import store as feast_store
+from nextbest.features.build import PROFILE_VIEW, VIEWS
+from nextbest.settings import Paths
 
 END = pd.Timestamp("2026-10-31")
 
@@ -67,10 +65,10 @@ def own_peak_rss_gb() -> float:
 
 
 def simulate(paths: Paths, customers: int, months: int) -> None:
-    from features.pipeline import build_features_to
     from nextbest.config import load_catalogue
-    from simulation.bank import BankSpec
-    from simulation.write import generate_to
+    from nextbest.features.pipeline import build_features_to
+    from nextbest.simulation.bank import BankSpec
+    from nextbest.simulation.write import generate_to
 
     catalogue = load_catalogue()
     generate_to(paths, catalogue, BankSpec(n_customers=customers, n_months=months, seed=1, end=END))

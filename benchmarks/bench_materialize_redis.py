@@ -8,7 +8,7 @@
 2. Starts a private `redis-server` (from PATH, no persistence) and materialises the latest
    snapshot twice, into two databases of it: with stock Feast (`FeatureStore.materialize` over
    the views' TTL, Feast's `RedisOnlineStore.online_write_batch`) and with our path
-   (`feature_repo.store.materialize`, `feature_repo.redis_store.write_batches`): rows/s of each
+   (`nextbest.feature_repo.store.materialize`, `nextbest.feature_repo.redis_store.write_batches`): rows/s of each
    and the ratio. Both databases must then hold exactly the same keys, fields and bytes.
 3. Times one-customer online reads (`get_online_features` with the next-best-product feature
    service, then `to_dict()`) from Redis and from the project's SQLite store: p50 and p99, and
@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import io
 import shutil
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -37,15 +36,13 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_materialize import read_latencies, rss_gb, simulate, window_rows  # noqa: E402
-from feature_repo import store as feast_store  # noqa: E402
-from feature_repo.redis_store import RedisTarget  # noqa: E402
-from features.build import PROFILE_VIEW, VIEWS  # noqa: E402
-from nextbest.constants import CUSTOMER_ID, NBP_FEATURE_SERVICE  # noqa: E402
-from nextbest.settings import Paths  # noqa: E402
-from tests.redis_server import redis_server  # noqa: E402
+from benchmarks.bench_materialize import read_latencies, rss_gb, simulate, window_rows
+from nextbest.constants import CUSTOMER_ID, NBP_FEATURE_SERVICE
+from nextbest.feature_repo import store as feast_store
+from nextbest.feature_repo.redis_store import RedisTarget
+from nextbest.features.build import PROFILE_VIEW, VIEWS
+from nextbest.settings import Paths
+from tests.redis_server import redis_server
 
 
 def _redis_choice(port: int, db: int) -> feast_store.OnlineStoreChoice:

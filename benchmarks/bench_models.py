@@ -1,4 +1,4 @@
-"""Model quality against the targets of issue 4, on one simulated bank, in one run:
+"""Model quality against its targets, on one simulated bank, in one run:
 
     python benchmarks/bench_models.py [--customers 20000] [--months 18] [--workdir DIR]
                                       [--train-seeds 43,44,45]
@@ -24,7 +24,6 @@ tenure and loan history. (b) / (a) is the ceiling of a model, however good, rela
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,16 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from feature_repo import store as feast_store  # noqa: E402
-from features.pipeline import build_features_to  # noqa: E402
-from nextbest.config import load_catalogue, load_train_config  # noqa: E402
-from nextbest.settings import Paths  # noqa: E402
-from simulation.bank import BankSpec  # noqa: E402
-from simulation.write import generate_to  # noqa: E402
-from training.metrics import map_at_k  # noqa: E402
-from training.pipeline import prepare, train_model  # noqa: E402
+from nextbest.config import load_catalogue, load_train_config
+from nextbest.feature_repo import store as feast_store
+from nextbest.features.pipeline import build_features_to
+from nextbest.settings import Paths
+from nextbest.simulation.bank import BankSpec
+from nextbest.simulation.write import generate_to
+from nextbest.training.metrics import map_at_k
+from nextbest.training.pipeline import prepare, train_model
 
 END = pd.Timestamp("2026-10-31")
 
@@ -51,7 +48,7 @@ def observable_ceiling(customers: int, months: int, seed: int, warmup: int = 6) 
     clients of the bank that `run` generates (same spec, same seed: the same bank)."""
     import numpy as np
 
-    from simulation.bank import _Bank
+    from nextbest.simulation.bank import _Bank
 
     spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=END)
     bank = _Bank(load_catalogue(), spec)

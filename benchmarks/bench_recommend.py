@@ -59,7 +59,6 @@ import asyncio
 import concurrent.futures
 import json
 import multiprocessing
-from multiprocessing.process import BaseProcess
 import os
 import platform
 import random
@@ -68,13 +67,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nextbest.cli import free_port, serve_command, serve_env, stop_server, wait_ready
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE
+from nextbest.settings import Paths
 
-from nextbest.cli import free_port, serve_command, serve_env, stop_server, wait_ready  # noqa: E402
-from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE  # noqa: E402
-from nextbest.settings import REPO_ROOT, Paths  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PROFILE_TABLE = "customer_profile.parquet"
 SERVICE_NAME = "nextbest"  # @bentoml.service(name=...) in serving/service.py
@@ -439,14 +439,14 @@ def prepare(paths: Paths, customers: int, months: int, seed: int) -> bool:
 
 def feature_refs(paths: Paths) -> list[str]:
     """The next-best-product feature service's features as `view:feature` references."""
-    from feature_repo.store import open_store
+    from nextbest.feature_repo.store import open_store
 
     service = open_store(paths).get_feature_service(NBP_FEATURE_SERVICE)
     return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
 
 
 def online_store_description(paths: Paths) -> str:
-    from feature_repo.store import current_online_store
+    from nextbest.feature_repo.store import current_online_store
 
     choice = current_online_store(paths)
     return choice.describe() if choice else "another online store (not one of nextbest's)"

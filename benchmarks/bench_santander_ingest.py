@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from features.adapters.santander import FLAGS  # noqa: E402
+from nextbest.features.adapters.santander import FLAGS
 
 REAL_MONTHS = 17  # 2015-01 .. 2016-05
 PROVINCES = np.array(["MADRID", "BARCELONA", "VALENCIA", "SEVILLA", "CORUÑA, A", "MALAGA", "PALMAS, LAS",
@@ -124,8 +122,8 @@ def synthesise(path: Path, rows: int, customers: int | None = None, seed: int = 
 
 
 def ingest_only(csv_path: Path, out_dir: Path, chunksize: int) -> dict:
-    from features.adapters.santander import ingest_santander
     from nextbest.config import load_catalogue
+    from nextbest.features.adapters.santander import ingest_santander
 
     catalogue = load_catalogue()
     before = peak_rss_mb()

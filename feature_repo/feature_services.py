@@ -6,9 +6,9 @@ import re
 
 from feast import FeatureService, FeatureView, OnDemandFeatureView
 
-from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW
 from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_FEATURE_SERVICE_V1, NBP_FEATURE_SERVICE,
                                 OFFER_CONTEXT_FEATURE_SERVICE)
+from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW
 
 CHURN_HOLDINGS_FEATURES = ("n_products", "n_products_change_3m", "months_since_acquisition", "months_since_closure",
                            "total_balance", "balance_change_3m", "balance_change_6m")
@@ -22,7 +22,7 @@ def churn_holdings_features(holdings: FeatureView) -> list[str]:
     Which products are held matters on its own: a customer whose only products are a loan and a
     card that both close within months leaves the bank without ever churning on purpose, and the
     count `n_products` cannot tell that customer from one holding a current account and a savings
-    account (README, model quality: 0.972 -> 0.974 x the oracle's ROC AUC at seed 42, mean of four
+    account (docs/benchmarks.md, model quality: 0.972 -> 0.974 x the oracle's ROC AUC at seed 42, mean of four
     seeds 0.973 -> 0.978; 0.968 -> 0.976 on a second bank).
     """
     held = [f.name for f in holdings.features if _HELD_NOW.match(f.name)]

@@ -10,9 +10,8 @@ from feast import Entity, FeatureView, Field, OnDemandFeatureView, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32, Float64, Int64, String
 
-from feature_repo.data_sources import file_source
-from nextbest.constants import (CUSTOMER_ID, EVENT_TIMESTAMP, REALTIME_FEATURES, REALTIME_PUSH_SOURCE,
-                                 REALTIME_VIEW)
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, REALTIME_FEATURES, REALTIME_PUSH_SOURCE, REALTIME_VIEW
+from nextbest.feature_repo.data_sources import file_source
 
 # Snapshots are month ends: a value is valid until the next one (at most 31 days later).
 SNAPSHOT_TTL = timedelta(days=31)

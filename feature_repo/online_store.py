@@ -62,7 +62,7 @@ from pydantic import StrictStr
 
 logger = logging.getLogger(__name__)
 
-STORE_TYPE = "feature_repo.online_store.RowSqliteOnlineStore"
+STORE_TYPE = "nextbest.feature_repo.online_store.RowSqliteOnlineStore"
 LAYOUT_TABLE = "feast_row_layouts"
 LAYOUT_VERSION = 1
 COLUMNS = ("entity_key", "event_ts", "layout", "fixed", "var")
@@ -101,7 +101,7 @@ _KIND_OF_FIELD = {"float_val": _K_FLOAT, "double_val": _K_DOUBLE, "int64_val": _
 class RowSqliteOnlineStoreConfig(FeastConfigBaseModel):
     """Online store config: `type: feature_repo.online_store.RowSqliteOnlineStore` and `path`."""
 
-    type: Literal["feature_repo.online_store.RowSqliteOnlineStore"] = "feature_repo.online_store.RowSqliteOnlineStore"
+    type: Literal["nextbest.feature_repo.online_store.RowSqliteOnlineStore"] = "nextbest.feature_repo.online_store.RowSqliteOnlineStore"
     path: StrictStr = "data/online_store.db"
     """Path of the SQLite file; relative paths are relative to the repo path, as for `sqlite`."""
 

@@ -36,7 +36,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from feature_repo.online_store import _as_array, _entity_keys, _feature_columns
+from nextbest.feature_repo.online_store import _as_array, _entity_keys, _feature_columns
 
 REDIS_PASSWORD_ENV = "NEXTBEST_REDIS_PASSWORD"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"

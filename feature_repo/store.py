@@ -22,16 +22,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_repo.entities import customer_entity
-from feature_repo.feature_services import feature_services
-from feature_repo.features import empty_realtime_table, feature_view, realtime_view, request_context_view
-from feature_repo.online_store import STORE_TYPE, RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
-from feature_repo.redis_store import (DEFAULT_REDIS_URL, REDIS_PASSWORD_ENV, OnlineStoreUnavailable, RedisTarget,
-                                      redis_target)
-from features.build import PROFILE_VIEW, VIEWS
 from nextbest.constants import EVENT_TIMESTAMP, REALTIME_VIEW
+from nextbest.feature_repo.entities import customer_entity
+from nextbest.feature_repo.feature_services import feature_services
+from nextbest.feature_repo.features import empty_realtime_table, feature_view, realtime_view, request_context_view
+from nextbest.feature_repo.online_store import STORE_TYPE, RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
+from nextbest.feature_repo.redis_store import (DEFAULT_REDIS_URL, REDIS_PASSWORD_ENV, OnlineStoreUnavailable,
+                                               RedisTarget, redis_target)
+from nextbest.features.build import PROFILE_VIEW, VIEWS
 from nextbest.io import atomic_write_parquet
-from nextbest.settings import REPO_ROOT, Paths
+from nextbest.settings import Paths
 
 _READ_BATCH_ROWS = 131_072  # rows decoded from a feature table at a time when materialising
 
@@ -130,7 +130,7 @@ def write_store_config(paths: Paths, choice: OnlineStoreChoice | None = None) ->
     """Writes `<workdir>/feast/feature_store.yaml` from the template in `feature_repo/` for the
     chosen online store (default: the work directory's current one, else SQLite)."""
     choice = choice or current_online_store(paths) or OnlineStoreChoice()
-    text = (REPO_ROOT / "feature_repo" / _TEMPLATES[choice.kind]).read_text().replace("${WORKDIR}", str(paths.root))
+    text = (Path(__file__).resolve().parent / _TEMPLATES[choice.kind]).read_text().replace("${WORKDIR}", str(paths.root))
     if choice.redis is not None:
         text = text.replace("${REDIS_CONNECTION_STRING}", choice.redis.connection_string)
     paths.feast.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def materialize(paths: Paths, end: datetime | None = None) -> int:
     feature tables straight to a bulk writer: one row per customer within the view's TTL before
     `end`, the value a point-in-time join at `end` gives. The project's SQLite store gets them
     through `RowSqliteOnlineStore.write_batches`; Redis through
-    `feature_repo.redis_store.write_batches`, in Feast's own layout, so stock
+    `nextbest.feature_repo.redis_store.write_batches`, in Feast's own layout, so stock
     `get_online_features` serves them. The registry records the interval as Feast's
     `materialize` does. Any other online store goes through Feast's `materialize` over the last
     day.
@@ -276,7 +276,7 @@ def materialize(paths: Paths, end: datetime | None = None) -> int:
     if _is_single_redis(config):
         from feast.infra.online_stores.redis import RedisOnlineStore
 
-        from feature_repo.redis_store import write_batches
+        from nextbest.feature_repo.redis_store import write_batches
 
         client = RedisOnlineStore()._get_client(config)  # Feast's own client, as reads will use
         try:
@@ -329,10 +329,9 @@ def _reachable(store):
     try:
         yield
     except Exception as exc:
+        from redis.exceptions import AuthenticationError, ResponseError
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        from redis.exceptions import AuthenticationError, ResponseError
 
         if not isinstance(exc, (RedisConnectionError, RedisTimeoutError, ResponseError)):
             raise

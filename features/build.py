@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.schema import SchemaError
-from features.segments import lifecycle_states, segment_frame
 from nextbest.config import Catalogue, SegmentsConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, PRODUCT_ID, SNAPSHOT_DATE
+from nextbest.features.schema import SchemaError
+from nextbest.features.segments import lifecycle_states, segment_frame
 
 PROFILE_VIEW = "customer_profile"
 HOLDINGS_VIEW = "customer_holdings"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from features.build import build_feature_tables
 from nextbest.config import Catalogue, SegmentsConfig, load_segments
+from nextbest.features.build import build_feature_tables
 from nextbest.io import atomic_write_parquet, read_raw
 from nextbest.settings import Paths
 

@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from monitoring.kpi import business_kpis
-from monitoring.uplift import CONVERSION_FEEDBACK, GLOBAL, uplift
 from nextbest.config import ConfigError, load_bandit, load_catalogue
 from nextbest.constants import DEFAULT_SEED
+from nextbest.monitoring.kpi import business_kpis
+from nextbest.monitoring.uplift import CONVERSION_FEEDBACK, GLOBAL, uplift
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222;max-width:1100px}
@@ -127,7 +127,7 @@ def _kpi_rows(groups: dict) -> list[list[str]]:
 
 
 def kpi_html(kpis: dict, full: bool = True) -> str:
-    """The business KPIs (the dict of `monitoring.kpi.business_kpis`) as HTML: a page, or a fragment."""
+    """The business KPIs (the dict of `nextbest.monitoring.kpi.business_kpis`) as HTML: a page, or a fragment."""
     period = kpis["period"]
     parts = [f'<p class="muted">Decisions from {_when(period["first_decision"])} to {_when(period["last_decision"])}'
              f'{"" if period["until"] is None else " (period ends " + _when(period["until"]) + ")"}.</p>']
@@ -190,7 +190,7 @@ def _uplift_row(label: str, s: dict) -> list[str]:
 
 
 def uplift_html(result: dict, full: bool = True) -> str:
-    """The uplift result (the dict of `monitoring.uplift.uplift`) as HTML: a page, or a fragment."""
+    """The uplift result (the dict of `nextbest.monitoring.uplift.uplift`) as HTML: a page, or a fragment."""
     conf = f"{100 * result['confidence']:g}%"
     since, until = result["period"]["since"], result["period"]["until"]
     parts = [f'<p class="muted">Customers first exposed from '

@@ -8,7 +8,7 @@ Why the first version flagged 16-25% of the columns of an undrifted bank, and wh
    snapshot, so the values are censored (a 6-month lag is 0, a 180-day inflow holds one month).
    A reference window that starts with the data mixes those censored months in: `held_lag6_*`
    scored 840 standard deviations on its warm-up months and 0.01 after. Each column therefore
-   has a look-back (`lookback_months`, from the naming of `features.build`), and reference
+   has a look-back (`lookback_months`, from the naming of `nextbest.features.build`), and reference
    months younger than it are masked (NaN, which Evidently drops per column).
 2. *Counters censored by the length of the history.* `months_since_*`, `days_since_last_offer`
    and `last_offer_response` can only count back to the first snapshot, so their distributions
@@ -53,7 +53,7 @@ NUMERICAL, CATEGORICAL = "num", "cat"
 NUMERICAL_METHODS = ("wasserstein", "jensenshannon", "psi", "hellinger", "kl_div", "ed")
 CATEGORICAL_METHODS = ("jensenshannon", "psi", "hellinger", "kl_div")
 MONTH = "_month"  # reference month label used for the natural-variation chunks
-# Counters of `features.build` that reach back to the first snapshot at most.
+# Counters of `nextbest.features.build` that reach back to the first snapshot at most.
 CENSORED_MONTHS = re.compile(r"^months_since_")
 CENSORED_DAYS = ("days_since_last_offer",)
 LAST_RESPONSE = "last_offer_response"
@@ -80,7 +80,7 @@ def column_kind(series: pd.Series, max_categories: int = 20) -> str:
 def lookback_months(column: str, censor_cap: int, derived: int, overrides: dict[str, int] | None = None) -> int:
     """Months of history before a snapshot that a feature needs to be fully observed.
 
-    Follows the naming of `features.build`: `held_lag<N>_*` needs N months, `*_<N>d` windows need
+    Follows the naming of `nextbest.features.build`: `held_lag<N>_*` needs N months, `*_<N>d` windows need
     the months that N days can span (`ceil(N / 28) - 1`: a 30-day window at a 28-day February
     reaches into January), `*_<N>m` changes N months; the censored counters need `censor_cap`
     once capped; the segment columns (`need_*`, tiers, lifecycle, margin) are derived from windows

@@ -7,7 +7,7 @@ gate) and `index.html` (a page linking them). The gate's thresholds are `configs
 
 Sections:
 - feature drift: reference = the champion nbp model's training months (its model.json), current
-  = the latest snapshot of the feature tables (`monitoring.drift` explains the tests).
+  = the latest snapshot of the feature tables (`nextbest.monitoring.drift` explains the tests).
 - served feature drift: the same reference against the online feature vectors logged at serving
   time (events.db `served_features`), when there are any.
 - prediction drift: the champion's scores per product on a sample of the reference window
@@ -18,7 +18,7 @@ Sections:
   acceptance in the reference window).
 - churn: the champion churn model's predictions on the last snapshot whose outcome has matured
   (`horizon_months` before the latest) against who actually left (the training label of
-  `training.datasets.churn_labels`), overall and by bins of predicted probability.
+  `nextbest.training.datasets.churn_labels`), overall and by bins of predicted probability.
 - extra sections: callables `(paths, config, out_dir) -> (name, dict, html_path_or_None)`, for
   business KPIs, uplift and off-policy evaluation; a dict with a boolean `passed` joins the gate.
 """
@@ -38,11 +38,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from monitoring import drift as D
 from nextbest.config import validated
-from nextbest.io import atomic_write, write_json
 from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, PRODUCT_ID, SNAPSHOT_DATE
-from nextbest.settings import CONFIG_DIR, Paths
+from nextbest.io import atomic_write, write_json
+from nextbest.monitoring import drift as D
+from nextbest.settings import Paths, config_file
 
 FEATURE_VIEWS = ("customer_profile", "customer_holdings", "customer_activity", "customer_segments")
 REQUIRED_VIEWS = FEATURE_VIEWS[:3]
@@ -181,7 +181,7 @@ def load_monitoring(path: Path | None = None) -> MonitoringConfig:
     Raises:
         ConfigError: missing file, bad YAML, or a bad key or value (the message names it).
     """
-    return validated(MonitoringConfig, Path(path) if path else CONFIG_DIR / "monitoring.yaml")
+    return validated(MonitoringConfig, Path(path) if path else config_file("monitoring.yaml"))
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -211,15 +211,15 @@ def load_features(paths: Paths) -> pd.DataFrame:
 
 def champion(paths: Paths, name: str):
     """(model, meta) of `name@champion`, or None when none is registered."""
-    if not (paths.mlflow / "mlflow.db").exists():  # no registry yet: do not create one (nor import MLflow)
-        return None
+    if paths.mlflow_uri == paths.local_mlflow_uri and not (paths.mlflow / "mlflow.db").exists():
+        return None  # no registry yet: do not create one (nor import MLflow)
     try:
-        from training.registry import fetch_alias
+        from nextbest.training.registry import fetch_alias
 
         local = fetch_alias(paths, name).local_dir
     except LookupError:
         return None
-    from training.models import from_checkpoint
+    from nextbest.training.models import from_checkpoint
 
     return from_checkpoint(local)
 
@@ -283,7 +283,7 @@ class _Prepared:
 
 def prepare_features(features: pd.DataFrame, cfg: FeatureSection, reference_months: list[str] | None,
                      reference_source: str) -> _Prepared:
-    """Censoring, windows, look-backs and warm-up masking (see `monitoring.drift`)."""
+    """Censoring, windows, look-backs and warm-up masking (see `nextbest.monitoring.drift`)."""
     columns = D.feature_columns(features, cfg.include, cfg.exclude)
     data, transforms = D.censor(features[[CUSTOMER_ID, EVENT_TIMESTAMP, *columns]], cfg.censor_cap_months)
     kinds = {c: D.column_kind(data[c], cfg.max_categories) for c in columns}
@@ -338,7 +338,7 @@ def feature_drift(features: pd.DataFrame, cfg: MonitoringConfig, reference_month
 
 
 def _score(model, meta, df: pd.DataFrame, batch: int = 50_000) -> np.ndarray:
-    from training.models import predict_proba
+    from nextbest.training.models import predict_proba
 
     parts = [predict_proba(model, meta, df.iloc[i:i + batch]) for i in range(0, len(df), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, len(meta.outputs)), dtype=np.float32)
@@ -480,7 +480,7 @@ def _historical_acceptance(paths: Paths, reference_months: list[str]) -> dict | 
 def churn_section(paths: Paths, features: pd.DataFrame, churn, cfg: MonitoringConfig) -> dict:
     """Predicted vs realised churn on the last matured snapshot, and the realised rate against training."""
     from nextbest.config import load_catalogue, load_train_config
-    from training.datasets import LABEL_PREFIX, churn_labels
+    from nextbest.training.datasets import LABEL_PREFIX, churn_labels
 
     model, meta = churn
     horizon = load_train_config("churn").horizon_months

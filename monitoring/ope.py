@@ -191,7 +191,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     share, `uniform_share` of it uniform (e.g. the current posterior with no exploration, or a
     challenger's), replayed on each
     decision's logged candidates and context. Offers without a reward count as not accepted.
-    With a `monitoring.rescore.Rescorer`, the candidate policy scores the candidates with that
+    With a `nextbest.monitoring.rescore.Rescorer`, the candidate policy scores the candidates with that
     model (e.g. the `challenger`) on the features each customer had at decision time.
 
     The DR estimate's reward model is `reward_model` (default: `posterior`) on the rows each
@@ -205,7 +205,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     import json
     import sqlite3
 
-    from serving.bandit import sigmoid, slot_propensities
+    from nextbest.serving.bandit import sigmoid, slot_propensities
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
@@ -219,7 +219,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     logged_contexts = [json.loads(r[3]) for r in rows]
     contexts = logged_contexts
     if rescorer is not None:
-        from monitoring.rescore import rescore_contexts
+        from nextbest.monitoring.rescore import rescore_contexts
 
         contexts, _ = rescore_contexts(logged_contexts, [r[4] for r in rows], rescorer)
     decisions = []
@@ -261,7 +261,7 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
     """
     from nextbest.config import load_bandit, load_catalogue
     from nextbest.constants import NBP_MODEL_NAME
-    from serving.bandit import Featuriser, Posterior
+    from nextbest.serving.bandit import Featuriser, Posterior
 
     if not paths.events_db.exists():
         raise FileNotFoundError(f"{paths.events_db}: no decision log yet; serve and answer some requests first")
@@ -274,7 +274,7 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
     posterior = Posterior(saved[1], saved[2], saved[0])
     rescorer = None
     if model is not None:
-        from monitoring.rescore import model_rescorer
+        from nextbest.monitoring.rescore import model_rescorer
 
         rescorer = model_rescorer(paths, NBP_MODEL_NAME, model)
     logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,

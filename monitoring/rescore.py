@@ -39,10 +39,10 @@ def model_rescorer(paths: Paths, name: str, alias_or_version: str) -> Rescorer:
     """
     import pyarrow.parquet as pq
 
-    from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW
-    from serving.privacy import load_key, pseudonymise
-    from training.models import from_checkpoint, predict_proba
-    from training.registry import fetch_alias, fetch_version
+    from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW
+    from nextbest.serving.privacy import load_key, pseudonymise
+    from nextbest.training.models import from_checkpoint, predict_proba
+    from nextbest.training.registry import fetch_alias, fetch_version
 
     if alias_or_version.isdigit():
         registered = fetch_version(paths, name, alias_or_version)

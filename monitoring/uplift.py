@@ -38,8 +38,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from monitoring.kpi import TIME_SQL, UNKNOWN, bounds, connect
 from nextbest.constants import DEFAULT_SEED
+from nextbest.monitoring.kpi import TIME_SQL, UNKNOWN, bounds, connect
 
 DAY = 86400.0
 GLOBAL = "all"  # the global holdout's name in `context.groups`, and the campaign of every product

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from nextbest.cli_simulate import simulate as simulate_command
 from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WORKDIR_ENV
-from nextbest.settings import REPO_ROOT, Paths
+from nextbest.settings import Paths
 
 app = typer.Typer(help="nextbest: next-best-offer platform for retail banks.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -31,7 +31,8 @@ features_app = typer.Typer(help="Feature tables and the Feast feature store.", n
 app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 
-WorkdirOpt = typer.Option(None, "--workdir", "-w", help=f"Work directory (env {WORKDIR_ENV}, default ./.nextbest).")
+WorkdirOpt = typer.Option(None, "--workdir", "-w", help=f"Work directory (env {WORKDIR_ENV}; default: the project's "
+                          "work/, else ./.nextbest; `nextbest info` shows which).")
 
 
 class StageError(Exception):
@@ -48,12 +49,38 @@ def stage(name: str):
 
 
 def _paths(workdir: Optional[Path]) -> Paths:
-    return Paths.from_workdir(workdir).ensure()
+    paths = Paths.from_workdir(workdir)
+    # --workdir is NEXTBEST_HOME for this command and what it starts (the service, torchrun), so that a
+    # work directory inside a project folder finds that project's configs from anywhere.
+    os.environ[WORKDIR_ENV] = str(paths.root)
+    return paths.ensure()
+
+
+# Commands that run before (or without) a valid project: they check the configs themselves or need none.
+_NO_CONFIG_CHECK = {"init", "info"}
+
+
+@app.callback()
+def _check_configs(ctx: typer.Context) -> None:
+    """Every config in force is validated before any work: a bad one names its file, field and
+    value, and the command exits 2."""
+    if ctx.invoked_subcommand in _NO_CONFIG_CHECK or ctx.resilient_parsing:
+        return
+    from nextbest.config import validate_all
+
+    _run(validate_all)
+
+
+def _error(message, label: str = "error:") -> None:
+    """One error line on stderr, never cut or wrapped (paths stay whole) nor read as markup."""
+    from rich.markup import escape
+
+    console.print(f"[red]{label}[/] {escape(str(message))}", soft_wrap=True, highlight=False)
 
 
 def _user_errors():
-    from features.schema import SchemaError
     from nextbest.config import ConfigError
+    from nextbest.features.schema import SchemaError
 
     return (SchemaError, ConfigError, FileNotFoundError, LookupError, StageError, ValueError)
 
@@ -63,7 +90,7 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _user_errors() as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(exc)
         raise typer.Exit(2) from None
 
 
@@ -74,9 +101,9 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
     import pandas as pd
 
     from nextbest.config import load_catalogue
-    from simulation.bank import BankSpec, last_month_end
-    from simulation.drift import DRIFT_KINDS, DriftSpec
-    from simulation.write import generate_to
+    from nextbest.simulation.bank import BankSpec, last_month_end
+    from nextbest.simulation.drift import DRIFT_KINDS, DriftSpec
+    from nextbest.simulation.write import generate_to
 
     if customers < 10:
         raise StageError(f"--customers must be at least 10, got {customers}")
@@ -111,15 +138,15 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
 
 
 def do_features_build(paths: Paths) -> None:
-    from features.pipeline import build_features_to
     from nextbest.config import load_catalogue
+    from nextbest.features.pipeline import build_features_to
 
     with stage("build feature tables"):
         build_features_to(paths, load_catalogue())
 
 
 def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None) -> list[str]:
-    from feature_repo.store import apply, current_online_store, resolve_online_store
+    from nextbest.feature_repo.store import apply, current_online_store, resolve_online_store
 
     # Flags, else the environment, else the work dir's current store: re-applying never switches silently.
     choice = resolve_online_store(online_store, redis_url, os.environ, lambda: current_online_store(paths))
@@ -128,7 +155,7 @@ def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_ur
 
 
 def do_features_materialize(paths: Paths) -> int:
-    from feature_repo.store import OnlineStoreUnavailable, current_online_store, materialize
+    from nextbest.feature_repo.store import OnlineStoreUnavailable, current_online_store, materialize
 
     current = current_online_store(paths)
     with stage(f"feast materialize ({current.describe() if current else 'online store'})"):
@@ -161,7 +188,7 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nextbest.config import load_train_config
-    from training.pipeline import train_model
+    from nextbest.training.pipeline import train_model
 
     cfg = load_train_config(task, config)
     started = time.perf_counter()
@@ -186,7 +213,7 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
 
 def do_evaluate(paths: Paths, task: str, version: Optional[str], config: Optional[Path]):
     from nextbest.config import load_train_config
-    from training.pipeline import evaluate_registered
+    from nextbest.training.pipeline import evaluate_registered
 
     cfg = load_train_config(task, config)
     with stage(f"evaluate {task}"):
@@ -196,7 +223,7 @@ def do_evaluate(paths: Paths, task: str, version: Optional[str], config: Optiona
 
 
 def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> dict:
-    from monitoring.ope import evaluate
+    from nextbest.monitoring.ope import evaluate
 
     what = "the current posterior" + (f" scoring with nbp@{model}" if model else "")
     with stage(f"off-policy evaluation of {what} at explore share {explore_share:g}"):
@@ -232,17 +259,17 @@ def monitor_sections(paths: Paths) -> list:
     """The decision log's sections of the monitor report: business KPIs, control-group uplift, off-policy values."""
     if not paths.events_db.exists():
         return []
-    from monitoring.charts import kpi_section, uplift_section
-    from monitoring.ope import ope_section
+    from nextbest.monitoring.charts import kpi_section, uplift_section
+    from nextbest.monitoring.ope import ope_section
 
     return [kpi_section, uplift_section, ope_section]
 
 
 def do_monitor(paths: Paths, config: Optional[Path] = None) -> dict:
-    """Runs `monitoring.monitor.run_monitor`; the gate's verdict is in `passed` and `exit_code`."""
+    """Runs `nextbest.monitoring.monitor.run_monitor`; the gate's verdict is in `passed` and `exit_code`."""
     from rich.markup import escape
 
-    from monitoring.monitor import load_monitoring, run_monitor
+    from nextbest.monitoring.monitor import load_monitoring, run_monitor
 
     cfg = load_monitoring(config)
     with console.status("[bold]monitoring[/]…") as status:
@@ -274,8 +301,8 @@ def free_port() -> int:
 
 def serve_command(paths: Paths, port: int, host: str = "127.0.0.1") -> list[str]:
     bentoml = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml if bentoml.exists() else "bentoml"), "serve", "serving.service:NextBest",
-            "--working-dir", str(REPO_ROOT), "--host", host, "--port", str(port)]
+    return [str(bentoml if bentoml.exists() else "bentoml"), "serve", "nextbest.serving.service:NextBest",
+            "--working-dir", str(paths.root), "--host", host, "--port", str(port)]
 
 
 def serve_env(paths: Paths) -> dict[str, str]:
@@ -286,7 +313,6 @@ def serve_env(paths: Paths) -> dict[str, str]:
     # spin against the API threads (measured: about half the CPU per decision with 1 thread).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -321,6 +347,62 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
 # -- commands ----------------------------------------------------------------------------------
 
 @app.command()
+def init(
+    directory: Path = typer.Argument(..., help="The project folder to create."),
+    name: Optional[str] = typer.Option(None, help="The project's name (default: the folder's name)."),
+    force: bool = typer.Option(False, "--force", help="Write into a folder that is not empty, replacing "
+                               "nextbest.yaml and the configs there (the work directory is kept)."),
+):
+    """Create a project folder: nextbest.yaml, configs/ (copies of the defaults, yours to edit), work/."""
+    from nextbest.project import init_project
+
+    written = _run(init_project, directory, name, force)
+    console.print(f"[green]✓[/] project {written.root}")
+    for path in written.files:
+        console.print(f"  wrote {path.relative_to(written.root)}")
+    console.print(f"\nNext: cd {written.root} && nextbest quickstart   (or edit configs/ first; "
+                  "README.md there says what each file holds)")
+
+
+@app.command()
+def info(workdir: Optional[Path] = WorkdirOpt):
+    """Where this command finds its project, configs, work directory and MLflow, and whether the configs are valid."""
+    from importlib.metadata import version
+
+    import nextbest
+    from nextbest.config import CONFIG_NAMES, ConfigError, validate_all
+    from nextbest.settings import config_file, describe
+
+    if workdir is not None:
+        os.environ[WORKDIR_ENV] = str(Paths.from_workdir(workdir).root)
+    try:
+        where = describe()
+    except ConfigError as exc:
+        _error(exc)
+        raise typer.Exit(2) from None
+    out = Console(soft_wrap=True, highlight=False)  # plain lines: paths are never cut to the terminal's width
+    out.print(f"nextbest {version('nextbest')} in {Path(nextbest.__file__).resolve().parent}")
+    out.print(f"project:        {where['project']}  ({where['project_from']})")
+    out.print(f"work directory: {where['workdir']}  ({where['workdir_from']})")
+    out.print(f"MLflow:         {where['mlflow_uri']}  ({where['mlflow_uri_from']})")
+    for name in CONFIG_NAMES:
+        path = config_file(name)
+        out.print(f"config {name}: {path}  "
+                  f"({'package default' if path.is_relative_to(where['default_configs']) else 'project'})")
+    out.print("\nRule: project = $NEXTBEST_PROJECT, else the nearest folder holding nextbest.yaml at or above "
+                  "the current directory, then the work directory; each config is the project's configs/<name>, "
+                  "else the package default; work directory = --workdir, else $NEXTBEST_HOME, else the "
+                  "project's, else ./.nextbest; MLflow = $NEXTBEST_MLFLOW_URI, else the project's mlflow_uri, "
+                  "else the work directory's SQLite file.")
+    try:
+        validate_all()
+    except ConfigError as exc:
+        _error(exc, "configs: invalid:")
+        raise typer.Exit(2) from None
+    console.print("[green]configs: valid[/]")
+
+
+@app.command()
 def generate(
     customers: int = typer.Option(2000, help="Number of customers."),
     months: int = typer.Option(12, help="Number of monthly snapshots."),
@@ -339,7 +421,7 @@ def generate(
         console.print(f"  {name}.parquet: {n:,} rows")
     import pandas as pd
 
-    from simulation.marginals import marginals, markdown_table
+    from nextbest.simulation.marginals import marginals, markdown_table
 
     holdings = pd.read_parquet(paths.raw / "holdings.parquet", columns=["customer_id", "snapshot_date", "product_id"])
     console.print("\nCalibration beside the Santander product-recommendation data:\n")
@@ -383,12 +465,12 @@ def do_ingest(paths: Paths, source: str, path: Path, chunksize: int, mapping: Op
     catalogue = load_catalogue()
     with stage(f"ingest {source} from {path}"):
         if source == "santander":
-            from features.adapters.santander import ingest_santander, load_santander_mapping
+            from nextbest.features.adapters.santander import ingest_santander, load_santander_mapping
 
             flags = load_santander_mapping(catalogue, mapping) if mapping else None
             report = ingest_santander(path, paths.raw, catalogue, chunksize=chunksize, mapping=flags)
         else:
-            from features.adapters.uci_bank_marketing import ingest_uci
+            from nextbest.features.adapters.uci_bank_marketing import ingest_uci
 
             report = ingest_uci(path, paths.raw, catalogue)
     # What was derived from the previous raw tables no longer describes them.
@@ -444,11 +526,11 @@ def train(
         _run(do_train, paths, task, config)
         return
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-           "--master_port", str(free_port()), "-m", "training.distributed", task, "--workdir", str(paths.root)]
+           "--master_port", str(free_port()), "-m", "nextbest.training.distributed", task, "--workdir", str(paths.root)]
     if config:
         cmd += ["--config", str(config)]
     with stage(f"train {task} on {processes} processes (torchrun, DDP/gloo)"):
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         console.print(f"[red]error:[/] distributed training failed:\n{proc.stderr[-3000:]}")
         raise typer.Exit(1)
@@ -485,7 +567,7 @@ def do_tune(paths: Paths, task: str, trials: int, config: Optional[Path]):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nextbest.config import load_train_config
-    from training.tune import tune as run_tune
+    from nextbest.training.tune import tune as run_tune
 
     base = load_train_config(task, config)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -506,12 +588,9 @@ def do_tune(paths: Paths, task: str, trials: int, config: Optional[Path]):
     return result
 
 
-UCI_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "uci-bank-marketing" / "bank-additional-full.csv"
-
-
 @app.command()
 def campaign(
-    path: Path = typer.Option(UCI_DEFAULT, help="bank-additional-full.csv (UCI bank marketing), or its parquet."),
+    path: Path = typer.Option(..., help="bank-additional-full.csv (UCI bank marketing), or its parquet."),
     rolling: bool = typer.Option(False, help="Also run Moro et al.'s rolling-window test (10 retrainings)."),
     config: Optional[Path] = typer.Option(None, help="Config file (default configs/campaign.yaml)."),
     workdir: Optional[Path] = WorkdirOpt,
@@ -522,8 +601,8 @@ def campaign(
 
 def do_campaign(paths: Paths, path: Path, rolling: bool, config: Optional[Path]) -> dict:
     from nextbest.config import load_train_config
-    from training import registry
-    from training.campaign import load_contacts, rolling_window, train_campaign
+    from nextbest.training import registry
+    from nextbest.training.campaign import load_contacts, rolling_window, train_campaign
 
     cfg = load_train_config("campaign", config)
     contacts = load_contacts(path)
@@ -557,7 +636,7 @@ def registry_promote(
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Make a registered version the champion (serving loads it at its next start)."""
-    from training.registry import promote
+    from nextbest.training.registry import promote
 
     _check_task(task)
     previous = _run(promote, _paths(workdir), task, version, reason)
@@ -567,7 +646,7 @@ def registry_promote(
 @registry_app.command("rollback")
 def registry_rollback(task: str = typer.Argument(..., help="nbp or churn"), workdir: Optional[Path] = WorkdirOpt):
     """Restore the champion before the last promotion."""
-    from training.registry import rollback
+    from nextbest.training.registry import rollback
 
     _check_task(task)
     restored = _run(rollback, _paths(workdir), task)
@@ -599,11 +678,38 @@ def ope(
                                         "scores: an alias (challenger) or a version number."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Off-policy evaluation (IPS, SNIPS, doubly robust) of the current bandit posterior on the decision log."""
+    """Off-policy evaluation (IPS, SNIPS, doubly robust, DR with shrunk weights, direct method) of the current bandit posterior on the decision log."""
     _run(do_ope, _paths(workdir), explore_share, model)
 
 
 app.command("simulate")(simulate_command)
+
+
+@app.command()
+def build(
+    nbp_version: Optional[str] = typer.Option(None, "--nbp-version", help="Pin this nbp version (default: the champion)."),
+    churn_version: Optional[str] = typer.Option(None, "--churn-version", help="Pin this churn version (default: the "
+                                                "champion)."),
+    version: Optional[str] = typer.Option(None, help="The Bento's version label (default: generated)."),
+    workdir: Optional[Path] = WorkdirOpt,
+):
+    """Build a BentoML Bento: the code, this project's configs and the champion models pinned by version.
+    Serve it with `bentoml serve TAG` (NEXTBEST_HOME = the work directory), or make an OCI image with
+    `bentoml containerize TAG`."""
+    from nextbest.serving.bento import BuildError
+    from nextbest.serving.bento import build as build_bento
+
+    versions = {k: v for k, v in (("nbp", nbp_version), ("churn", churn_version)) if v}
+    try:
+        with stage("build the Bento"):
+            built = build_bento(_paths(workdir), versions, version)
+    except BuildError as exc:
+        _error(exc)
+        raise typer.Exit(2) from None
+    console.print("  models: " + ", ".join(f"{name} v{v}" for name, v in built.models.items()))
+    console.print(f"  path: {built.path}")
+    console.print(f"  serve: NEXTBEST_HOME={Path(os.environ[WORKDIR_ENV])} bentoml serve {built.tag}")
+    print(built.tag)  # the tag alone on stdout, for scripts
 
 
 @app.command()
@@ -629,6 +735,8 @@ def quickstart(
     customers: int = typer.Option(2000, help="Number of synthetic customers."),
     months: int = typer.Option(12, help="Number of monthly snapshots."),
     seed: int = typer.Option(DEFAULT_SEED, help="Random seed."),
+    end: Optional[str] = typer.Option(None, help="Last snapshot (month end, YYYY-MM-DD); default: last month end. "
+                                      "Same seed and end, same bank."),
     port: Optional[int] = typer.Option(None, help="Port for the demo service (default: a free port)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
@@ -636,7 +744,7 @@ def quickstart(
     started = time.perf_counter()
     paths = _paths(workdir)
     console.print(f"[bold]nextbest quickstart[/] in {paths.root}")
-    _run(do_generate, paths, customers, months, seed, None)
+    _run(do_generate, paths, customers, months, seed, end)
     _run(do_features_build, paths)
     _run(do_features_apply, paths)
     _run(do_features_materialize, paths)
@@ -645,24 +753,41 @@ def quickstart(
     report = _run(do_monitor, paths)
     answer = _run(_demo_request, paths, port or free_port())
     console.print_json(json.dumps(answer))
-    console.print(f"\n[bold]done in {time.perf_counter() - started:.0f}s.[/] Next:")
-    console.print(f"  serve:     nextbest serve --workdir {paths.root} --port {DEFAULT_PORT}")
-    console.print(f"  MLflow UI: mlflow ui --backend-store-uri {paths.mlflow_uri} --port 5000")
-    console.print(f"  report:    {report['files']['html']}")
+    console.print(f"\n[bold]done in {time.perf_counter() - started:.0f}s.[/] Next:", highlight=False)
+    console.print(f"  serve:     {_command('nextbest')} serve --workdir {paths.root} --port {DEFAULT_PORT}",
+                  highlight=False, soft_wrap=True)
+    from nextbest.training.registry import is_remote
+
+    ui = (paths.mlflow_uri if is_remote(paths.mlflow_uri)
+          else f"{_command('mlflow')} ui --backend-store-uri {paths.mlflow_uri} --port 5000")
+    console.print(f"  MLflow UI: {ui}", highlight=False, soft_wrap=True)
+    console.print(f"  report:    {report['files']['html']}", highlight=False, soft_wrap=True)
+
+
+def _command(name: str) -> str:
+    """How the user reaches `name` of this installation: bare when it is on PATH, else its full path
+    (for example .venv/bin/nextbest when the virtual environment is not activated)."""
+    import shutil
+
+    ours = Path(sys.executable).with_name(name)
+    found = shutil.which(name)
+    if not ours.exists() or (found and Path(found).resolve() == ours.resolve()):
+        return name
+    return str(ours)
 
 
 def _demo_request(paths: Paths, port: int) -> dict:
     import httpx
     import pandas as pd
 
-    from features.build import HOLDINGS_VIEW
+    from nextbest.features.build import HOLDINGS_VIEW
 
     holdings = pd.read_parquet(paths.features / f"{HOLDINGS_VIEW}.parquet", columns=["customer_id", "event_timestamp", "n_products"])
     latest = holdings[(holdings.event_timestamp == holdings.event_timestamp.max()) & (holdings.n_products > 0)]
     customer_id = str(latest.customer_id.iloc[0])
     with stage(f"start the BentoML service on port {port}"):
         proc = subprocess.Popen(serve_command(paths, port), env=serve_env(paths), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True, cwd=REPO_ROOT)
+                                stderr=subprocess.PIPE, start_new_session=True)
         try:
             wait_ready(port, proc)
         except StageError:

@@ -55,7 +55,7 @@ def simulate(
                                "(use --policy nextbest)"))
 
     def go():
-        from simulation.bandit_sim import simulate_workdir
+        from nextbest.simulation.bandit_sim import simulate_workdir
 
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"simulate {policy.value} ({steps:,} requests)", total=steps)

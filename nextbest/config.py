@@ -1,4 +1,5 @@
-"""Typed configuration loaded from `configs/*.yaml`; nothing is read at import time."""
+"""Typed configuration loaded from the project's `configs/*.yaml` (or the package defaults, see
+`nextbest.settings.config_file`); nothing is read at import time."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nextbest.settings import CONFIG_DIR
+from nextbest.settings import config_file
 
 GLOBAL_HOLDOUT = "all"  # the control group that gets no offer at all
 
@@ -334,22 +335,35 @@ def validated(model: type[BaseModel], path: Path) -> BaseModel:
 
 
 def load_catalogue(path: Path | None = None) -> Catalogue:
-    return validated(Catalogue, path or CONFIG_DIR / "products.yaml")
+    return validated(Catalogue, path or config_file("products.yaml"))
 
 
-def load_segments(path: Path | None = None) -> SegmentsConfig:
-    return validated(SegmentsConfig, path or CONFIG_DIR / "segments.yaml")
+def load_segments(path: Path | None = None, catalogue: Catalogue | None = None) -> SegmentsConfig:
+    """Loads `configs/segments.yaml`; with the catalogue, checks the products its `held_<product>`
+    conditions name (a product removed from products.yaml must leave the segment rules too)."""
+    path = path or config_file("segments.yaml")
+    cfg = validated(SegmentsConfig, path)
+    if catalogue is not None:
+        rules = [(f"groups.{g}", r) for g, group in cfg.groups.items() for r in group.rules]
+        rules += [(f"needs.{n}", r) for n, r in cfg.needs.items()]
+        for where, rule in rules:
+            held = sorted(f for f in rule.features if f.startswith("held_") and not f.startswith("held_lag"))
+            unknown = [f for f in held if f.removeprefix("held_") not in catalogue.ids]
+            if unknown:
+                raise ConfigError(f"{path}: field {where}: rule {rule.name!r} uses {unknown}, but products.yaml "
+                                  f"has no product {[f.removeprefix('held_') for f in unknown]}")
+    return cfg
 
 
 def load_train_config(name: str, path: Path | None = None) -> TrainConfig:
     """Loads `configs/<name>.yaml` (name is `nbp` or `churn`)."""
-    return validated(TrainConfig, path or CONFIG_DIR / f"{name}.yaml")
+    return validated(TrainConfig, path or config_file(f"{name}.yaml"))
 
 
 def load_rules(path: Path | None = None, catalogue: Catalogue | None = None,
                bandit: BanditConfig | None = None) -> RulesConfig:
     """Loads `configs/rules.yaml`; with the catalogue and policy, checks the products and actions it names."""
-    path = path or CONFIG_DIR / "rules.yaml"
+    path = path or config_file("rules.yaml")
     rules = validated(RulesConfig, path)
     if catalogue is not None:
         unknown = [p for p in rules.credit_cooldown.products if p not in catalogue.ids]
@@ -364,7 +378,7 @@ def load_rules(path: Path | None = None, catalogue: Catalogue | None = None,
 
 def load_bandit(path: Path | None = None, catalogue: Catalogue | None = None) -> BanditConfig:
     """Loads `configs/bandit.yaml`; with the catalogue, checks the products it names."""
-    path = path or CONFIG_DIR / "bandit.yaml"
+    path = path or config_file("bandit.yaml")
     cfg = validated(BanditConfig, path)
     if catalogue is not None:
         named = [*cfg.cold_start.entry_products, *cfg.cold_start.acceptance, *cfg.levers.products,
@@ -376,3 +390,49 @@ def load_bandit(path: Path | None = None, catalogue: Catalogue | None = None) ->
         if clash:
             raise ConfigError(f"{path}: field actions: {clash} are also product ids")
     return cfg
+
+
+class ProjectFile(BaseModel):
+    """`nextbest.yaml`, the file that marks a project folder (written by `nextbest init`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="The project's name, shown by `nextbest info`.")
+    workdir: str = Field(default="work", min_length=1,
+                         description="The work directory, relative to the project folder (or absolute).")
+    mlflow_uri: str | None = Field(default=None, description="A shared MLflow tracking server (http://HOST:PORT) "
+                                   "for training, the registry, serving and the monitor; default: the work "
+                                   "directory's own SQLite file. The environment's NEXTBEST_MLFLOW_URI wins.")
+
+
+def load_project_file(path: Path) -> dict:
+    return validated(ProjectFile, path).model_dump()
+
+
+# The configs every stage reads, in the order they are checked (a later one may name an earlier one).
+CONFIG_NAMES = ("products.yaml", "segments.yaml", "bandit.yaml", "rules.yaml", "nbp.yaml", "churn.yaml",
+                "campaign.yaml", "monitoring.yaml")
+
+
+def validate_all() -> dict[str, Path]:
+    """Loads and cross-checks every config in force (the project's, else the defaults).
+
+    Returns:
+        config name -> the file that was read.
+
+    Raises:
+        ConfigError: the first invalid file, naming the file, field and value.
+    """
+    from nextbest.settings import find_project, project_settings
+
+    project_settings(find_project())  # nextbest.yaml itself
+    catalogue = load_catalogue()
+    load_segments(catalogue=catalogue)
+    bandit = load_bandit(catalogue=catalogue)
+    load_rules(catalogue=catalogue, bandit=bandit)
+    for task in ("nbp", "churn", "campaign"):
+        load_train_config(task)
+    from nextbest.monitoring.monitor import load_monitoring
+
+    load_monitoring()
+    return {name: config_file(name) for name in CONFIG_NAMES}

@@ -19,6 +19,11 @@ MAX_K = 10
 DEFAULT_PORT = 3000
 DEFAULT_WORKDIR = ".nextbest"
 WORKDIR_ENV = "NEXTBEST_HOME"
+PROJECT_ENV = "NEXTBEST_PROJECT"
+PROJECT_FILE = "nextbest.yaml"
+MLFLOW_URI_ENV = "NEXTBEST_MLFLOW_URI"
+# Serve these checkpoints (one folder per model, pinned.json their versions) instead of the registry's champions.
+MODELS_DIR_ENV = "NEXTBEST_MODELS_DIR"
 
 CHANNELS = ("mobile_app", "web", "email", "push", "sms", "branch", "call_center")
 

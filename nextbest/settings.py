@@ -1,4 +1,18 @@
-"""Paths of one work directory; every stage reads and writes only under it."""
+"""Where things are: the project folder, its configs, the work directory and the MLflow server.
+
+One rule, printed by `nextbest info`:
+- the **project** is the folder named by `$NEXTBEST_PROJECT`, else the nearest folder at or above
+  the current directory that holds `nextbest.yaml` (written by `nextbest init`), else the nearest
+  one at or above the work directory given by `--workdir` or `$NEXTBEST_HOME`, else none;
+- a **config** `<name>.yaml` is the project's `configs/<name>.yaml` when the project has it, else
+  the default that ships inside the package (`nextbest/configs/`);
+- the **work directory** is `--workdir`, else `$NEXTBEST_HOME`, else the project's `workdir`
+  (`nextbest.yaml`, default `work/` beside it), else `./.nextbest`;
+- the **MLflow tracking URI** is `$NEXTBEST_MLFLOW_URI`, else the project's `mlflow_uri`, else the
+  work directory's SQLite file (`mlflow/mlflow.db`).
+
+Nothing here reads or creates anything at import time.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +20,87 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextbest.constants import DEFAULT_WORKDIR, WORKDIR_ENV
+from nextbest.constants import DEFAULT_WORKDIR, MLFLOW_URI_ENV, PROJECT_ENV, PROJECT_FILE, WORKDIR_ENV
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+
+def default_config_dir() -> Path:
+    """The default configs that ship inside the package (read-only templates)."""
+    import nextbest.configs
+
+    return Path(nextbest.configs.__file__).resolve().parent
+
+
+def find_project(start: str | os.PathLike | None = None) -> Path | None:
+    """The project folder: `$NEXTBEST_PROJECT`, else the nearest folder at or above `start` (the
+    current directory) that holds `nextbest.yaml`, else the nearest one at or above
+    `$NEXTBEST_HOME` (the CLI sets it from `--workdir`), else None."""
+    named = os.environ.get(PROJECT_ENV)
+    if named:
+        return Path(named).expanduser().resolve()
+    starts = [Path(start or Path.cwd())]
+    if os.environ.get(WORKDIR_ENV):
+        starts.append(Path(os.environ[WORKDIR_ENV]).expanduser())
+    for here in starts:
+        here = here.resolve()
+        for folder in (here, *here.parents):
+            if (folder / PROJECT_FILE).is_file():
+                return folder
+    return None
+
+
+def describe() -> dict[str, str]:
+    """Where each setting comes from, as `nextbest info` prints it (reads only nextbest.yaml)."""
+    project = find_project()
+    how = ("none (package defaults)" if project is None else
+           f"{PROJECT_ENV}" if os.environ.get(PROJECT_ENV) else "nextbest.yaml found at or above the current "
+           "or work directory")
+    if os.environ.get(WORKDIR_ENV):
+        workdir_how = f"{WORKDIR_ENV} (or --workdir)"
+    elif project is not None:
+        workdir_how = "the project's nextbest.yaml"
+    else:
+        workdir_how = "default ./" + DEFAULT_WORKDIR
+    paths = Paths.from_workdir()
+    uri_how = (MLFLOW_URI_ENV if os.environ.get(MLFLOW_URI_ENV) else
+               "the project's nextbest.yaml" if project_settings(project).get("mlflow_uri") else
+               "the work directory's SQLite file")
+    return {"project": str(project or "-"), "project_from": how, "workdir": str(paths.root),
+            "workdir_from": workdir_how, "mlflow_uri": paths.mlflow_uri, "mlflow_uri_from": uri_how,
+            "default_configs": str(default_config_dir())}
+
+
+def project_settings(project: Path | None) -> dict:
+    """The project's `nextbest.yaml` as a dict (empty without a project); a broken file is a ConfigError."""
+    if project is None or not (project / PROJECT_FILE).is_file():
+        return {}
+    from nextbest.config import load_project_file
+
+    return load_project_file(project / PROJECT_FILE)
+
+
+def config_file(name: str) -> Path:
+    """The config `name` (`products.yaml`, `adapters/santander_products.yaml`, ...): the project's
+    when it has one, else the package default."""
+    project = find_project()
+    if project is not None and (project / "configs" / name).is_file():
+        return project / "configs" / name
+    return default_config_dir() / name
 
 
 def resolve_workdir(workdir: str | os.PathLike | None = None) -> Path:
-    """Returns the work directory: the argument, else `$NEXTBEST_HOME`, else `./.nextbest`."""
-    chosen = workdir or os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR
-    return Path(chosen).expanduser().resolve()
+    """The work directory: the argument, else `$NEXTBEST_HOME`, else the project's, else `./.nextbest`."""
+    chosen = workdir or os.environ.get(WORKDIR_ENV)
+    if not chosen:
+        project = find_project()
+        if project is not None:
+            chosen = project / project_settings(project).get("workdir", "work")
+    return Path(chosen or DEFAULT_WORKDIR).expanduser().resolve()
+
+
+def resolve_mlflow_uri(paths: "Paths") -> str:
+    """`$NEXTBEST_MLFLOW_URI`, else the project's `mlflow_uri`, else the work directory's SQLite file."""
+    return (os.environ.get(MLFLOW_URI_ENV) or project_settings(find_project()).get("mlflow_uri")
+            or paths.local_mlflow_uri)
 
 
 @dataclass(frozen=True)
@@ -49,8 +134,13 @@ class Paths:
         return self.root / "mlflow"
 
     @property
-    def mlflow_uri(self) -> str:
+    def local_mlflow_uri(self) -> str:
         return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The tracking and registry URI in force (see `resolve_mlflow_uri`)."""
+        return resolve_mlflow_uri(self)
 
     @property
     def mlflow_artifacts(self) -> Path:

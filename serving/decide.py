@@ -220,7 +220,7 @@ def make_profile(fields: dict | None, events: list[tuple[str, dict, float]], now
     """The rule inputs: features (online or fallback) overlaid with the customer's real-time events.
 
     Args:
-        fields: `serving.fallback.profile_fields` of the customer's features, or None for a customer
+        fields: `nextbest.serving.fallback.profile_fields` of the customer's features, or None for a customer
             the bank does not know (a prospect: not opted out, no consent given).
         events: (event, payload, occurred_at) oldest first, from the event log.
         now: epoch seconds of the decision.

@@ -1,6 +1,6 @@
 """The decision core, without HTTP: what `/recommend`, `/feedback` and `/events` do.
 
-`serving.service` wraps one `DecisionEngine` per BentoML worker; the bandit simulator
+`nextbest.serving.service` wraps one `DecisionEngine` per BentoML worker; the bandit simulator
 (`nextbest simulate`) drives the same engine in-process, so simulated decisions take exactly the
 production path: online features -> models -> rules and control groups -> candidates valued by
 margin and levers -> the bandit's choice -> the decision, with every candidate, propensity and
@@ -13,25 +13,27 @@ import concurrent.futures
 import gc
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from nextbest.config import load_bandit, load_catalogue, load_rules
-from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, REALTIME_FEATURES,
-                                REALTIME_PUSH_SOURCE, REALTIME_VIEW)
+from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, MODELS_DIR_ENV, NBP_MODEL_NAME,
+                                REALTIME_FEATURES, REALTIME_PUSH_SOURCE, REALTIME_VIEW)
+from nextbest.serving import fallback as fb
+from nextbest.serving.bandit import Context, Featuriser, OnlinePolicy
+from nextbest.serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
+                                     holdout_groups, holdout_unit, make_profile)
+from nextbest.serving.eventlog import EventLog
+from nextbest.serving.privacy import load_key, pseudonymise
 from nextbest.settings import Paths
-from serving import fallback as fb
-from serving.bandit import Context, Featuriser, OnlinePolicy
-from serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
-                            holdout_groups, holdout_unit, make_profile)
-from serving.eventlog import EventLog
-from serving.privacy import load_key, pseudonymise
 
 log = logging.getLogger("nextbest.serving")
 
@@ -57,13 +59,15 @@ class RequestError(Exception):
 
 
 class LoadedModel:
-    """A registered model at alias `champion`, loaded from its state_dict and JSON (no unpickling)."""
+    """A registered model at alias `champion` (or the version pinned in `$NEXTBEST_MODELS_DIR`, as a
+    Bento carries it), loaded from its state_dict and JSON (no unpickling)."""
 
     def __init__(self, name: str, paths: Paths):
-        from training.models import RowScorer, from_checkpoint
-        from training.registry import fetch_alias
+        from nextbest.training.models import RowScorer, from_checkpoint
+        from nextbest.training.registry import fetch_alias, load_pinned
 
-        self.registered = fetch_alias(paths, name)
+        pinned = os.environ.get(MODELS_DIR_ENV)
+        self.registered = load_pinned(Path(pinned), name) if pinned else fetch_alias(paths, name)
         self.model, self.meta = from_checkpoint(self.registered.local_dir)
         self.scorer = RowScorer(self.model, self.meta)  # the same weights, without torch's per-call overhead
 
@@ -104,7 +108,7 @@ def as_utc(ts: datetime | None) -> datetime:
 
 def feature_sample_share() -> float:
     """`serving.feature_sample_share` of configs/monitoring.yaml (validated): the share of decisions whose features are logged."""
-    from monitoring.monitor import load_monitoring
+    from nextbest.monitoring.monitor import load_monitoring
 
     return load_monitoring().serving.feature_sample_share
 
@@ -153,6 +157,11 @@ class DecisionEngine:
         try:
             self.nbp = LoadedModel(NBP_MODEL_NAME, self.paths)
             self.churn = LoadedModel(CHURN_MODEL_NAME, self.paths)
+            for model in (self.nbp, self.churn):
+                changed = model.meta.catalogue_change(self.catalogue.ids)
+                if changed:
+                    raise ValueError(f"model '{model.registered.name}' v{model.registered.version} was {changed} "
+                                     f"(nextbest train {model.registered.name})")
             db = self.paths.root / "fallback.db"
             if fb.is_stale(db, self.paths.features):
                 rows = fb.build(db, self.paths.features, self.catalogue, self.rules, self.key)
@@ -169,7 +178,7 @@ class DecisionEngine:
             return
         if self._reader is None:
             try:
-                from feature_repo.store import open_store
+                from nextbest.feature_repo.store import open_store
 
                 self.store = open_store(self.paths)
                 self.nbp_service = self.store.get_feature_service(self.nbp.meta.feature_service)
@@ -314,7 +323,8 @@ class DecisionEngine:
     def _probabilities(self, features: dict | None, profile: Profile, degraded: str | None) -> tuple[dict, float | None]:
         """P(acquire) per product (model, else segment popularity, else cold-start priors) and churn risk."""
         if features is not None:
-            probs = dict(zip(self.catalogue.ids, self.nbp.predict(features).tolist()))
+            scored = dict(zip(self.nbp.meta.outputs, self.nbp.predict(features).tolist()))
+            probs = {p: scored[p] for p in self.catalogue.ids}  # by name: load() checked the model scores each
             return probs, float(self.churn.predict(features)[0])
         if profile.known:  # degraded: the segment's recent acquisition rates
             return dict(self.fallback.rates(profile.segment)), None
@@ -404,7 +414,7 @@ def fast_reader(store, service):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from feature_repo.online_store import RowSqliteOnlineStore
+    from nextbest.feature_repo.online_store import RowSqliteOnlineStore
 
     online = store._get_provider().online_store
     if not isinstance(online, RowSqliteOnlineStore):

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, POLICY_FEATURES, PROFILE_VIEW, SEGMENTS_VIEW
 from nextbest.config import Catalogue, RulesConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
-from serving.privacy import pseudonymise
+from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, POLICY_FEATURES, PROFILE_VIEW, SEGMENTS_VIEW
+from nextbest.serving.privacy import pseudonymise
 
 DAYS_PER_MONTH = 30.44
 NEVER = 99  # months_since_* of something that never happened

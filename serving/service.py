@@ -1,7 +1,7 @@
 """The BentoML decision service: `POST /recommend`, `POST /feedback`, `POST /events`, health and readiness.
 
-Run it with `nextbest serve --workdir DIR` (which calls `bentoml serve serving.service:NextBest`).
-The decision core lives in `serving.engine.DecisionEngine` (one per worker); this module is its HTTP face.
+Run it with `nextbest serve --workdir DIR` (which calls `bentoml serve nextbest.serving.service:NextBest`).
+The decision core lives in `nextbest.serving.engine.DecisionEngine` (one per worker); this module is its HTTP face.
 The work directory comes from `$NEXTBEST_HOME`. Models (MLflow alias `champion`), the Feast store,
 the fallback table and the bandit's state load in a background thread: `/healthz` answers at once,
 `/readyz` only once the models are loaded, and `/recommend` answers 503 with the reason until then.
@@ -26,8 +26,8 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.constants import DEFAULT_K, MAX_K
+from nextbest.serving.engine import DecisionEngine, RequestError
 from nextbest.settings import Paths
-from serving.engine import DecisionEngine, RequestError
 
 log = logging.getLogger("nextbest.serving")
 

@@ -1,14 +1,14 @@
 """The bandit simulator: the bank's customers answer offers made through the real decision path.
 
 `nextbest simulate` and `benchmarks/bench_bandit.py` run this. One run replays a fixed stream of
-requests (customer, channel, time) through `serving.engine.DecisionEngine` -- online features of
+requests (customer, channel, time) through `nextbest.serving.engine.DecisionEngine` -- online features of
 the work dir's Feast store, both champion models, every rule of configs/rules.yaml with the
 decision log as contact history (weekly caps, rejection and credit cool-downs, opt-out and
 consent, control groups) -- lets a policy choose among the candidates the rules allow, and draws
 the customer's answer from the simulator's offer-response truth.
 
 The truth (`Truth`):
-- a product's acceptance is `simulation.response.accept_probability` with the customer's true
+- a product's acceptance is `nextbest.simulation.response.accept_probability` with the customer's true
   P(acquire next month) of the latest snapshot (truth/acquisition.parquet) and latent digital
   affinity (truth/latent.parquet), the request's channel, hour and weekday, and the channel fit of
   the product's category: the function that answered the bank's historical offers.
@@ -67,8 +67,8 @@ import numpy as np
 
 from nextbest.constants import CHANNELS, CUSTOMER_ID, DEFAULT_SEED, SNAPSHOT_DATE
 from nextbest.io import atomic_write, write_json
-from serving.eventlog import EventLog
-from simulation.response import accept_probability
+from nextbest.serving.eventlog import EventLog
+from nextbest.simulation.response import accept_probability
 
 # Share of requests per channel (owned digital channels carry most of the traffic).
 CHANNEL_MIX = {"mobile_app": 0.40, "web": 0.20, "email": 0.12, "push": 0.12, "sms": 0.04, "branch": 0.08,
@@ -234,7 +234,7 @@ class Step:
 
     def rows(self, featuriser) -> np.ndarray:
         """The feature rows our policy scores this step's candidates with, (n, featuriser.dim)."""
-        from serving.bandit import Context
+        from nextbest.serving.bandit import Context
 
         return featuriser.matrix(self.arms, self.base_prob, self.viewed,
                                  Context(self.channel, self.hour, self.weekday, self.engagement))
@@ -493,8 +493,8 @@ class OnlineStoreReader:
         self._read = None
 
     def open(self, feature_service: str) -> None:
-        from feature_repo.store import open_store
-        from serving.engine import fast_reader
+        from nextbest.feature_repo.store import open_store
+        from nextbest.serving.engine import fast_reader
 
         store = open_store(self.paths)
         service = store.get_feature_service(feature_service)
@@ -514,7 +514,7 @@ class OnlineStoreReader:
 
 def open_engine(paths, events_db: Path):
     """A DecisionEngine on the work dir with a fresh simulation decision log at `events_db`."""
-    from serving.engine import DecisionEngine
+    from nextbest.serving.engine import DecisionEngine
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{events_db}{suffix}").unlink(missing_ok=True)
@@ -601,7 +601,7 @@ def run(engine, truth: Truth, traffic: Traffic, driver: str = ENGINE_POLICY, sha
     """Replays the traffic through the engine with `driver` choosing, and scores the shadows on the same steps.
 
     Args:
-        engine: a loaded `serving.engine.DecisionEngine` (see `open_engine`).
+        engine: a loaded `nextbest.serving.engine.DecisionEngine` (see `open_engine`).
         truth: the offer-response truth (its acquisitions are updated as the driver sells).
         traffic: the request stream.
         driver: the policy on the decision path: `nextbest` (the engine's own policy, through
@@ -900,7 +900,7 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
         Per window: {"n", "true_value", "logged_value", "ips", "snips", "dr", "dr_os", "dm" (each
         {"value", "ci95", "n"}), "dr_error" (relative), "errors" (each estimator's, relative)}.
     """
-    from monitoring.ope import Logged, estimate_all, from_event_log
+    from nextbest.monitoring.ope import Logged, estimate_all, from_event_log
 
     if result.steps is None:
         raise ValueError("run the simulation with keep_steps=True to evaluate against the truth")

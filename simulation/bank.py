@@ -28,15 +28,12 @@ import pyarrow.compute as pc
 
 from nextbest.config import Catalogue
 from nextbest.constants import CHANNELS, DEFAULT_SEED
-from simulation.drift import DriftSpec
-from simulation.params import NEEDS, PRODUCT_BEHAVIOUR, SPEND_CATEGORIES
-from simulation.response import accept_probability
+from nextbest.simulation.drift import DriftSpec
+from nextbest.simulation.params import CATEGORY_BEHAVIOUR, NEEDS, PRODUCT_BEHAVIOUR, SPEND_CATEGORIES
+from nextbest.simulation.response import accept_probability
 
 REGIONS = ("north", "south", "east", "west", "capital", "islands")
-LOAN_PRODUCTS = ("consumer_loan", "car_loan", "mortgage")
 ENTRY_PRODUCTS = ("current_account", "e_account")
-ACCOUNT_PRODUCTS = ("current_account", "e_account", "payroll_account")
-SAVING_PRODUCTS = ("savings_account", "term_deposit", "investment_funds", "brokerage", "pension_plan")
 SALARY_PRODUCTS = ("payroll_account", "salary_project")
 # Transaction kinds in the order they are emitted, with their direction.
 TXN_CATEGORIES = ("salary", "transfer_in", *SPEND_CATEGORIES, "transfer_out")
@@ -137,9 +134,6 @@ class _Bank:
         self.spec = spec
         self.rng = np.random.default_rng(spec.seed)
         self.products = catalogue.ids
-        unknown = [p for p in self.products if p not in PRODUCT_BEHAVIOUR]
-        if unknown:
-            raise ValueError(f"configs/products.yaml: no simulator behaviour for product_id {unknown}")
         self.pidx = {p: i for i, p in enumerate(self.products)}
         self.product_labels = _labels(self.products)
         self.dates = spec.month_ends()
@@ -179,10 +173,10 @@ class _Bank:
         self.base = np.zeros(n_prod, dtype=np.float32)
         init_logit = np.zeros(n_prod, dtype=np.float32)
         self.close_rate = np.zeros(n_prod, dtype=np.float32)
-        for p, (base, init, loadings, close) in PRODUCT_BEHAVIOUR.items():
-            if p not in self.pidx:
-                continue
-            j = self.pidx[p]
+        category = catalogue.categories()
+        for j, p in enumerate(self.products):
+            # A product the simulator has no behaviour for behaves like its category's representative.
+            base, init, loadings, close = PRODUCT_BEHAVIOUR.get(p) or CATEGORY_BEHAVIOUR[category[p]]
             self.base[j], init_logit[j], self.close_rate[j] = base, init, close
             for need, w in loadings.items():
                 weights[NEEDS.index(need), j] = w
@@ -194,9 +188,8 @@ class _Bank:
         self.min_age = np.array([catalogue.by_id()[p].eligibility.min_age for p in self.products])
         self.max_age = np.array([catalogue.by_id()[p].eligibility.max_age for p in self.products])
         self.requires = [[self.pidx[r] for r in catalogue.by_id()[p].eligibility.requires] for p in self.products]
-        category = catalogue.categories()
         self.categories = np.array([category[p] for p in self.products])
-        self.loan_cols = self._cols(LOAN_PRODUCTS)
+        self.loan_cols = np.flatnonzero(self.categories == "loan").tolist()  # the credit cooldown's products
 
         # Lifecycle at the start of the window.
         u = rng.random(n)
@@ -512,9 +505,10 @@ class _Bank:
     def _holdings_table(self, t: int) -> pa.Table:
         cust, prod = np.nonzero(self.held)
         balance = np.zeros(len(cust))
-        is_account = self._product_mask(ACCOUNT_PRODUCTS)[prod]
-        is_saving = self._product_mask(SAVING_PRODUCTS)[prod]
-        is_loan = self._product_mask(LOAN_PRODUCTS)[prod]
+        # Balances by catalogue category, so that a bank's own products carry them too.
+        is_account = (self.categories == "account")[prod]
+        is_saving = np.isin(self.categories, ("deposit", "investment"))[prod]
+        is_loan = (self.categories == "loan")[prod]
         n_acc = np.bincount(cust[is_account], minlength=self.n).clip(1)
         n_sav = np.bincount(cust[is_saving], minlength=self.n).clip(1)
         balance[is_account] = self.balance[cust[is_account]] / n_acc[cust[is_account]]

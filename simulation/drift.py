@@ -18,7 +18,7 @@ no random number is drawn differently before it):
   app): app logins x1.6, web logins x0.5, calls to the contact centre x0.5; groceries spend x0.7,
   shopping x1.6 and travel x1.4.
 
-`simulation.bank` calls the three hooks below; with no drift it calls none of them.
+`nextbest.simulation.bank` calls the three hooks below; with no drift it calls none of them.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ products per client move by about 2% over 18 months (they grew by 20% before clo
 calibrated), and the marginals do not depend on how many months are simulated. Everyday
 products (direct debits, payroll deposits, cards) come and go within a few years, as they do in
 the Santander data; mortgages and pension plans stay for decades and grow slowly instead.
-See docs/simulator.md and `simulation.marginals`.
+See docs/simulator.md and `nextbest.simulation.marginals`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,19 @@ PRODUCT_BEHAVIOUR: dict[str, tuple[float, float, dict[str, float], float]] = {
     "direct_debit": (-6.3, -2.5, {"everyday": 1.4}, 0.024),
     "fx_service": (-8.5, -5.8, {"everyday": 0.6, "saving": 0.6}, 0.06),
     "premium_package": (-8.9, -5.8, {"saving": 0.8, "preservation": 0.8}, 0.02),
+}
+# A product of a bank's own catalogue with no entry above behaves like a representative product
+# of its category, so a catalogue can add or rename products without touching the simulator.
+CATEGORY_BEHAVIOUR: dict[str, tuple[float, float, dict[str, float], float]] = {
+    category: PRODUCT_BEHAVIOUR[product] for category, product in (
+        ("account", "e_account"),
+        ("card", "debit_card"),
+        ("deposit", "savings_account"),
+        ("loan", "consumer_loan"),
+        ("investment", "investment_funds"),
+        ("insurance", "home_insurance"),
+        ("service", "fx_service"),
+    )
 }
 
 SPEND_CATEGORIES = ("groceries", "utilities", "travel", "entertainment", "shopping")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulation.params import CATEGORY_CHANNEL_FIT, CHANNEL_LIFT, CHANNEL_PEAK_HOUR, DIGITAL_CHANNELS
+from nextbest.simulation.params import CATEGORY_CHANNEL_FIT, CHANNEL_LIFT, CHANNEL_PEAK_HOUR, DIGITAL_CHANNELS
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

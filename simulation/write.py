@@ -9,7 +9,7 @@ import pyarrow as pa
 from nextbest.config import Catalogue
 from nextbest.io import StreamingParquetWriter
 from nextbest.settings import Paths
-from simulation.bank import BankSpec, simulate
+from nextbest.simulation.bank import BankSpec, simulate
 
 
 def generate_to(paths: Paths, catalogue: Catalogue, spec: BankSpec,

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from nextbest.config import load_catalogue
-from simulation.bank import BankSpec, simulate_frames
+from nextbest.simulation.bank import BankSpec, simulate_frames
 
+# Every generated bank ends at a fixed month, so the suite runs on the same banks whatever the date.
 END = pd.Timestamp("2026-06-30")
+# The quickstart bank of the service, end-to-end and closed-loop tests: the bank their figures were set on.
+QUICKSTART_END = pd.Timestamp("2026-11-30")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = REPO_ROOT / "tests" / "data"
+# Every tenth row of the real UCI bank-marketing file (CC BY 4.0; attribution in its README).
+UCI_SAMPLE = DATA / "uci-bank-marketing" / "bank-additional-sample.csv"
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +39,10 @@ def raw(small_bank):
 @pytest.fixture(scope="session")
 def feast_bank(tmp_path_factory, catalogue):
     """A small bank through features, `feast apply` and materialisation (no models yet)."""
-    from feature_repo import store as feast_store
-    from features.pipeline import build_features_to
+    from nextbest.feature_repo import store as feast_store
+    from nextbest.features.pipeline import build_features_to
     from nextbest.settings import Paths
-    from simulation.write import generate_to
+    from nextbest.simulation.write import generate_to
 
     paths = Paths.from_workdir(tmp_path_factory.mktemp("feast_bank")).ensure()
     generate_to(paths, catalogue, BankSpec(n_customers=1200, n_months=8, seed=11, end=END))
@@ -58,7 +67,8 @@ def quickstart_workdir(tmp_path_factory):
     if reuse:
         return Path(reuse).resolve()
     wd = tmp_path_factory.mktemp("quickstart")
-    proc = run_cli("quickstart", "--customers", "800", "--months", "8", workdir=wd)
+    proc = run_cli("quickstart", "--customers", "800", "--months", "8", "--end", str(QUICKSTART_END.date()),
+                   workdir=wd)
     assert proc.returncode == 0, proc.stderr[-4000:]
     (wd / "quickstart.log").write_text(proc.stdout + proc.stderr)
     return wd

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from nextbest.cli import StageError, free_port, wait_ready
-from nextbest.settings import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 
 def run_cli(*args: str, workdir: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -24,9 +24,11 @@ def run_cli(*args: str, workdir: Path, timeout: int = 600, env: dict | None = No
 
 
 @contextlib.contextmanager
-def served(workdir: Path, env: dict | None = None, log_name: str = "server.log",
-           timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real `nextbest serve` on a free port; yields (base URL, process) once /readyz answers.
+def served(workdir: Path, env: dict | None = None, log_name: str = "server.log", timeout: float = 180,
+           command: Callable[[int], list[str]] | None = None,
+           cwd: Path = REPO_ROOT) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `nextbest serve` (or `command(port)`) on a free port; yields (base URL, process) once
+    /readyz answers.
 
     The server log goes to a file in the work dir (a pipe could fill and block the server).
     Whatever happens, the process group and every worker BentoML started (its workers run in
@@ -37,8 +39,9 @@ def served(workdir: Path, env: dict | None = None, log_name: str = "server.log",
     port = free_port()
     log_path = workdir / log_name
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nextbest.cli", "serve", "--workdir", str(workdir),
-                                 "--port", str(port)], cwd=REPO_ROOT, start_new_session=True,
+        cmd = command(port) if command else [sys.executable, "-m", "nextbest.cli", "serve", "--workdir",
+                                             str(workdir), "--port", str(port)]
+        proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True,
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         tree: list = []
         try:
@@ -70,9 +73,9 @@ def copy_workdir(src: Path, dst: Path) -> Path:
 
 
 def loaded_engine(workdir: Path):
-    """A `serving.engine.DecisionEngine` on `workdir`, loaded (models, store, policy) and ready."""
+    """A `nextbest.serving.engine.DecisionEngine` on `workdir`, loaded (models, store, policy) and ready."""
+    from nextbest.serving.engine import DecisionEngine
     from nextbest.settings import Paths
-    from serving.engine import DecisionEngine
 
     engine = DecisionEngine(Paths(workdir))
     engine.load()

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.schema import SchemaError
 from nextbest.config import TrainConfig
-from training import evaluate as ev
-from training.metrics import roc_auc
-from training.models import ModelMeta, Preprocessor, predict_proba
-from training.train import binary_task, fit, fit_temperature, predict_logits
+from nextbest.features.schema import SchemaError
+from nextbest.training import evaluate as ev
+from nextbest.training.metrics import roc_auc
+from nextbest.training.models import ModelMeta, Preprocessor, predict_proba
+from nextbest.training.train import binary_task, fit, fit_temperature, predict_logits
 
 CATEGORICAL = ("job", "marital", "education", "default", "housing", "loan", "contact", "month", "day_of_week",
                "poutcome")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.build import month_grid
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.features.build import month_grid
 
 LABEL_PREFIX = "label_"
 
@@ -101,7 +101,7 @@ def target_mask(df: pd.DataFrame, products: list[str], catalogue=None) -> np.nda
     product is not held and, given the catalogue (a `nextbest.config.Catalogue`), the customer may
     take it: age within the product's range (an unknown age counts as within) and one of its
     `requires` held. The same eligibility rules serving applies before ranking
-    (`serving.decide.eligible_products`), so training, evaluation and serving rank the same set.
+    (`nextbest.serving.decide.eligible_products`), so training, evaluation and serving rank the same set.
 
     Returns:
         float64 array [len(df), len(products)].

@@ -20,8 +20,8 @@ import torch.distributed as dist
 
 from nextbest.config import load_train_config
 from nextbest.settings import Paths
-from training.pipeline import Prepared, prepare, train_model
-from training.train import World
+from nextbest.training.pipeline import Prepared, prepare, train_model
+from nextbest.training.train import World
 
 
 def main(argv: list[str] | None = None) -> int:

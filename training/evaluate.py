@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
-from training.models import Preprocessor
+from nextbest.training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
+from nextbest.training.models import Preprocessor
 
 NEG_INF = -np.inf
 

@@ -159,7 +159,7 @@ class Ensemble(nn.Module):
     """Several TabularNets trained alike from different seeds; the logit is their mean.
 
     Averaging networks that differ only in initialisation and batch order cancels part of what
-    each learned by chance (README, model quality).
+    each learned by chance (docs/benchmarks.md, model quality).
     """
 
     def __init__(self, members: list[TabularNet]):
@@ -189,6 +189,24 @@ class ModelMeta:
     temperature: float = 1.0  # calibration: probabilities are sigmoid(logit / temperature)
     extra: dict = field(default_factory=dict)
     members: int = 1  # networks averaged (an Ensemble when > 1)
+
+    def products(self) -> list[str]:
+        """The product catalogue the model was trained on: the products it scores (nbp), or those whose
+        current holding it reads, `held_<product>` (churn)."""
+        if self.task == "nbp":
+            return list(self.outputs)
+        names = self.preprocessor.numeric + self.preprocessor.categorical
+        return [n.removeprefix("held_") for n in names if n.startswith("held_") and not n.startswith("held_lag")]
+
+    def catalogue_change(self, catalogue_ids: list[str]) -> str | None:
+        """How the catalogue differs from the one the model was trained on, or None when it does not."""
+        trained = self.products()
+        added = [p for p in catalogue_ids if p not in trained]
+        removed = [p for p in trained if p not in catalogue_ids]
+        if not added and not removed:
+            return None
+        return (f"trained on another product catalogue (products.yaml adds {added}, removes {removed}); "
+                f"retrain after a catalogue change")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

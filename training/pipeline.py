@@ -20,19 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.build import CATEGORICAL_FEATURES, POLICY_FEATURES
 from nextbest.config import TrainConfig, load_catalogue
 from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP,
                                 NBP_FEATURE_SERVICE, NBP_MODEL_NAME)
+from nextbest.features.build import CATEGORICAL_FEATURES, POLICY_FEATURES
 from nextbest.io import read_raw
 from nextbest.settings import Paths
-from training import evaluate as ev
-from training import registry
-from training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels, target_mask
-from training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
-                             save_checkpoint)
-from training.train import (TaskData, World, churn_task, effective_batch_size, fit_ensemble, fit_temperature,
-                            nbp_task, predict_logits)
+from nextbest.training import evaluate as ev
+from nextbest.training import registry
+from nextbest.training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels, target_mask
+from nextbest.training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
+                                      save_checkpoint)
+from nextbest.training.train import (TaskData, World, churn_task, effective_batch_size, fit_ensemble, fit_temperature,
+                                     nbp_task, predict_logits)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class TrainResult:
 
 def training_frame(paths: Paths, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
     """Point-in-time training set from Feast: the entity frame joined with the service's features."""
-    from feature_repo.store import open_store
+    from nextbest.feature_repo.store import open_store
 
     store = open_store(paths)
     job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(feature_service))
@@ -266,6 +266,9 @@ def _signature(meta: ModelMeta, example: pd.DataFrame, prob: np.ndarray) -> dict
     return infer_signature(inputs, pd.DataFrame(prob[:5], columns=meta.outputs)).to_dict()
 
 
+CATALOGUE_CHANGED = "trained on another product catalogue"
+
+
 def _champion_metric(paths: Paths, prep: Prepared, model_name: str) -> tuple[str | None, float | None, str]:
     """The current champion's metric on the same test month, or why it cannot be computed."""
     version = registry.alias_version(paths, model_name)
@@ -273,6 +276,9 @@ def _champion_metric(paths: Paths, prep: Prepared, model_name: str) -> tuple[str
         return None, None, "no champion yet"
     try:
         champion, meta = from_checkpoint(registry.fetch_version(paths, model_name, version).local_dir)
+        changed = meta.catalogue_change(prep.products)
+        if changed:  # it cannot serve the catalogue in force: nothing to compare against
+            return version, None, f"champion v{version} was {changed}"
         missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in prep.df.columns]
         if missing:
             return version, None, f"champion v{version} needs features the current training set lacks: {missing[:5]}"
@@ -284,7 +290,7 @@ def _champion_metric(paths: Paths, prep: Prepared, model_name: str) -> tuple[str
 
 def evaluate_metric(prep: Prepared, prob: np.ndarray) -> float:
     """The gate metric: MAP@7 for nbp, ROC AUC for churn, on the test month."""
-    from training.metrics import map_at_k, roc_auc
+    from nextbest.training.metrics import map_at_k, roc_auc
 
     test = prep.split.test
     if prep.task == "nbp":
@@ -298,6 +304,8 @@ def gate(challenger: float, champion: float | None, margin: float, reason_if_non
     if champion is None:
         if reason_if_none == "no champion yet":
             return True, "first model: no champion yet"
+        if CATALOGUE_CHANGED in reason_if_none:
+            return True, f"promoted: the {reason_if_none.removesuffix('; retrain after a catalogue change')}"
         return False, f"not promoted: {reason_if_none}"
     if challenger >= champion + margin:
         return True, f"challenger {challenger:.5f} >= champion {champion:.5f} + margin {margin}"

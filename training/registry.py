@@ -1,4 +1,6 @@
-"""MLflow tracking and model registry on the work directory (SQLite backend, local artifacts).
+"""MLflow tracking and model registry: the work directory's (SQLite backend, local artifacts), or a
+shared MLflow tracking server (`NEXTBEST_MLFLOW_URI` or the project's `mlflow_uri`, see
+`nextbest.settings`), whose artifact store then holds the models.
 
 Models are registered from plain checkpoint directories (`weights.pt` + `model.json`), not
 from a pickled MLflow flavour, so loading a registered model never unpickles code.
@@ -36,12 +38,19 @@ def _mlflow():
     return mlflow
 
 
+def is_remote(uri: str) -> bool:
+    """True for a tracking server (http, https, databricks), False for a local database or folder."""
+    return uri.split(":", 1)[0] in ("http", "https", "databricks")
+
+
 def tracking(paths: Paths):
-    """Points MLflow at the work directory and returns the module."""
+    """Points MLflow at the registry in force (see `nextbest.settings.resolve_mlflow_uri`) and returns the module."""
     mlflow = _mlflow()
-    paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(paths.mlflow_uri)
-    mlflow.set_registry_uri(paths.mlflow_uri)
+    uri = paths.mlflow_uri
+    if not is_remote(uri):
+        paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return mlflow
 
 
@@ -50,7 +59,20 @@ def experiment_id(paths: Paths, name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    if is_remote(paths.mlflow_uri):  # the server's artifact store holds the runs' files
+        return mlflow.create_experiment(name)
     return mlflow.create_experiment(name, artifact_location=(paths.mlflow_artifacts / name).as_uri())
+
+
+def _cache_dir(paths: Paths, name: str, version: str) -> Path:
+    """Where a registered version's files are kept locally: per registry, so versions of two
+    registries (the work dir's own and a shared server) never mix."""
+    uri = paths.mlflow_uri
+    if not is_remote(uri):
+        return paths.models / name / version
+    import hashlib
+
+    return paths.models / f"registry-{hashlib.sha256(uri.encode()).hexdigest()[:12]}" / name / version
 
 
 def register(paths: Paths, name: str, run_id: str, alias: str = CHALLENGER_ALIAS) -> str:
@@ -128,7 +150,7 @@ def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
     """Downloads a registered version's checkpoint into `<workdir>/models/<name>/<version>/`."""
     mlflow = tracking(paths)
     mv = mlflow.MlflowClient().get_model_version(name, str(version))
-    target = paths.models / name / str(mv.version)
+    target = _cache_dir(paths, name, str(mv.version))
     if not (target / "model.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # Download next to the target, then rename: a crash never leaves a half-copied model.
@@ -141,6 +163,19 @@ def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return RegisteredModel(name, str(mv.version), mv.run_id, target)
+
+
+def load_pinned(models_dir: Path, name: str) -> RegisteredModel:
+    """A checkpoint packed with its version (`nextbest build`): `<models_dir>/<name>/` and `pinned.json`.
+
+    Raises:
+        LookupError: the folder has no such model.
+    """
+    index = Path(models_dir) / "pinned.json"
+    pinned = json.loads(index.read_text()) if index.is_file() else {}
+    if name not in pinned or not (Path(models_dir) / name / "model.json").is_file():
+        raise LookupError(f"{models_dir}: no pinned model '{name}'")
+    return RegisteredModel(name, str(pinned[name]["version"]), pinned[name]["run_id"], Path(models_dir) / name)
 
 
 def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> RegisteredModel:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from nextbest.config import TrainConfig
-from training.datasets import target_mask
-from training.metrics import map_at_k, roc_auc
-from training.models import Ensemble, ModelMeta, Preprocessor, TabularNet, build_model
+from nextbest.training.datasets import target_mask
+from nextbest.training.metrics import map_at_k, roc_auc
+from nextbest.training.models import Ensemble, ModelMeta, Preprocessor, TabularNet, build_model
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 

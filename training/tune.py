@@ -15,10 +15,10 @@ import yaml
 
 from nextbest.config import TrainConfig
 from nextbest.settings import Paths
-from training import registry
-from training.models import ModelMeta, Preprocessor
-from training.pipeline import TASKS, Prepared, prepare
-from training.train import fit
+from nextbest.training import registry
+from nextbest.training.models import ModelMeta, Preprocessor
+from nextbest.training.pipeline import TASKS, Prepared, prepare
+from nextbest.training.train import fit
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Adapters: public real-data sets mapped onto the canonical raw tables (docs/data-model.md).
 
-- `features.adapters.santander.ingest_santander`: Kaggle "Santander Product Recommendation"
+- `nextbest.features.adapters.santander.ingest_santander`: Kaggle "Santander Product Recommendation"
   (monthly product holdings of ~950,000 customers, 2015-01 to 2016-05).
-- `features.adapters.uci_bank_marketing.ingest_uci`: UCI bank marketing (real telemarketing
+- `nextbest.features.adapters.uci_bank_marketing.ingest_uci`: UCI bank marketing (real telemarketing
   contacts and their outcome, 2008-05 to 2010-11).
 
 Each adapter writes every canonical table into the `raw/` directory it is given (empty tables
 where the data set has none, so that no table left over from an earlier run is mixed in), all
-validated with `features.schema.validate` and renamed into place only once everything succeeded.
+validated with `nextbest.features.schema.validate` and renamed into place only once everything succeeded.
 
 This module holds what the adapters share: the report, empty canonical tables, the header
 check and the approximate birth date. Submodules are not imported here, so importing one adapter
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.schema import SCHEMAS, SchemaError
+from nextbest.features.schema import SCHEMAS, SchemaError
 
 # Spellings of "missing" met in exported CSVs, after stripping blanks ("  NA" -> "NA").
 NA_TOKENS = ("", "NA", "N/A", "NaN", "nan", "NULL", "null", "None")

@@ -6,7 +6,7 @@ streamed in chunks, so memory is set by the chunk size plus a few values per cus
 the number of rows): ~770 MB peak for a synthetic file of the real size (13.2M rows, 911,000
 customers) at the default chunk size (benchmarks/bench_santander_ingest.py).
 
-What is written (each table validated with `features.schema.validate`):
+What is written (each table validated with `nextbest.features.schema.validate`):
 
 - `holdings.parquet`: one row per customer, month-end snapshot and product held (flag == 1),
   the 24 flags mapped onto our catalogue by `configs/adapters/santander_products.yaml`; flags
@@ -48,19 +48,12 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.adapters import (
-    NA_TOKENS,
-    IngestReport,
-    approx_birth_date,
-    arrow_schema,
-    empty_table,
-    parser_error_detail,
-    require_columns,
-)
-from features.schema import SchemaError, validate
 from nextbest.config import Catalogue, ConfigError
+from nextbest.features.adapters import (NA_TOKENS, IngestReport, approx_birth_date, arrow_schema, empty_table,
+                                        parser_error_detail, require_columns)
+from nextbest.features.schema import SchemaError, validate
 from nextbest.io import StreamingParquetWriter
-from nextbest.settings import CONFIG_DIR
+from nextbest.settings import config_file
 
 FLAGS = (
     "ind_ahor_fin_ult1", "ind_aval_fin_ult1", "ind_cco_fin_ult1", "ind_cder_fin_ult1", "ind_cno_fin_ult1",
@@ -74,7 +67,7 @@ REQUIRED_COLUMNS = ("fecha_dato", "ncodpers", *PROFILE_COLUMNS, *FLAGS)
 # Nearly one distinct value per row: plain text (categories would be sorted for nothing).
 _HIGH_CARDINALITY = ("ncodpers", "renta")
 _READ_DTYPES: defaultdict[str, Any] = defaultdict(lambda: "category", {c: str for c in _HIGH_CARDINALITY})
-DEFAULT_MAPPING = CONFIG_DIR / "adapters" / "santander_products.yaml"
+DEFAULT_MAPPING = "adapters/santander_products.yaml"  # a config name: the project's, else the package default
 DEFAULT_CHUNKSIZE = 500_000
 MAX_AGE = 120
 UNKNOWN_GENDER = "unknown"
@@ -118,7 +111,7 @@ def load_santander_mapping(catalogue: Catalogue, path: Path | None = None) -> Sa
         ConfigError: the file is missing or invalid, a flag is missing or unknown, or a product
             id is not in `configs/products.yaml` (the message names the file and the key).
     """
-    path = Path(path or DEFAULT_MAPPING)
+    path = Path(path or config_file(DEFAULT_MAPPING))
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
     try:

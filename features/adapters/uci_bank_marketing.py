@@ -4,7 +4,7 @@ Real telemarketing calls of a Portuguese retail bank offering a term deposit, Ma
 November 2010 (Moro, Cortez and Rita 2014): one row per contact, semicolon-separated, quoted
 strings, "unknown" for missing categories, ordered by date but without a date column.
 
-What is written (all validated with `features.schema.validate`):
+What is written (all validated with `nextbest.features.schema.validate`):
 
 - `offers.parquet`: one offer per row: `term_deposit` on `call_center` (the `contact` column only
   says whether the client was called on a cellular or a landline: both are phone calls),
@@ -17,7 +17,7 @@ What is written (all validated with `features.schema.validate`):
   them the bank's clients); no consent is recorded, so `marketing_opt_out` is False and every
   `consent_*` False, the privacy-safe default.
 - `uci_contacts.parquet`: every original attribute of the kept rows, with `customer_id`,
-  `offer_id` and `contact_date`, for the campaign-response model (`training.campaign.load_contacts`
+  `offer_id` and `contact_date`, for the campaign-response model (`nextbest.training.campaign.load_contacts`
   reads it). It keeps `duration`, the call length, which is known only after the call and
   decides its outcome (a 0-second call is always a "no"): never use it as a model input (the
   file's schema metadata lists it under `nextbest.leaky_columns`).
@@ -39,16 +39,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.adapters import (
-    IngestReport,
-    approx_birth_date,
-    arrow_schema,
-    empty_table,
-    parser_error_detail,
-    require_columns,
-)
-from features.schema import SchemaError, validate
 from nextbest.config import Catalogue, load_catalogue
+from nextbest.features.adapters import (IngestReport, approx_birth_date, arrow_schema, empty_table, parser_error_detail,
+                                        require_columns)
+from nextbest.features.schema import SchemaError, validate
 from nextbest.io import StreamingParquetWriter
 
 CATEGORICAL = ("job", "marital", "education", "default", "housing", "loan", "contact", "month", "day_of_week",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from nextbest.cli import UCI_DEFAULT, app
+from nextbest.cli import app
+from tests.conftest import UCI_SAMPLE
 
 
 def test_ingest_uci_reports_and_clears_stale_derived_tables(tmp_path):
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "customer_profile.parquet").write_bytes(b"stale")
-    result = CliRunner().invoke(app, ["ingest", "uci-bank-marketing", "--path", str(UCI_DEFAULT),
+    result = CliRunner().invoke(app, ["ingest", "uci-bank-marketing", "--path", str(UCI_SAMPLE),
                                       "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "41,188" in result.output and "removed 1 stale file" in result.output
+    assert "4,119" in result.output and "removed 1 stale file" in result.output
     assert (tmp_path / "raw" / "offers.parquet").exists() and (tmp_path / "raw" / "uci_contacts.parquet").exists()
     assert not (tmp_path / "features" / "customer_profile.parquet").exists()
     # Contact-level data has no monthly holdings: building features says so instead of crashing.

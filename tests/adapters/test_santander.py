@@ -9,25 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.adapters import approx_birth_date
-from features.adapters.santander import (
-    FLAG_INVALID,
-    FLAG_MISSING,
-    FLAGS,
-    ID_INVALID,
-    ID_MISSING,
-    REJECT_REASONS,
-    derive_status,
-    ingest_santander,
-    load_santander_mapping,
-    month_end,
-    parse_customer_number,
-    parse_date,
-    parse_flag,
-    parse_number,
-)
-from features.schema import SchemaError
 from nextbest.config import ConfigError
+from nextbest.features.adapters import approx_birth_date
+from nextbest.features.adapters.santander import (FLAG_INVALID, FLAG_MISSING, FLAGS, ID_INVALID, ID_MISSING,
+                                                  REJECT_REASONS, derive_status, ingest_santander,
+                                                  load_santander_mapping, month_end, parse_customer_number, parse_date,
+                                                  parse_flag, parse_number)
+from nextbest.features.schema import SchemaError
 from nextbest.io import RAW_TABLES, read_raw
 
 HEADER = ["fecha_dato", "ncodpers", "ind_empleado", "pais_residencia", "sexo", "age", "fecha_alta", "ind_nuevo",
@@ -365,7 +353,7 @@ def test_reasons_are_documented():
 def _load_bench():
     import importlib.util
 
-    from nextbest.settings import REPO_ROOT
+    from tests.conftest import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("bench_santander_ingest",
                                                   REPO_ROOT / "benchmarks" / "bench_santander_ingest.py")

@@ -1,4 +1,4 @@
-"""The UCI bank-marketing adapter: a hand-made file in the real format, and the real file when shared."""
+"""The UCI bank-marketing adapter: a hand-made file in the real format, and real contacts (tests/data)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from features.adapters.uci_bank_marketing import COLUMNS, contact_dates, ingest_uci
-from features.schema import SchemaError
+from nextbest.features.adapters.uci_bank_marketing import COLUMNS, contact_dates, ingest_uci
+from nextbest.features.schema import SchemaError
 from nextbest.io import RAW_TABLES, read_raw
-from nextbest.settings import REPO_ROOT
+from tests.conftest import UCI_SAMPLE
 
-REAL = REPO_ROOT.parent / "shared" / "data" / "uci-bank-marketing" / "bank-additional-full.csv"
 HEADER = ";".join(f'"{c}"' for c in COLUMNS)
 
 
@@ -150,16 +149,15 @@ def test_malformed_line_and_no_usable_row(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-# -- the real file (shared beside the repo in CI) ----------------------------------------------
+# -- real data: every tenth contact of the UCI file (tests/data) ---------------------------------
 
-@pytest.mark.skipif(not REAL.exists(), reason=f"{REAL} not present")
 def test_real_file(tmp_path, catalogue):
-    report = ingest_uci(REAL, tmp_path / "raw", catalogue)
-    assert report.rows_read == report.rows_kept == 41188 and report.rows_rejected == 0
+    report = ingest_uci(UCI_SAMPLE, tmp_path / "raw", catalogue)
+    assert report.rows_read == report.rows_kept == 4119 and report.rows_rejected == 0
     raw = read_raw(tmp_path / "raw", catalogue.ids)
     offers = raw["offers"]
-    assert len(offers) == len(raw["customers"]) == 41188
-    assert (offers.response == "accept").mean() == pytest.approx(0.113, abs=0.001)
+    assert len(offers) == len(raw["customers"]) == 4119
+    assert (offers.response == "accept").mean() == pytest.approx(456 / 4119)
     dates = offers.offered_at
     assert dates.is_monotonic_increasing
     assert (dates.min(), dates.max()) == (pd.Timestamp("2008-05-05"), pd.Timestamp("2010-11-26"))

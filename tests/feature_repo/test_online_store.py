@@ -19,15 +19,15 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig, load_repo_config
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String
 
-from feature_repo import online_store as row_store
-from feature_repo import store as feast_store
-from feature_repo.online_store import RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
-from features.build import PROFILE_VIEW, VIEWS
-from features.pipeline import build_features_to
 from nextbest.constants import NBP_FEATURE_SERVICE
+from nextbest.feature_repo import online_store as row_store
+from nextbest.feature_repo import store as feast_store
+from nextbest.feature_repo.online_store import RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
+from nextbest.features.build import PROFILE_VIEW, VIEWS
+from nextbest.features.pipeline import build_features_to
 from nextbest.settings import Paths
-from simulation.bank import BankSpec
-from simulation.write import generate_to
+from nextbest.simulation.bank import BankSpec
+from nextbest.simulation.write import generate_to
 from tests.conftest import END
 
 T1 = pd.Timestamp("2026-05-31", tz="UTC")

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feature_repo import store as feast_store
-from features.build import HOLDINGS_VIEW, PROFILE_VIEW
 from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_FEATURE_SERVICE_V1, NBP_FEATURE_SERVICE,
                                 OFFER_CONTEXT_FEATURE_SERVICE)
+from nextbest.feature_repo import store as feast_store
+from nextbest.features.build import HOLDINGS_VIEW, PROFILE_VIEW
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from typer.testing import CliRunner
 
-from feature_repo import store as feast_store
-from feature_repo.redis_store import (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_SOCKET_TIMEOUT_S, REDIS_PASSWORD_ENV,
-                                      RedisTarget, encode_timestamps, encode_values)
-from feature_repo.store import (ONLINE_STORE_ENV, REDIS_URL_ENV, OnlineStoreChoice, current_online_store,
-                                resolve_online_store)
-from features.build import PROFILE_VIEW
 from nextbest.cli import app
 from nextbest.constants import CUSTOMER_ID, NBP_FEATURE_SERVICE
+from nextbest.feature_repo import store as feast_store
+from nextbest.feature_repo.redis_store import (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_SOCKET_TIMEOUT_S, REDIS_PASSWORD_ENV,
+                                               RedisTarget, encode_timestamps, encode_values)
+from nextbest.feature_repo.store import (ONLINE_STORE_ENV, REDIS_URL_ENV, OnlineStoreChoice, current_online_store,
+                                         resolve_online_store)
+from nextbest.features.build import PROFILE_VIEW
 from nextbest.settings import Paths
 from tests.redis_server import redis_server
 
@@ -195,7 +195,7 @@ def test_the_password_stays_in_the_environment(feast_bank, tmp_path, monkeypatch
 
 
 def test_key_ttl_is_set_as_feasts_writer_sets_it(redis_bank, server):
-    from feature_repo.redis_store import write_batches
+    from nextbest.feature_repo.redis_store import write_batches
 
     store = feast_store.open_store(redis_bank)
     config = store.config.model_copy(deep=True)

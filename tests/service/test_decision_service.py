@@ -203,7 +203,7 @@ def test_every_acknowledged_decision_and_feedback_survives_kill_9(workdir, lates
 
 
 def test_events_reach_the_online_store(server, workdir, latest):
-    from feature_repo.store import open_store
+    from nextbest.feature_repo.store import open_store
     from nextbest.settings import Paths
 
     base, _ = server

@@ -9,8 +9,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from serving.decide import CONTROL, TREATMENT, holdout_groups
-from serving.engine import RequestError
+from nextbest.serving.decide import CONTROL, TREATMENT, holdout_groups
+from nextbest.serving.engine import RequestError
 from tests.servers import copy_workdir, latest_customers, loaded_engine
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def test_a_sample_of_served_features_is_logged(engine, customers):
 
 def test_rescoring_with_the_champion_reproduces_the_logged_probabilities(engine, customers):
     """The point-in-time join of the log's pseudonyms to the feature tables finds what was served."""
-    from monitoring.rescore import model_rescorer, rescore_contexts
+    from nextbest.monitoring.rescore import model_rescorer, rescore_contexts
 
     ids = [engine.recommend(cid, "branch", 3)["decision_id"] for cid in customers[300:360]]
     rows = [engine.eventlog._conn.execute("SELECT customer_pseudonym, context FROM decisions WHERE decision_id = ?",

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from serving.decide import CONTROL, holdout_groups
+from nextbest.serving.decide import CONTROL, holdout_groups
 from tests.servers import copy_workdir, latest_customers, loaded_engine, run_cli
 
 pytestmark = pytest.mark.slow

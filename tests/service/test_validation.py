@@ -13,7 +13,7 @@ def client(tmp_path_factory):
     # An empty work directory: the service starts, reports why it is not ready, and still validates input.
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTBEST_HOME", str(tmp_path_factory.mktemp("empty_workdir")))
-    from serving.service import NextBest
+    from nextbest.serving.service import NextBest
 
     app = NextBest.to_asgi()  # build once per process: BentoML registers Prometheus metrics per app
     with TestClient(app) as c:

@@ -1,26 +1,26 @@
-"""The campaign-response model on the real UCI bank-marketing file (shared beside the repo)."""
+"""The campaign-response model on real UCI bank-marketing contacts (every tenth row, tests/data)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from features.schema import SchemaError
 from nextbest.config import load_train_config
-from nextbest.settings import REPO_ROOT
-from training.campaign import campaign_frame, chrono_thirds, load_contacts, train_campaign
-
-UCI = REPO_ROOT.parent / "shared" / "data" / "uci-bank-marketing" / "bank-additional-full.csv"
+from nextbest.features.schema import SchemaError
+from nextbest.training.campaign import campaign_frame, chrono_thirds, load_contacts, train_campaign
+from tests.conftest import UCI_SAMPLE
 
 
 def test_real_file_chronological_split_without_duration():
-    contacts = load_contacts(UCI)
-    assert len(contacts) == 41188
+    contacts = load_contacts(UCI_SAMPLE)
+    assert len(contacts) == 4119
     result = train_campaign(contacts, load_train_config("campaign"))
-    assert result.rows == {"train": 32950, "val": 4119, "test": 4119}
+    assert result.rows == {"train": 3295, "val": 412, "test": 412}
     assert "duration" not in result.meta.preprocessor.numeric + result.meta.preprocessor.categorical
-    # Both models rank far better than chance on the most recent contacts.
-    assert result.metrics["test_roc_auc"] > 0.6 and result.metrics["lightgbm_roc_auc"] > 0.58
+    # The network ranks the 412 most recent contacts better than chance by more than two standard
+    # errors of the AUC at that size (about 0.028); LightGBM, on 3,295 training rows, barely does.
+    # On the full file (`nextbest campaign --path bank-additional-full.csv`) both reach 0.6 or more.
+    assert result.metrics["test_roc_auc"] > 0.56 and result.metrics["lightgbm_roc_auc"] > 0.5
 
 
 def test_pdays_999_is_a_flag_not_a_number():

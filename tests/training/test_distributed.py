@@ -11,10 +11,10 @@ import yaml
 
 from nextbest.cli import free_port
 from nextbest.config import TrainConfig
-from nextbest.settings import REPO_ROOT
-from training import registry
-from training.models import from_checkpoint
-from training.pipeline import prepare, train_model
+from nextbest.training import registry
+from nextbest.training.models import from_checkpoint
+from nextbest.training.pipeline import prepare, train_model
+from tests.conftest import REPO_ROOT
 
 
 def test_two_process_ddp_matches_single_process(feast_bank, tmp_path):
@@ -25,7 +25,7 @@ def test_two_process_ddp_matches_single_process(feast_bank, tmp_path):
     config = tmp_path / "churn.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "training.distributed", "churn", "--workdir", str(feast_bank.root), "--config", str(config)]
+           "-m", "nextbest.training.distributed", "churn", "--workdir", str(feast_bank.root), "--config", str(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])

@@ -6,9 +6,9 @@ import mlflow
 import pytest
 
 from nextbest.config import TrainConfig, load_train_config
-from training import registry
-from training.pipeline import prepare, train_model
-from training.tune import tune
+from nextbest.training import registry
+from nextbest.training.pipeline import prepare, train_model
+from nextbest.training.tune import tune
 
 FAST = dict(hidden=[32], max_epochs=3, patience=2, batch_size=256)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from nextbest.config import load_bandit
-from serving.bandit import Context, Featuriser, OnlinePolicy, Posterior, choose, sigmoid, slot_propensities
-from serving.decide import Candidate
-from serving.eventlog import EventLog
+from nextbest.serving.bandit import Context, Featuriser, OnlinePolicy, Posterior, choose, sigmoid, slot_propensities
+from nextbest.serving.decide import Candidate
+from nextbest.serving.eventlog import EventLog
 
 ARMS = ["savings_account", "term_deposit", "credit_card", "mortgage", "retention_call"]
 GROUPS = {"savings_account": "deposit", "term_deposit": "deposit", "credit_card": "card", "mortgage": "loan"}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from serving.decide import contact_allowed, eligible_products, rank_offers
+from nextbest.serving.decide import contact_allowed, eligible_products, rank_offers
 
 
 def test_held_products_are_never_offered(catalogue):

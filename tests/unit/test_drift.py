@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from monitoring import drift as D
-from monitoring.monitor import MonitoringConfig, feature_drift, load_features, load_monitoring
 from nextbest.config import ConfigError, load_catalogue
+from nextbest.monitoring import drift as D
+from nextbest.monitoring.monitor import MonitoringConfig, feature_drift, load_features, load_monitoring
 from nextbest.settings import Paths
-from simulation.bank import BankSpec, simulate_frames
-from simulation.drift import DriftSpec
+from nextbest.simulation.bank import BankSpec, simulate_frames
+from nextbest.simulation.drift import DriftSpec
 
 N_CUSTOMERS, N_MONTHS, SEED = 3000, 10, 7
 END = pd.Timestamp("2026-09-30")
@@ -45,8 +45,8 @@ STABLE = {
 
 
 def _bank(root: Path, kind: str | None) -> Paths:
-    from features.pipeline import build_features_to
-    from simulation.write import generate_to
+    from nextbest.features.pipeline import build_features_to
+    from nextbest.simulation.write import generate_to
 
     paths = Paths.from_workdir(root).ensure()
     spec = BankSpec(n_customers=N_CUSTOMERS, n_months=N_MONTHS, seed=SEED, end=END,
@@ -270,7 +270,7 @@ def _event_log(path: Path, weeks: list[tuple[int, int]], start: float = 1_790_00
     """A decision log with, per week, (offers shown, offers accepted), one offer per decision."""
     import sqlite3
 
-    from serving.eventlog import SCHEMA
+    from nextbest.serving.eventlog import SCHEMA
 
     con = sqlite3.connect(path)
     con.executescript(SCHEMA)
@@ -291,7 +291,7 @@ def _event_log(path: Path, weeks: list[tuple[int, int]], start: float = 1_790_00
 
 @pytest.mark.parametrize("weeks, passed", [([(300, 30), (300, 27)], True), ([(300, 30), (300, 12)], False)])
 def test_acceptance_rate_of_the_last_week_against_the_earlier_ones(tmp_path, config, weeks, passed):
-    from monitoring.monitor import acceptance_section
+    from nextbest.monitoring.monitor import acceptance_section
 
     paths = Paths.from_workdir(tmp_path).ensure()
     _event_log(paths.events_db, weeks)
@@ -303,7 +303,7 @@ def test_acceptance_rate_of_the_last_week_against_the_earlier_ones(tmp_path, con
 
 
 def test_acceptance_without_enough_offers_is_reported_not_gated(tmp_path, config):
-    from monitoring.monitor import acceptance_section
+    from nextbest.monitoring.monitor import acceptance_section
 
     paths = Paths.from_workdir(tmp_path).ensure()
     _event_log(paths.events_db, [(20, 5)])

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import evaluate as ev
-from training.models import Preprocessor
+from nextbest.training import evaluate as ev
+from nextbest.training.models import Preprocessor
 
 
 def test_popularity_per_segment_with_fallback():
@@ -50,7 +50,7 @@ def test_lightgbm_nbp_learns_a_signal():
     x, names, cats = ev.lightgbm_matrix(df, pre)
     assert names == ["x", "c"] and cats == [1]
     scores = ev.lightgbm_nbp(x[:2000], y[:2000], mask[:2000], x[2000:2500], y[2000:2500], mask[2000:2500], x[2500:], cats)
-    from training.metrics import roc_auc
+    from nextbest.training.metrics import roc_auc
 
     assert roc_auc(y[2500:, 0], scores[:, 0]) > 0.85
     assert roc_auc(y[2500:, 1], scores[:, 1]) > 0.6

@@ -1,8 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW, build_feature_tables
 from nextbest.config import Catalogue, Product, load_segments
+from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW, build_feature_tables
 
 
 def _tiny_bank():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from nextbest.config import ConfigError, HoldoutConfig, load_bandit
-from nextbest.settings import CONFIG_DIR
-from serving.decide import (CHANNEL_WIDE, CONTROL, TREATMENT, Suppression, apply_holdout, holdout_groups,
-                            make_profile)
+from nextbest.serving.decide import (CHANNEL_WIDE, CONTROL, TREATMENT, Suppression, apply_holdout, holdout_groups,
+                                     make_profile)
+from nextbest.settings import default_config_dir
 
 CFG = HoldoutConfig(salt="s1", share=0.05, campaigns={"deposits": {"products": ["savings_account", "term_deposit"],
                                                                    "share": 0.2}})
@@ -46,7 +46,7 @@ def test_global_control_gets_nothing_and_campaign_control_loses_its_products():
 
 def test_config_is_validated(tmp_path, catalogue):
     path = tmp_path / "bandit.yaml"
-    base = (CONFIG_DIR / "bandit.yaml").read_text()
+    base = (default_config_dir() / "bandit.yaml").read_text()
     path.write_text(base + "\n")
     assert load_bandit(path, catalogue).holdout.share == pytest.approx(0.05)
     bad = base.replace("products: [savings_account, term_deposit]", "products: [savings_acount]")

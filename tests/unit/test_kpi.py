@@ -2,7 +2,7 @@
 cross-check against a naive reader, empty logs, privacy, and the HTML/JSON section.
 
 `synthetic_events_db` also builds the large logs of the speed measurement:
-    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests/unit'); import test_kpi; test_kpi.bench(1_000_000)"
+    .venv/bin/python -c "from tests.unit.test_kpi import bench; bench(1_000_000)"
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.charts import kpi_html, kpi_section
-from monitoring.kpi import business_kpis
+from nextbest.monitoring.charts import kpi_html, kpi_section
+from nextbest.monitoring.kpi import business_kpis
+from nextbest.serving.eventlog import SCHEMA, EventLog
+from nextbest.serving.privacy import pseudonymise
 from nextbest.settings import Paths
-from serving.eventlog import SCHEMA, EventLog
-from serving.privacy import pseudonymise
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 HOUR, DAY = 3600.0, 86400.0
@@ -305,7 +305,7 @@ def bench(n_decisions: int, folder: str = "/tmp/kpi-bench-log") -> None:
         synthetic_events_db(path, catalogue, n_decisions)
         print(f"wrote {n_decisions:,} decisions ({path.stat().st_size / 1e6:,.0f} MB) "
               f"in {time.perf_counter() - started:.1f} s")
-    from monitoring.uplift import uplift
+    from nextbest.monitoring.uplift import uplift
 
     started, cpu = time.perf_counter(), time.process_time()
     kpis = business_kpis(path, catalogue)

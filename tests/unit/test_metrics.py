@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
+from nextbest.training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
 
 
 def test_map_at_k_hand_computed():

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from nextbest.config import TrainConfig
-from training.models import ModelMeta, Preprocessor, build_model, from_checkpoint, predict_proba, save_checkpoint
-from training.train import fit, masked_scores, nbp_task, predict_logits
+from nextbest.training.models import (ModelMeta, Preprocessor, build_model, from_checkpoint, predict_proba,
+                                      save_checkpoint)
+from nextbest.training.train import fit, masked_scores, nbp_task, predict_logits
 
 PRODUCTS = ["a", "b", "c"]
 
@@ -114,7 +115,7 @@ def test_behaviour_mortgage_page_views_and_salary_rise_rank_the_mortgage_higher(
 @pytest.mark.parametrize("encoding", ["standard", "piecewise"])
 def test_row_scorer_equals_torch_on_frames_and_online_rows(encoding):
     """Serving's numpy forward pass gives the trained model's probabilities (frames, dict rows, unseen values)."""
-    from training.models import RowScorer
+    from nextbest.training.models import RowScorer
 
     df = _data(300, seed=3)
     pre = Preprocessor.fit(df, ["x", "held_a", "held_b"], ["seg"], encoding)
@@ -177,7 +178,7 @@ def test_a_checkpoint_with_inconsistent_encoding_is_refused():
 def test_early_stopping_keeps_the_epoch_it_selects_on(select_on):
     """The kept model is the epoch with the best validation metric, or the lowest validation loss;
     both are recorded every epoch, and the kept model's validation scores are that epoch's."""
-    from training.train import validation_scores
+    from nextbest.training.train import validation_scores
 
     train, val = _data(400, seed=1), _data(300, seed=2)
     pre = Preprocessor.fit(train, ["x", "held_a", "held_b", "held_c"], ["seg"])
@@ -198,7 +199,7 @@ def test_early_stopping_keeps_the_epoch_it_selects_on(select_on):
 def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch):
     """A batch larger than the data would make one step per epoch: the batch shrinks to keep
     `min_steps_per_epoch` optimiser steps, so settings chosen on a large bank train on a small one."""
-    from training.train import effective_batch_size
+    from nextbest.training.train import effective_batch_size
 
     assert effective_batch_size(TrainConfig(batch_size=2048, min_steps_per_epoch=32), 600) == 19
     assert effective_batch_size(TrainConfig(batch_size=2048, min_steps_per_epoch=32), 1_000_000) == 2048
@@ -223,7 +224,7 @@ def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch
 def test_target_mask_drops_held_and_ineligible_products_from_loss_and_ranking():
     """nbp predicts and ranks what serving may offer: not held, age within range, prerequisite held."""
     from nextbest.config import Catalogue
-    from training.datasets import target_mask
+    from nextbest.training.datasets import target_mask
 
     catalogue = Catalogue(version=1, products=[
         {"product_id": "a", "name": "A", "category": "account", "margin": 1},
@@ -259,8 +260,8 @@ def test_target_mask_drops_held_and_ineligible_products_from_loss_and_ranking():
 def test_an_ensemble_averages_networks_of_consecutive_seeds_and_round_trips(tmp_path):
     """ensemble: 3 trains three networks with seeds 7, 8, 9; the model's logit is their mean; the
     checkpoint, the numpy scorer and the history all carry the three."""
-    from training.models import Ensemble, RowScorer
-    from training.train import fit_ensemble
+    from nextbest.training.models import Ensemble, RowScorer
+    from nextbest.training.train import fit_ensemble
 
     df = _data(400, seed=5)
     pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"], "piecewise", bins=4)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitoring.ope import Logged, direct_method, doubly_robust, dr_shrunk, from_event_log, ips, snips
-from serving.bandit import Context, Featuriser, Posterior, choose, sigmoid, slot_propensities
-from serving.eventlog import EventLog
+from nextbest.monitoring.ope import Logged, direct_method, doubly_robust, dr_shrunk, from_event_log, ips, snips
+from nextbest.serving.bandit import Context, Featuriser, Posterior, choose, sigmoid, slot_propensities
+from nextbest.serving.eventlog import EventLog
 
 ARMS = ["savings_account", "term_deposit", "credit_card", "mortgage", "investment_funds"]
 VALUE = np.array([45.0, 120.0, 140.0, 1400.0, 520.0])
@@ -143,7 +143,7 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
 
 
 def test_weight_diagnostics_flag_a_candidate_far_from_the_logging_policy():
-    from monitoring.ope import Logged, diagnostics
+    from nextbest.monitoring.ope import Logged, diagnostics
 
     n = 1000
     served = np.zeros((n, 1), dtype=int)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nextbest.settings import Paths
-from training import registry
-from training.pipeline import gate
+from nextbest.training import registry
+from nextbest.training.pipeline import gate
 
 
 def test_gate_promotes_only_a_better_challenger():
@@ -53,3 +53,22 @@ def test_register_promote_rollback_and_fetch(paths):
         registry.promote(paths, "nbp", "9", "typo")
     with pytest.raises(LookupError, match="no model 'churn'"):
         registry.fetch_alias(paths, "churn")
+
+
+def test_gate_promotes_over_a_champion_trained_on_another_catalogue():
+    promoted, reason = gate(0.1, None, 0.5, "champion v3 was trained on another product catalogue (products.yaml "
+                                            "adds ['gold_card'], removes []); retrain after a catalogue change")
+    assert promoted is True and "gold_card" in reason and reason.startswith("promoted")
+
+
+def test_a_model_knows_the_catalogue_it_was_trained_on():
+    from nextbest.training.models import ModelMeta, Preprocessor
+
+    nbp = ModelMeta("nbp", "next_best_product_v1", Preprocessor(["age", "held_mortgage"], []), ["mortgage", "e_account"],
+                    [8], 2, 0.0)
+    assert nbp.catalogue_change(["mortgage", "e_account"]) is None
+    assert "adds ['gold_card'], removes ['e_account']" in nbp.catalogue_change(["mortgage", "gold_card"])
+    churn = ModelMeta("churn", "churn_v2", Preprocessor(["held_mortgage", "held_lag1_e_account", "held_e_account"],
+                                                        []), ["churn"], [8], 2, 0.0)
+    assert churn.products() == ["mortgage", "e_account"] and churn.catalogue_change(["e_account", "mortgage"]) is None
+    assert "removes ['mortgage']" in churn.catalogue_change(["e_account"])

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from nextbest.config import load_bandit, load_catalogue, load_rules
 from nextbest.constants import CHANNELS
-from serving.bandit import Context, Featuriser, Posterior, choose
-from serving.decide import CHANNEL_WIDE, History, Profile, apply_rules, candidates, is_credit, make_profile
+from nextbest.serving.bandit import Context, Featuriser, Posterior, choose
+from nextbest.serving.decide import CHANNEL_WIDE, History, Profile, apply_rules, candidates, is_credit, make_profile
 
 CATALOGUE = load_catalogue()
 POLICY = load_bandit(catalogue=CATALOGUE)

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from features.schema import SchemaError, validate
-from features.pipeline import build_features_to
+from nextbest.features.pipeline import build_features_to
+from nextbest.features.schema import SchemaError, validate
 from nextbest.io import read_raw
 from nextbest.settings import Paths
 

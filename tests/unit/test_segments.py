@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.segments import assign_group, evaluate_rule, lifecycle_states, value_tier
 from nextbest.config import ConfigError, Rule, SegmentGroup, load_segments
+from nextbest.features.segments import assign_group, evaluate_rule, lifecycle_states, value_tier
 
 
 def _customers() -> pd.DataFrame:

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulation.bank import BankSpec, simulate_frames
-from simulation.response import accept_probability
+from nextbest.simulation.bank import BankSpec, simulate_frames
+from nextbest.simulation.response import accept_probability
 from tests.conftest import END
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from nextbest.io import read_raw
 from nextbest.settings import Paths
-from simulation.bank import BankSpec, _Bank, _running_ids
-from simulation.marginals import SANTANDER, marginals, markdown_table
-from simulation.write import generate_to
+from nextbest.simulation.bank import BankSpec, _Bank, _running_ids
+from nextbest.simulation.marginals import SANTANDER, marginals, markdown_table
+from nextbest.simulation.write import generate_to
 from tests.conftest import END
 
 JAN, FEB, MAR = pd.Timestamp("2026-01-31"), pd.Timestamp("2026-02-28"), pd.Timestamp("2026-03-31")
@@ -99,7 +99,7 @@ def test_generate_to_writes_valid_deterministic_tables(tmp_path, catalogue):
 
 
 def test_customer_ids_beyond_32_bit_offsets_come_in_chunks(catalogue, monkeypatch):
-    import simulation.bank as bank_module
+    import nextbest.simulation.bank as bank_module
 
     bank = _Bank(catalogue, BankSpec(n_customers=50, n_months=4, seed=1, end=END))
     monkeypatch.setattr(bank_module, "_MAX_STRING_BYTES", 8 * 4)  # 3 ids of 8 bytes per chunk

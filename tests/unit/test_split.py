@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from training.datasets import chrono_split, churn_labels, nbp_labels
+from nextbest.training.datasets import chrono_split, churn_labels, nbp_labels
 
 
 def _frame(months: int) -> pd.DataFrame:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.charts import holdout_campaigns, section_config, uplift_html, uplift_section
-from monitoring.uplift import bootstrap_means, newcombe, uplift, wilson
+from nextbest.monitoring.charts import holdout_campaigns, section_config, uplift_html, uplift_section
+from nextbest.monitoring.uplift import bootstrap_means, newcombe, uplift, wilson
+from nextbest.serving.eventlog import EventLog
+from nextbest.serving.privacy import pseudonymise
 from nextbest.settings import Paths
-from serving.eventlog import EventLog
-from serving.privacy import pseudonymise
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 DAY = 86400.0
@@ -288,10 +288,10 @@ def test_section_config_from_any_caller():
 
 def test_holdout_campaigns_from_the_validated_bandit_config(tmp_path):
     from nextbest.config import ConfigError
-    from nextbest.settings import CONFIG_DIR
+    from nextbest.settings import default_config_dir
 
     assert set(holdout_campaigns()) == {"all", "deposits", "investments"}  # configs/bandit.yaml
-    base = (CONFIG_DIR / "bandit.yaml").read_text().split("\nholdout:")[0]
+    base = (default_config_dir() / "bandit.yaml").read_text().split("\nholdout:")[0]
     path = tmp_path / "bandit.yaml"
     path.write_text(base)
     assert holdout_campaigns(path) == {"all": "all"}

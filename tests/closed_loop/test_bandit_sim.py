@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulation.bandit_sim import (CHANNEL_MIX, POLICIES, EpsilonGreedy, Greedy, MabLinear, Oracle, Random, Step,
-                                   Tally, Truth, VowpalCB, make_traffic)
-from simulation.response import accept_probability
+from nextbest.simulation.bandit_sim import (CHANNEL_MIX, POLICIES, EpsilonGreedy, Greedy, MabLinear, Oracle, Random,
+                                            Step, Tally, Truth, VowpalCB, make_traffic)
+from nextbest.simulation.response import accept_probability
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 ARMS = ["savings_account", "term_deposit", "credit_card", "mortgage", "payment_help"]
@@ -137,7 +137,7 @@ def sim_workdir(quickstart_workdir, tmp_path_factory):
 
 def _simulate(workdir, out, policy="nextbest", shadows=tuple(p for p in POLICIES if p != "nextbest"), **kw):
     from nextbest.settings import Paths
-    from simulation.bandit_sim import simulate_workdir
+    from nextbest.simulation.bandit_sim import simulate_workdir
 
     kw = {"steps": STEPS, "seed": 5, "customers": 60, "visits_per_week": 8.0, "update_every": 50, **kw}
     return simulate_workdir(Paths.from_workdir(workdir), policy, shadows=shadows, out_dir=out, **kw)

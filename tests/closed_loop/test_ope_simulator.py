@@ -1,7 +1,7 @@
 """Off-policy evaluation on the bandit simulator, where the truth is known.
 
 Our policy logs decisions through the real decision engine (the simulation's decision log); the
-estimators of `monitoring.ope` then value a candidate policy -- greedy on the final posterior --
+estimators of `nextbest.monitoring.ope` then value a candidate policy -- greedy on the final posterior --
 from that log alone, and the simulator's truth gives the candidate's true value on the same
 logged contexts. At 50,000 decisions the benchmark (benchmarks/bench_bandit.py) checks the issue's
 5%; here 12,000 decisions must put the truth inside the estimators' 95% intervals.
@@ -16,17 +16,16 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# The test bank (the quickstart fixture) ends at the last month end before today, so it is drawn anew
-# each calendar month. At 6,000 logged decisions the median DR half-width below was 0.70 x the truth
-# on the bank of 2026-11-30 (0.45 on another draw): one explored high-value acceptance widens a log's
-# interval a lot. 12,000 decisions halve the variance; the threshold is unchanged.
+# At 6,000 logged decisions the median DR half-width below was 0.70 x the truth on the test bank
+# (the quickstart fixture, ending 2026-11-30), 0.45 on another draw: one explored high-value
+# acceptance widens a log's interval a lot. 12,000 decisions halve the variance.
 STEPS = 12000
 
 
 @pytest.fixture(scope="module")
 def logged_run(quickstart_workdir, tmp_path_factory):
     from nextbest.settings import Paths
-    from simulation.bandit_sim import simulate_workdir
+    from nextbest.simulation.bandit_sim import simulate_workdir
     from tests.servers import copy_workdir
 
     wd = copy_workdir(quickstart_workdir, tmp_path_factory.mktemp("ope-sim") / "wd")
@@ -42,7 +41,7 @@ COVERAGE_SEEDS = (11, 12, 13, 14)
 def coverage_runs(logged_run, quickstart_workdir, tmp_path_factory):
     """The candidate's OPE on four independent logs (simulator seeds 11-14; 11 is `logged_run`)."""
     from nextbest.settings import Paths
-    from simulation.bandit_sim import ope_against_truth, simulate_workdir
+    from nextbest.simulation.bandit_sim import ope_against_truth, simulate_workdir
     from tests.servers import copy_workdir
 
     out = []
@@ -86,7 +85,7 @@ def test_doubly_robust_recovers_the_true_value_of_a_candidate(coverage_runs):
 
 def test_the_evaluated_log_is_the_engines_log(logged_run):
     """The arrays the estimators read are the simulator's decisions: same offers, propensities in (0, 1]."""
-    from monitoring.ope import from_event_log
+    from nextbest.monitoring.ope import from_event_log
 
     engine = logged_run.engine
     logged, target, predicted = from_event_log(logged_run.events_db, engine.policy.posterior,
@@ -105,8 +104,8 @@ def test_the_evaluated_log_is_the_engines_log(logged_run):
 def test_the_dr_reward_model_is_the_one_learned_from_the_log_whatever_the_candidate(logged_run):
     """A candidate far from the data (the prior) is valued with the log's acceptance model in the
     direct part, not its own: the reward predictions do not depend on the candidate."""
-    from monitoring.ope import from_event_log
-    from serving.bandit import Posterior, sigmoid
+    from nextbest.monitoring.ope import from_event_log
+    from nextbest.serving.bandit import Posterior, sigmoid
 
     engine = logged_run.engine
     f, final, cfg = engine.policy.featuriser, engine.policy.posterior, engine.policy_cfg

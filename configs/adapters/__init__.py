@@ -1,0 +1,1 @@
+"""Default mappings for the bundled adapters."""
