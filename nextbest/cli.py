@@ -49,26 +49,20 @@ def stage(name: str):
 
 
 def _paths(workdir: Optional[Path]) -> Paths:
+    """The work directory's paths (created), once every config in force is known to be valid: a bad
+    one names its file, field and value, and the command exits 2 before any work."""
+    return _run(_open_workdir, workdir)
+
+
+def _open_workdir(workdir: Optional[Path]) -> Paths:
+    from nextbest.config import validate_all
+
     paths = Paths.from_workdir(workdir)
     # --workdir is NEXTBEST_HOME for this command and what it starts (the service, torchrun), so that a
     # work directory inside a project folder finds that project's configs from anywhere.
     os.environ[WORKDIR_ENV] = str(paths.root)
+    validate_all()
     return paths.ensure()
-
-
-# Commands that run before (or without) a valid project: they check the configs themselves or need none.
-_NO_CONFIG_CHECK = {"init", "info"}
-
-
-@app.callback()
-def _check_configs(ctx: typer.Context) -> None:
-    """Every config in force is validated before any work: a bad one names its file, field and
-    value, and the command exits 2."""
-    if ctx.invoked_subcommand in _NO_CONFIG_CHECK or ctx.resilient_parsing:
-        return
-    from nextbest.config import validate_all
-
-    _run(validate_all)
 
 
 def _error(message, label: str = "error:") -> None:

@@ -38,8 +38,9 @@ import os
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-os.environ.setdefault("{project_env}", str(_HERE / "project"))
-os.environ.setdefault("{models_env}", str(_HERE / "models"))
+# Always the Bento's own configs and models, whatever the environment says: what was built is served.
+os.environ["{project_env}"] = str(_HERE / "project")
+os.environ["{models_env}"] = str(_HERE / "models")
 
 from nextbest.serving.service import NextBest  # noqa: E402  (reads the two settings above when it starts)
 

@@ -119,3 +119,17 @@ def test_an_invalid_project_config_stops_every_command_before_any_work(clean_env
 
         assert re.search(expected, " ".join(result.output.split())), result.output
     assert not list((clean_env / "bank" / "work").rglob("*.parquet"))  # nothing was generated
+
+
+def test_a_work_dir_inside_a_project_brings_its_configs_from_anywhere(clean_env, monkeypatch):
+    CliRunner().invoke(app, ["init", "bank"])
+    rules = clean_env / "bank" / "configs" / "rules.yaml"
+    rules.write_text(rules.read_text().replace("rejection_cooldown_days: 30", "rejection_cooldown_days: -1"))
+    elsewhere = clean_env / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(app, ["generate", "--customers", "50", "--months", "4",
+                                      "--workdir", str(clean_env / "bank" / "work")])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{rules}: field rejection_cooldown_days" in flat, result.output
+    assert not list((clean_env / "bank" / "work").rglob("*.parquet"))
