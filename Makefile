@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	@echo "test-fast leaves out the slow tests (marked slow: the real service, end to end, the closed-loop simulator, deploy); make test runs them all"
 	$(BIN)/python -m pytest -m "not slow"
+
+## Static checks (ruff: errors, unused names, line length).
+lint: $(STAMP)
+	$(BIN)/ruff check
 
 clean:
 	rm -rf .nextbest .pytest_cache

@@ -5,7 +5,7 @@
                                       [--visits-per-week 1] [--ope-at 50000]
                                       [--variant explore_share=0.05 --variant prior.intercept=0.5 ...]
 
-What runs (simulation/bandit_sim.py): `--steps` requests of the work dir's customers (latest
+What runs (monitoring/replay/): `--steps` requests of the work dir's customers (latest
 snapshot), each through the real decision path (`nextbest.serving.engine.DecisionEngine`: online features,
 both champion models, every rule with the simulation's own decision log as contact history, with
 simulated time), with our policy (`nextbest`: configs/bandit.yaml's Thompson sampling, learning
@@ -45,7 +45,8 @@ our regret is what learning online costs at this many decisions.
 
 `--variant key=value` (repeatable) runs our policy with a changed configs/bandit.yaml setting
 (`explore_share`, `uniform_share`, `propensity_samples`, `prior.intercept`, `prior.score_weight`,
-`prior.variance`, `prior.score_variance`, `prior.fit_variance`), applied to the engine's in-memory config only: an experiment, labelled as such
+`prior.variance`, `prior.score_variance`, `prior.fit_variance`), applied to the engine's in-memory
+config only: an experiment, labelled as such
 in the output, never the shipped configuration. The source work dir is never written: it is copied
 to `--workdir` once (Feast paths rewritten).
 """
@@ -191,7 +192,7 @@ def main() -> None:
 
     from nextbest.serving.bandit import Posterior
     from nextbest.settings import Paths
-    from nextbest.simulation.bandit_sim import ope_against_truth, simulate_workdir
+    from nextbest.monitoring.replay import ope_against_truth, simulate_workdir
 
     _ensure_workdir(args.source, args.workdir, args.customers)
     paths = Paths.from_workdir(args.workdir).ensure()

@@ -66,7 +66,7 @@ def main() -> None:
         rows = generate_to(paths, catalogue, spec, on_month=progress)
         wall, cpu, rss = time.perf_counter() - start, cpu_seconds() - cpu0, peak_rss_gb()
 
-        print(f"\n| table | rows | MB on disk |\n|---|---:|---:|")
+        print("\n| table | rows | MB on disk |\n|---|---:|---:|")
         for name, count in rows.items():
             size = (paths.root / f"{name}.parquet").stat().st_size / 1e6
             print(f"| {name} | {count:,} | {size:,.0f} |")

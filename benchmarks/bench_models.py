@@ -108,7 +108,8 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
     generate_to(paths, catalogue, BankSpec(n_customers=customers, n_months=months, seed=seed, end=END))
     build_features_to(paths, catalogue)
     feast_store.apply(paths)
-    print(f"bank: {customers:,} customers x {months} months, features and feast apply in {time.perf_counter() - t:.0f}s")
+    print(f"bank: {customers:,} customers x {months} months, "
+          f"features and feast apply in {time.perf_counter() - t:.0f}s")
     rows, by_seed = [], {}
     for task, metric in (("nbp", "map_at_7"), ("churn", "roc_auc")):
         cfg = load_train_config(task)
@@ -129,7 +130,8 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     for task, metric, ours, pop, lgb, oracle, secs, n, month in rows:
         print(f"| {task} | {metric} | {ours:.4f} | {fmt(pop)} | {fmt(lgb)} | {fmt(oracle)} | "
-              f"{fmt(ours / oracle if oracle else None)} | {fmt(ours / lgb if lgb else None)} | {n:,} | {month} | {secs:.0f} |")
+              f"{fmt(ours / oracle if oracle else None)} | {fmt(ours / lgb if lgb else None)} | "
+              f"{n:,} | {month} | {secs:.0f} |")
     nbp, churn = rows
     print(f"\ntargets: nbp MAP@7 >= 0.95 x oracle: {'met' if nbp[2] >= 0.95 * nbp[5] else 'NOT met'}; "
           f">= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "

@@ -70,7 +70,7 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from nextbest.cli import free_port, serve_command, serve_env, stop_server, wait_ready
+from nextbest.cli.server import free_port, serve_command, serve_env, stop_server, wait_ready
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE
 from nextbest.settings import Paths
 
@@ -586,8 +586,10 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "bench_recommend", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_start": [round(x, 2) for x in load0], "load_average_end": [round(x, 2) for x in load1]},
-        "config": {"workdir": str(paths.root), "online_store": store, "customers_in_snapshot": len(customers), "workers": args.workers,
+                    "load_average_start": [round(x, 2) for x in load0],
+                    "load_average_end": [round(x, 2) for x in load1]},
+        "config": {"workdir": str(paths.root), "online_store": store,
+                   "customers_in_snapshot": len(customers), "workers": args.workers,
                    "rates": args.rates, "duration_s": args.duration, "warmup_s": args.warmup,
                    "concurrency": args.concurrency, "connections": args.connections, "timeout_s": args.timeout,
                    "feast_flags": "--no-access-log --max-requests 0", "feast_request": args.feast_request,
@@ -635,7 +637,8 @@ def main() -> None:
           f"{m['cpus']} CPUs shared with the load generator; {results['config']['duration_s']:g} s per phase; "
           f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at the end\n")
     print(table(results["phases"], results["labels"]))
-    print(f"\nmost answers per second (closed loop x{results['config']['concurrency']}): ours {s['ours_max_per_s']:,.1f} "
+    print(f"\nmost answers per second (closed loop x{results['config']['concurrency']}): "
+          f"ours {s['ours_max_per_s']:,.1f} "
           f"full recommendations/s vs Feast {s['feast_max_per_s']:,.1f} bare feature vectors/s "
           f"-> ratio {s['ratio']:.2f}")
     print("targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in s["targets"].items()))

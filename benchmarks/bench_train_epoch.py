@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -50,7 +49,8 @@ def examples(workdir: Path, customers: int, months: int) -> tuple[pd.DataFrame, 
     df = labels
     for view in VIEWS:
         # Feature rows are keyed by (customer, month end), exactly what the point-in-time join returns here.
-        df = df.merge(pd.read_parquet(paths.features / f"{view}.parquet"), on=[CUSTOMER_ID, EVENT_TIMESTAMP], how="left")
+        df = df.merge(pd.read_parquet(paths.features / f"{view}.parquet"), on=[CUSTOMER_ID, EVENT_TIMESTAMP],
+                      how="left")
     return df, catalogue.ids
 
 
@@ -98,7 +98,8 @@ def main() -> None:
                   num_boost_round=args.lgb_rounds)
     lgb_s = time.perf_counter() - t
     rows.append((f"LightGBM {args.lgb_rounds} rounds x {k} product(s)", lgb_s))
-    rows.append((f"LightGBM {args.lgb_rounds} rounds x {len(products)} products (extrapolated)", lgb_s / k * len(products)))
+    rows.append((f"LightGBM {args.lgb_rounds} rounds x {len(products)} products (extrapolated)",
+                 lgb_s / k * len(products)))
 
     print(f"\n| what ({n:,} examples, 2 threads) | seconds | examples/s |\n|---|---:|---:|")
     for name, s in rows:

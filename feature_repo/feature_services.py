@@ -22,7 +22,7 @@ def churn_holdings_features(holdings: FeatureView) -> list[str]:
     Which products are held matters on its own: a customer whose only products are a loan and a
     card that both close within months leaves the bank without ever churning on purpose, and the
     count `n_products` cannot tell that customer from one holding a current account and a savings
-    account (docs/benchmarks.md, model quality: 0.972 -> 0.974 x the oracle's ROC AUC at seed 42, mean of four
+    account (docs/experiments.md: 0.972 -> 0.974 x the oracle's ROC AUC at seed 42, mean of four
     seeds 0.973 -> 0.978; 0.968 -> 0.976 on a second bank).
     """
     held = [f.name for f in holdings.features if _HELD_NOW.match(f.name)]

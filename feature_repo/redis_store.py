@@ -36,7 +36,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from nextbest.feature_repo.online_store import _as_array, _entity_keys, _feature_columns
+from nextbest.feature_repo.rows import as_array, entity_keys, feature_columns
 
 REDIS_PASSWORD_ENV = "NEXTBEST_REDIS_PASSWORD"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -302,7 +302,7 @@ def write_batches(client, config: RepoConfig, feature_view: FeatureView,
     name = compute_versioned_name(feature_view, config.registry.enable_online_feature_view_versioning)
     join_keys = [(c.name, c.dtype.to_value_type()) for c in feature_view.entity_columns]
     ts_field = feature_view.batch_source.timestamp_field
-    features = _feature_columns(feature_view)
+    features = feature_columns(feature_view)
     fields = [f"_ts:{name}".encode(), *(_mmh3(f"{name}:{f}") for f, _ in features)]
     project = config.project.encode("utf8")
     ttl = getattr(config.online_store, "key_ttl_seconds", None)
@@ -320,9 +320,9 @@ def write_batches(client, config: RepoConfig, feature_view: FeatureView,
                 raise ValueError(f"{feature_view.name}: columns missing from the batch: {missing}")
             for at in range(0, batch.num_rows, rows_per_pipeline):
                 part = batch.slice(at, rows_per_pipeline)
-                keys = [k + project for k in _entity_keys(part, join_keys, config.entity_key_serialization_version)]
-                columns = [encode_timestamps(_as_array(part.column(ts_field)), resp=True),
-                           *(encode_values(_as_array(part.column(f)), t, resp=True) for f, t in features)]
+                keys = [k + project for k in entity_keys(part, join_keys, config.entity_key_serialization_version)]
+                columns = [encode_timestamps(as_array(part.column(ts_field)), resp=True),
+                           *(encode_values(as_array(part.column(f)), t, resp=True) for f, t in features)]
                 commands = []
                 for key, values in zip(keys, zip(*columns)):
                     parts[0] = head + _bulk(key)

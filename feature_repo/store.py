@@ -130,7 +130,8 @@ def write_store_config(paths: Paths, choice: OnlineStoreChoice | None = None) ->
     """Writes `<workdir>/feast/feature_store.yaml` from the template in `feature_repo/` for the
     chosen online store (default: the work directory's current one, else SQLite)."""
     choice = choice or current_online_store(paths) or OnlineStoreChoice()
-    text = (Path(__file__).resolve().parent / _TEMPLATES[choice.kind]).read_text().replace("${WORKDIR}", str(paths.root))
+    text = (Path(__file__).resolve().parent / _TEMPLATES[choice.kind]).read_text().replace(
+        "${WORKDIR}", str(paths.root))
     if choice.redis is not None:
         text = text.replace("${REDIS_CONNECTION_STRING}", choice.redis.connection_string)
     paths.feast.mkdir(parents=True, exist_ok=True)

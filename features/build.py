@@ -15,7 +15,7 @@ import pandas as pd
 
 from nextbest.config import Catalogue, SegmentsConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, PRODUCT_ID, SNAPSHOT_DATE
-from nextbest.features.schema import SchemaError
+from nextbest.schema import SchemaError
 from nextbest.features.segments import lifecycle_states, segment_frame
 
 PROFILE_VIEW = "customer_profile"

@@ -49,9 +49,6 @@ from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
 from nextbest.io import atomic_write
 
 NUMERICAL, CATEGORICAL = "num", "cat"
-# Distances only: their value does not grow with the row count (see the module docstring).
-NUMERICAL_METHODS = ("wasserstein", "jensenshannon", "psi", "hellinger", "kl_div", "ed")
-CATEGORICAL_METHODS = ("jensenshannon", "psi", "hellinger", "kl_div")
 MONTH = "_month"  # reference month label used for the natural-variation chunks
 # Counters of `nextbest.features.build` that reach back to the first snapshot at most.
 CENSORED_MONTHS = re.compile(r"^months_since_")

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nextbest.features.schema import SchemaError, validate
+from nextbest.schema import SchemaError, validate
 
 RAW_TABLES = ("customers", "holdings", "transactions", "interactions", "offers")
 

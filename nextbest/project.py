@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,11 @@ reads the configs here and works in `work/`. `nextbest info` prints what is in f
 
 | file | what to edit |
 |---|---|
-| `configs/products.yaml` | the product catalogue: ids, names, categories, margins, age limits, prerequisites. Adding, removing or renaming a product here flows through features, Feast, training, serving and monitoring; retrain both models after a change (`nextbest features build && nextbest features apply && nextbest features materialize && nextbest train nbp && nextbest train churn`). Products named in `bandit.yaml`, `rules.yaml` and `segments.yaml` must exist here (every command checks). |
+| `configs/products.yaml` | the product catalogue: ids, names, categories, margins, age limits, prerequisites. Adding, \
+removing or renaming a product here flows through features, Feast, training, serving and monitoring; retrain both \
+models after a change (`nextbest features build && nextbest features apply && nextbest features materialize && \
+nextbest train nbp && nextbest train churn`). Products named in `bandit.yaml`, `rules.yaml` and `segments.yaml` must \
+exist here (every command checks). |
 | `configs/segments.yaml` | lifecycle thresholds, rule-based segments, needs, value tiers |
 | `configs/rules.yaml` | consent per channel, credit cool-down, contact-frequency caps, rejection cool-down |
 | `configs/bandit.yaml` | arbitration, exploration, non-product actions, cold start, control groups |

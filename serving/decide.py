@@ -78,7 +78,8 @@ def contact_allowed(channel: str, profile: dict, channel_consent: dict[str, str]
     return None
 
 
-def eligible_products(products: list[Product], held: dict[str, bool], age: float | None) -> tuple[list[bool], list[Suppression]]:
+def eligible_products(products: list[Product], held: dict[str, bool],
+                      age: float | None) -> tuple[list[bool], list[Suppression]]:
     """Which products may be offered: not held, age within range, prerequisite product held."""
     ok, removed = [], []
     for p in products:
@@ -121,7 +122,8 @@ def apply_rules(rules: RulesConfig, catalogue: Catalogue, profile: Profile, hist
         ok, removed = eligible_products(catalogue.products, dict.fromkeys(profile.held, True), profile.age)
     else:  # only the held-product rule stays
         ok = [p.product_id not in profile.held for p in catalogue.products]
-        removed = [Suppression(p.product_id, "already_held") for p in catalogue.products if p.product_id in profile.held]
+        removed = [Suppression(p.product_id, "already_held") for p in catalogue.products
+                   if p.product_id in profile.held]
     allowed = []
     for p, fine in zip(catalogue.products, ok):
         if not fine:
@@ -197,7 +199,8 @@ def holdout_groups(cfg: HoldoutConfig, customer_id: str) -> dict[str, str]:
     return groups
 
 
-def apply_holdout(cfg: HoldoutConfig, groups: dict[str, str], allowed: list[str]) -> tuple[list[str], list[Suppression], str | None]:
+def apply_holdout(cfg: HoldoutConfig, groups: dict[str, str],
+                  allowed: list[str]) -> tuple[list[str], list[Suppression], str | None]:
     """Removes what the customer's control groups must not get.
 
     Returns:

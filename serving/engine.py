@@ -107,8 +107,9 @@ def as_utc(ts: datetime | None) -> datetime:
 
 
 def feature_sample_share() -> float:
-    """`serving.feature_sample_share` of configs/monitoring.yaml (validated): the share of decisions whose features are logged."""
-    from nextbest.monitoring.monitor import load_monitoring
+    """`serving.feature_sample_share` of configs/monitoring.yaml (validated): the share of decisions
+    whose features are logged."""
+    from nextbest.config import load_monitoring
 
     return load_monitoring().serving.feature_sample_share
 
@@ -251,7 +252,8 @@ class DecisionEngine:
         profile = make_profile(fields, self.eventlog.customer_events(pseudonym), now, self.fallback.snapshot)
         if page in self.catalogue.ids:
             profile = replace(profile, viewed=profile.viewed | {page})
-        contacts, rejected = self.eventlog.history(pseudonym, now - 7 * DAY, now - self.rules.rejection_cooldown_days * DAY)
+        contacts, rejected = self.eventlog.history(pseudonym, now - 7 * DAY,
+                                                   now - self.rules.rejection_cooldown_days * DAY)
         history = History(contacts, frozenset(rejected))
         allowed, suppressed, blocked, cooldown = apply_rules(self.rules, self.catalogue, profile, history, channel)
         groups = holdout_groups(self.policy_cfg.holdout, customer_id)
@@ -320,7 +322,8 @@ class DecisionEngine:
                                      "groups": prep.groups, "suppressed": [s.__dict__ for s in prep.suppressed]}
         return answer
 
-    def _probabilities(self, features: dict | None, profile: Profile, degraded: str | None) -> tuple[dict, float | None]:
+    def _probabilities(self, features: dict | None, profile: Profile,
+                       degraded: str | None) -> tuple[dict, float | None]:
         """P(acquire) per product (model, else segment popularity, else cold-start priors) and churn risk."""
         if features is not None:
             scored = dict(zip(self.nbp.meta.outputs, self.nbp.predict(features).tolist()))

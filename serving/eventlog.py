@@ -168,7 +168,8 @@ class EventLog:
                 "SELECT r.rowid, r.decision_id, r.product_id, r.reward, d.context FROM rewards r "
                 "JOIN decisions d USING (decision_id) WHERE r.rowid > ? ORDER BY r.rowid", (rowid,)).fetchall()
 
-    def history(self, customer_pseudonym: str, week_since: float, rejected_since: float) -> tuple[dict[str, int], set[str]]:
+    def history(self, customer_pseudonym: str, week_since: float,
+                rejected_since: float) -> tuple[dict[str, int], set[str]]:
         """Decisions with offers per channel since `week_since`; offers rejected or dismissed since `rejected_since`."""
         with self._lock:
             contacts = dict(self._conn.execute(

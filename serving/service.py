@@ -25,13 +25,13 @@ from typing import Annotated, Literal
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 
+from nextbest.config import Channel
 from nextbest.constants import DEFAULT_K, MAX_K
 from nextbest.serving.engine import DecisionEngine, RequestError
 from nextbest.settings import Paths
 
 log = logging.getLogger("nextbest.serving")
 
-Channel = Literal["mobile_app", "web", "email", "push", "sms", "branch", "call_center"]
 FeedbackEvent = Literal["impression", "click", "accept", "reject", "convert", "dismiss"]
 CustomerEvent = Literal["salary_received", "large_deposit", "loan_disbursed", "product_page_view", "product_acquired",
                         "opt_out", "opt_in", "consent_granted", "consent_withdrawn"]
@@ -90,7 +90,8 @@ class Guard:
             return await _reject(send, 401, f"missing or wrong {API_KEY_HEADER} header")
         content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if content_type != b"application/json":
-            return await _reject(send, 415, f"Content-Type must be application/json, got {content_type.decode(errors='replace')!r}")
+            return await _reject(send, 415, "Content-Type must be application/json, "
+                                 f"got {content_type.decode(errors='replace')!r}")
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await _reject(send, 413, f"request body over {self.max_body} bytes")

@@ -47,7 +47,8 @@ def accept_probability(
     weekend = np.isin(np.asarray(weekday), (5, 6))
     weekend_effect = np.where(np.isin(channel, ("branch", "call_center")), -0.6, 0.2) * weekend
     digital = np.isin(channel, DIGITAL_CHANNELS)
-    affinity_effect = np.where(digital, 1.6 * (np.asarray(digital_affinity) - 0.5), -0.8 * (np.asarray(digital_affinity) - 0.5))
+    affinity_effect = np.where(digital, 1.6 * (np.asarray(digital_affinity) - 0.5),
+                               -0.8 * (np.asarray(digital_affinity) - 0.5))
     z = _logit(np.asarray(p_next, dtype=float)) + lift + timing + weekend_effect + affinity_effect
     if category is not None:
         z = z + np.array([CATEGORY_CHANNEL_FIT.get(g, {}).get(c, 0.0) for g, c in zip(category, channel)])

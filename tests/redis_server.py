@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from nextbest.cli import free_port
+from nextbest.cli.server import free_port
 
 _START_TIMEOUT_S = 10.0
 _PORT_TRIES = 5

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nextbest.cli import StageError, free_port, wait_ready
+from nextbest.cli.common import StageError
+from nextbest.cli.server import free_port, wait_ready
 from tests.conftest import REPO_ROOT
 
 
@@ -87,5 +88,6 @@ def latest_customers(workdir: Path) -> list[str]:
     """Customer ids of the work dir's latest feature snapshot, sorted."""
     import pandas as pd
 
-    frame = pd.read_parquet(workdir / "features" / "customer_holdings.parquet", columns=["customer_id", "event_timestamp"])
+    frame = pd.read_parquet(workdir / "features" / "customer_holdings.parquet",
+                            columns=["customer_id", "event_timestamp"])
     return sorted(map(str, frame[frame.event_timestamp == frame.event_timestamp.max()].customer_id.unique()))

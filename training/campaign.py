@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.config import TrainConfig
-from nextbest.features.schema import SchemaError
+from nextbest.schema import SchemaError
 from nextbest.training import evaluate as ev
 from nextbest.training.metrics import roc_auc
 from nextbest.training.models import ModelMeta, Preprocessor, predict_proba
@@ -41,7 +41,8 @@ def load_contacts(path: Path) -> pd.DataFrame:
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep=";")
     missing = [c for c in (*CATEGORICAL, *NUMERIC, "y") if c not in df.columns]
     if missing:
-        raise SchemaError(f"{path}: missing column(s) {missing} (is it the semicolon-separated bank-additional-full.csv?)")
+        raise SchemaError(f"{path}: missing column(s) {missing} "
+                          "(is it the semicolon-separated bank-additional-full.csv?)")
     bad = ~df["y"].isin(["yes", "no"])
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
@@ -98,7 +99,8 @@ def train_campaign(contacts: pd.DataFrame, cfg: TrainConfig) -> CampaignResult:
     return CampaignResult(metrics, {"train": len(train), "val": len(val), "test": len(test)}, result.model, meta)
 
 
-def rolling_window(contacts: pd.DataFrame, cfg: TrainConfig, windows: int = 10, test_share: float = 0.1) -> dict[str, float]:
+def rolling_window(contacts: pd.DataFrame, cfg: TrainConfig, windows: int = 10,
+                   test_share: float = 0.1) -> dict[str, float]:
     """Moro et al.'s rolling-window test: the last `test_share` of contacts is cut into `windows`
     consecutive blocks; each block is predicted by models trained on every earlier contact (the
     most recent 10% of those for early stopping). AUCs are computed over all pooled predictions."""

@@ -159,7 +159,7 @@ class Ensemble(nn.Module):
     """Several TabularNets trained alike from different seeds; the logit is their mean.
 
     Averaging networks that differ only in initialisation and batch order cancels part of what
-    each learned by chance (docs/benchmarks.md, model quality).
+    each learned by chance (docs/experiments.md).
     """
 
     def __init__(self, members: list[TabularNet]):

@@ -205,7 +205,8 @@ def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines:
     figures = {}
     flat_y = (y_te * m_te).ravel()
     rows = m_te.ravel() > 0
-    figures["gains_lift.png"] = ev.plot_gains({n: ev.gains_table(flat_y[rows], s.ravel()[rows]) for n, s in scores.items()},
+    figures["gains_lift.png"] = ev.plot_gains({n: ev.gains_table(flat_y[rows], s.ravel()[rows])
+                                               for n, s in scores.items()},
                                               "next-best-product (customer x product)")
     figures["calibration.png"] = ev.plot_calibration({"test": ev.calibration_table(flat_y[rows], prob.ravel()[rows])},
                                                      "next-best-product")
@@ -356,7 +357,8 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         mlflow.log_params({**cfg.model_dump(exclude={"hidden"}), "hidden": ",".join(map(str, cfg.hidden)),
                            "feature_service": service, "n_features": len(prep.features),
                            "train_rows": len(split.train),
-                           "effective_batch_size": effective_batch_size(cfg, len(train_data)), "data_hash": data_hash(prep.df)})
+                           "effective_batch_size": effective_batch_size(cfg, len(train_data)),
+                           "data_hash": data_hash(prep.df)})
         mlflow.set_tags({"feature_service": service, "task": task, "test_month": ",".join(split.months["test"])})
         from mlflow.entities import Metric
 

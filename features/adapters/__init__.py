@@ -7,7 +7,7 @@
 
 Each adapter writes every canonical table into the `raw/` directory it is given (empty tables
 where the data set has none, so that no table left over from an earlier run is mixed in), all
-validated with `nextbest.features.schema.validate` and renamed into place only once everything succeeded.
+validated with `nextbest.schema.validate` and renamed into place only once everything succeeded.
 
 This module holds what the adapters share: the report, empty canonical tables, the header
 check and the approximate birth date. Submodules are not imported here, so importing one adapter
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from nextbest.features.schema import SCHEMAS, SchemaError
+from nextbest.schema import SCHEMAS, SchemaError
 
 # Spellings of "missing" met in exported CSVs, after stripping blanks ("  NA" -> "NA").
 NA_TOKENS = ("", "NA", "N/A", "NaN", "nan", "NULL", "null", "None")

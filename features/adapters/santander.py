@@ -6,7 +6,7 @@ streamed in chunks, so memory is set by the chunk size plus a few values per cus
 the number of rows): ~770 MB peak for a synthetic file of the real size (13.2M rows, 911,000
 customers) at the default chunk size (benchmarks/bench_santander_ingest.py).
 
-What is written (each table validated with `nextbest.features.schema.validate`):
+What is written (each table validated with `nextbest.schema.validate`):
 
 - `holdings.parquet`: one row per customer, month-end snapshot and product held (flag == 1),
   the 24 flags mapped onto our catalogue by `configs/adapters/santander_products.yaml`; flags
@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from nextbest.config import Catalogue, ConfigError
 from nextbest.features.adapters import (NA_TOKENS, IngestReport, approx_birth_date, arrow_schema, empty_table,
                                         parser_error_detail, require_columns)
-from nextbest.features.schema import SchemaError, validate
+from nextbest.schema import SchemaError, validate
 from nextbest.io import StreamingParquetWriter
 from nextbest.settings import config_file
 

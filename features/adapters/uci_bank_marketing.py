@@ -4,7 +4,7 @@ Real telemarketing calls of a Portuguese retail bank offering a term deposit, Ma
 November 2010 (Moro, Cortez and Rita 2014): one row per contact, semicolon-separated, quoted
 strings, "unknown" for missing categories, ordered by date but without a date column.
 
-What is written (all validated with `nextbest.features.schema.validate`):
+What is written (all validated with `nextbest.schema.validate`):
 
 - `offers.parquet`: one offer per row: `term_deposit` on `call_center` (the `contact` column only
   says whether the client was called on a cellular or a landline: both are phone calls),
@@ -42,7 +42,7 @@ import pyarrow as pa
 from nextbest.config import Catalogue, load_catalogue
 from nextbest.features.adapters import (IngestReport, approx_birth_date, arrow_schema, empty_table, parser_error_detail,
                                         require_columns)
-from nextbest.features.schema import SchemaError, validate
+from nextbest.schema import SchemaError, validate
 from nextbest.io import StreamingParquetWriter
 
 CATEGORICAL = ("job", "marital", "education", "default", "housing", "loan", "contact", "month", "day_of_week",

@@ -15,7 +15,7 @@ from nextbest.features.adapters.santander import (FLAG_INVALID, FLAG_MISSING, FL
                                                   REJECT_REASONS, derive_status, ingest_santander,
                                                   load_santander_mapping, month_end, parse_customer_number, parse_date,
                                                   parse_flag, parse_number)
-from nextbest.features.schema import SchemaError
+from nextbest.schema import SchemaError
 from nextbest.io import RAW_TABLES, read_raw
 
 HEADER = ["fecha_dato", "ncodpers", "ind_empleado", "pais_residencia", "sexo", "age", "fecha_alta", "ind_nuevo",

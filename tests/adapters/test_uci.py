@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextbest.features.adapters.uci_bank_marketing import COLUMNS, contact_dates, ingest_uci
-from nextbest.features.schema import SchemaError
+from nextbest.schema import SchemaError
 from nextbest.io import RAW_TABLES, read_raw
 from tests.conftest import UCI_SAMPLE
 

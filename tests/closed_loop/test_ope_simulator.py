@@ -25,7 +25,7 @@ STEPS = 12000
 @pytest.fixture(scope="module")
 def logged_run(quickstart_workdir, tmp_path_factory):
     from nextbest.settings import Paths
-    from nextbest.simulation.bandit_sim import simulate_workdir
+    from nextbest.monitoring.replay import simulate_workdir
     from tests.servers import copy_workdir
 
     wd = copy_workdir(quickstart_workdir, tmp_path_factory.mktemp("ope-sim") / "wd")
@@ -41,7 +41,7 @@ COVERAGE_SEEDS = (11, 12, 13, 14)
 def coverage_runs(logged_run, quickstart_workdir, tmp_path_factory):
     """The candidate's OPE on four independent logs (simulator seeds 11-14; 11 is `logged_run`)."""
     from nextbest.settings import Paths
-    from nextbest.simulation.bandit_sim import ope_against_truth, simulate_workdir
+    from nextbest.monitoring.replay import ope_against_truth, simulate_workdir
     from tests.servers import copy_workdir
 
     out = []

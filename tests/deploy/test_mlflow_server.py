@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from nextbest.cli import free_port
+from nextbest.cli.server import free_port
 from nextbest.settings import default_config_dir
 from tests.servers import copy_workdir, latest_customers, run_cli, served
 

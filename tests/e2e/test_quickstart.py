@@ -119,7 +119,8 @@ def test_feedback_is_recorded_once_and_errors_are_clear(workdir, server):
     assert first.status_code == 200 and first.json()["recorded"] is True
     assert again.status_code == 200 and again.json()["duplicate"] is True
     con = sqlite3.connect(workdir / "events.db")
-    assert con.execute("SELECT COUNT(*) FROM feedback WHERE decision_id = ?", (decision["decision_id"],)).fetchone()[0] == 1
+    assert con.execute("SELECT COUNT(*) FROM feedback WHERE decision_id = ?",
+                       (decision["decision_id"],)).fetchone()[0] == 1
 
     r = httpx.post(f"{base}/feedback", json={**body, "decision_id": "does-not-exist"})
     assert r.status_code == 404 and "decision_id" in r.json()["error"]

@@ -21,6 +21,7 @@ from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String
 
 from nextbest.constants import NBP_FEATURE_SERVICE
 from nextbest.feature_repo import online_store as row_store
+from nextbest.feature_repo import rows as row_codec
 from nextbest.feature_repo import store as feast_store
 from nextbest.feature_repo.online_store import RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
 from nextbest.features.build import PROFILE_VIEW, VIEWS
@@ -164,7 +165,7 @@ def test_entity_keys_are_feast_serialised_keys():
     table = pa.table({"customer_id": ["C0000001", "ü", ""], "n": [1, -(2**40), 0]})
     for column, value_type, field in (("customer_id", ValueType.STRING, "string_val"),
                                       ("n", ValueType.INT64, "int64_val")):
-        keys = row_store._entity_keys(table, [(column, value_type)], 3)
+        keys = row_codec.entity_keys(table, [(column, value_type)], 3)
         assert keys == [serialize_entity_key(EntityKeyProto(join_keys=[column],
                                                             entity_values=[ValueProto(**{field: v})]), 3)
                         for v in table.column(column).to_pylist()]

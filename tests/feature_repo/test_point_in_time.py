@@ -87,7 +87,8 @@ def test_request_context_is_the_same_function_online_and_offline(feast_workdir, 
     assert (online["channel_digital"][0], online["is_weekend"][0], online["is_evening"][0]) == (1, 1, 1)
     assert online["hour_sin"][0] == pytest.approx(np.sin(2 * np.pi * 20 / 24))
     for col in ("channel_digital", "is_weekend", "is_evening", "hour_sin", "hour_cos", "lifecycle", "relationship"):
-        assert online[col][0] == pytest.approx(offline[col]) if col.startswith("hour") else online[col][0] == offline[col]
+        assert (online[col][0] == pytest.approx(offline[col]) if col.startswith("hour")
+                else online[col][0] == offline[col])
 
 
 def _names(service) -> set[str]:

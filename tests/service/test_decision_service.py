@@ -139,9 +139,11 @@ def test_feedback_teaches_the_policy_and_survives_a_restart(workdir, latest):
                 assert again["duplicate"] and again["reward"] is None
         learnt = _post(base, "/recommend", {"customer_id": reachable[0], "channel": "web"}).json()["policy"]["updates"]
         assert learnt > before
-        assert _post(base, "/feedback", {"decision_id": "nope", "product_id": "mortgage", "event": "click"}).status_code == 404
+        assert _post(base, "/feedback",
+                     {"decision_id": "nope", "product_id": "mortgage", "event": "click"}).status_code == 404
     with served(workdir, env={"NEXTBEST_API_KEY": KEY}, log_name="restart2.log") as (base, _):
-        restored = _post(base, "/recommend", {"customer_id": reachable[0], "channel": "web"}).json()["policy"]["updates"]
+        restored = _post(base, "/recommend",
+                         {"customer_id": reachable[0], "channel": "web"}).json()["policy"]["updates"]
     assert restored == learnt
 
 
@@ -155,7 +157,8 @@ def test_degraded_answers_keep_the_rules(workdir, latest, tmp_path):
         for cid in reachable:
             j = _post(base, "/recommend", {"customer_id": cid, "channel": "email", "k": 5}, headers={}).json()
             assert j["degraded"] is True and j["offers"], j
-            assert all(latest.loc[cid, f"held_{o['product_id']}"] == 0 for o in j["offers"] if f"held_{o['product_id']}" in latest)
+            assert all(latest.loc[cid, f"held_{o['product_id']}"] == 0 for o in j["offers"]
+                       if f"held_{o['product_id']}" in latest)
             assert all(o["propensity"] == 1.0 and not o["explored"] for o in j["offers"])
         for cid in opted_out:
             j = _post(base, "/recommend", {"customer_id": cid, "channel": "mobile_app"}, headers={}).json()

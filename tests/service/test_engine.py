@@ -61,7 +61,8 @@ def test_campaign_control_group_never_gets_the_campaign_products(engine, custome
     assert not offered_control & products
     assert offered_treated & products  # the same products do reach the treatment group
     # and the decision says which rule removed them
-    rules = [{s["product_id"]: s["rule"] for s in engine.recommend(c, "web", 10, explain=True)["explanation"]["suppressed"]}
+    rules = [{s["product_id"]: s["rule"]
+              for s in engine.recommend(c, "web", 10, explain=True)["explanation"]["suppressed"]}
              for c in control[:10]]
     assert any(r.get(p) == "holdout:deposits" for r in rules for p in products)
 
@@ -84,7 +85,8 @@ def test_a_sample_of_served_features_is_logged(engine, customers):
         engine.recommend(cid, "web", 3)
     conn = sqlite3.connect(engine.paths.events_db)
     decisions = conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - before
-    rows = conn.execute("SELECT d.decision_id, s.features FROM served_features s JOIN decisions d USING (decision_id)").fetchall()
+    rows = conn.execute("SELECT d.decision_id, s.features FROM served_features s "
+                        "JOIN decisions d USING (decision_id)").fetchall()
     share = engine.sample_share
     assert decisions == 300
     # about `share` of decisions (binomial, 5 sigma), each with the full online feature vector

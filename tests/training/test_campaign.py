@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from nextbest.config import load_train_config
-from nextbest.features.schema import SchemaError
+from nextbest.schema import SchemaError
 from nextbest.training.campaign import campaign_frame, chrono_thirds, load_contacts, train_campaign
 from tests.conftest import UCI_SAMPLE
 

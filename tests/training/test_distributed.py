@@ -9,7 +9,7 @@ import sys
 import torch
 import yaml
 
-from nextbest.cli import free_port
+from nextbest.cli.server import free_port
 from nextbest.config import TrainConfig
 from nextbest.training import registry
 from nextbest.training.models import from_checkpoint

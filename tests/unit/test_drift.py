@@ -17,7 +17,9 @@ import yaml
 
 from nextbest.config import ConfigError, load_catalogue
 from nextbest.monitoring import drift as D
-from nextbest.monitoring.monitor import MonitoringConfig, feature_drift, load_features, load_monitoring
+from nextbest.config import MonitoringConfig, load_monitoring
+from nextbest.monitoring.inputs import load_features
+from nextbest.monitoring.sections import feature_drift
 from nextbest.settings import Paths
 from nextbest.simulation.bank import BankSpec, simulate_frames
 from nextbest.simulation.drift import DriftSpec
@@ -291,7 +293,7 @@ def _event_log(path: Path, weeks: list[tuple[int, int]], start: float = 1_790_00
 
 @pytest.mark.parametrize("weeks, passed", [([(300, 30), (300, 27)], True), ([(300, 30), (300, 12)], False)])
 def test_acceptance_rate_of_the_last_week_against_the_earlier_ones(tmp_path, config, weeks, passed):
-    from nextbest.monitoring.monitor import acceptance_section
+    from nextbest.monitoring.sections import acceptance_section
 
     paths = Paths.from_workdir(tmp_path).ensure()
     _event_log(paths.events_db, weeks)
@@ -303,7 +305,7 @@ def test_acceptance_rate_of_the_last_week_against_the_earlier_ones(tmp_path, con
 
 
 def test_acceptance_without_enough_offers_is_reported_not_gated(tmp_path, config):
-    from nextbest.monitoring.monitor import acceptance_section
+    from nextbest.monitoring.sections import acceptance_section
 
     paths = Paths.from_workdir(tmp_path).ensure()
     _event_log(paths.events_db, [(20, 5)])

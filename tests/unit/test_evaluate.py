@@ -44,12 +44,14 @@ def test_lightgbm_nbp_learns_a_signal():
     rng = np.random.default_rng(1)
     n = 3000
     df = pd.DataFrame({"x": rng.normal(size=n), "c": rng.choice(["u", "v"], n)})
-    y = np.stack([(df.x + rng.normal(0, 0.5, n) > 1).astype(float), (df.c == "u") & (rng.random(n) < 0.3)], 1).astype(float)
+    y = np.stack([(df.x + rng.normal(0, 0.5, n) > 1).astype(float),
+                  (df.c == "u") & (rng.random(n) < 0.3)], 1).astype(float)
     mask = np.ones_like(y)
     pre = Preprocessor(["x"], ["c"], vocabs={"c": ["u", "v"]})
     x, names, cats = ev.lightgbm_matrix(df, pre)
     assert names == ["x", "c"] and cats == [1]
-    scores = ev.lightgbm_nbp(x[:2000], y[:2000], mask[:2000], x[2000:2500], y[2000:2500], mask[2000:2500], x[2500:], cats)
+    scores = ev.lightgbm_nbp(x[:2000], y[:2000], mask[:2000], x[2000:2500], y[2000:2500], mask[2000:2500],
+                             x[2500:], cats)
     from nextbest.training.metrics import roc_auc
 
     assert roc_auc(y[2500:, 0], scores[:, 0]) > 0.85

@@ -34,8 +34,9 @@ def _tiny_bank():
 
 
 def _catalogue():
-    return Catalogue(version=1, products=[Product(product_id="current_account", name="Current", category="account", margin=60),
-                                          Product(product_id="credit_card", name="Card", category="card", margin=140)])
+    return Catalogue(version=1, products=[
+        Product(product_id="current_account", name="Current", category="account", margin=60),
+        Product(product_id="credit_card", name="Card", category="card", margin=140)])
 
 
 def _build():

@@ -40,7 +40,8 @@ def test_global_control_gets_nothing_and_campaign_control_loses_its_products():
     assert (left, blocked) == ([], "holdout:all") and removed == [Suppression(CHANNEL_WIDE, "holdout:all")]
     left, removed, blocked = apply_holdout(CFG, {"all": TREATMENT, "deposits": CONTROL}, allowed)
     assert left == ["credit_card"] and blocked is None
-    assert removed == [Suppression("savings_account", "holdout:deposits"), Suppression("term_deposit", "holdout:deposits")]
+    assert removed == [Suppression("savings_account", "holdout:deposits"),
+                       Suppression("term_deposit", "holdout:deposits")]
     assert apply_holdout(CFG, {"all": TREATMENT, "deposits": TREATMENT}, allowed) == (allowed, [], None)
 
 

@@ -99,7 +99,8 @@ def test_behaviour_mortgage_page_views_and_salary_rise_rank_the_mortgage_higher(
     df["label_mortgage"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     df["label_savings"] = (rng.random(n) < 0.06).astype(int)
     products = ["mortgage", "savings"]
-    pre = Preprocessor.fit(df, ["views_mortgage_30d", "inflow_trend", "income", "held_mortgage", "held_savings"], ["seg"])
+    pre = Preprocessor.fit(df, ["views_mortgage_30d", "inflow_trend", "income", "held_mortgage", "held_savings"],
+                           ["seg"])
     meta = ModelMeta(task="nbp", feature_service="t", preprocessor=pre, outputs=products, hidden=[32], embedding_dim=2,
                      dropout=0.0)
     data = nbp_task(df, pre, products)
@@ -131,7 +132,8 @@ def test_row_scorer_equals_torch_on_frames_and_online_rows(encoding):
     one = {c: v[0] for c, v in row.items()}
     np.testing.assert_allclose(scorer.predict_row(one), scorer.predict_proba(row)[0], rtol=1e-12)
     first = df.iloc[0].to_dict()
-    np.testing.assert_allclose(scorer.predict_row(first), predict_proba(model, meta, df.head(1))[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scorer.predict_row(first), predict_proba(model, meta, df.head(1))[0],
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_piecewise_encoding_against_hand_computed_values():

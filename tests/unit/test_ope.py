@@ -84,9 +84,11 @@ def test_the_event_log_gives_the_same_arrays(tmp_path):
         ctx, base = _context(rng)
         x = f.matrix(ARMS, base, np.zeros(len(ARMS)), ctx)
         c = choose(logging, x, VALUE, 2, 0.3, rng, samples=64)
-        offers = [{"product_id": ARMS[a], "rank": j + 1, "propensity": p} for j, (a, p) in enumerate(zip(c.order, c.propensity))]
+        offers = [{"product_id": ARMS[a], "rank": j + 1, "propensity": p}
+                  for j, (a, p) in enumerate(zip(c.order, c.propensity))]
         context = {"request": ctx.as_dict(), "candidates": [
-            {"arm": a, "base_prob": float(b), "value": float(v), "viewed": False} for a, b, v in zip(ARMS, base, VALUE)]}
+            {"arm": a, "base_prob": float(b), "value": float(v), "viewed": False}
+            for a, b, v in zip(ARMS, base, VALUE)]}
         events.log_decision(f"d{i}", "p", ctx.channel, 2, offers, {}, context)
         if i % 7 == 0:
             events.log_feedback(f"d{i}", ARMS[c.order[0]], "accept", None)
@@ -124,9 +126,11 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
     for i in range(200):
         ctx, base = _context(rng)
         c = choose(post, f.matrix(arms, base, np.zeros(len(arms)), ctx), value, 2, 0.2, rng, samples=64)
-        offers = [{"product_id": arms[a], "rank": j + 1, "propensity": p} for j, (a, p) in enumerate(zip(c.order, c.propensity))]
+        offers = [{"product_id": arms[a], "rank": j + 1, "propensity": p}
+                  for j, (a, p) in enumerate(zip(c.order, c.propensity))]
         events.log_decision(f"d{i}", "p", ctx.channel, 2, offers, {}, {"request": ctx.as_dict(), "candidates": [
-            {"arm": a, "base_prob": float(b), "value": float(v), "viewed": False} for a, b, v in zip(arms, base, value)]})
+            {"arm": a, "base_prob": float(b), "value": float(v), "viewed": False}
+            for a, b, v in zip(arms, base, value)]})
         events.log_feedback(f"d{i}", arms[c.order[0]], "accept" if i % 5 == 0 else "reject", None)
     runner = CliRunner()
     empty = runner.invoke(app, ["ope", "--workdir", str(tmp_path)])

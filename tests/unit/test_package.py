@@ -30,7 +30,8 @@ def test_no_module_imports_a_part_outside_the_nextbest_namespace():
 def test_the_wheel_lists_every_subpackage_and_maps_every_part():
     setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setuptools["package-dir"] == {"nextbest": "nextbest", **{f"nextbest.{p}": p for p in PARTS}}
-    found = {"nextbest"}
+    found = {".".join(("nextbest", *init.parent.relative_to(REPO_ROOT / "nextbest").parts))
+             for init in (REPO_ROOT / "nextbest").rglob("__init__.py")}
     for part in PARTS:
         for init in (REPO_ROOT / part).rglob("__init__.py"):
             found.add(".".join(("nextbest", *init.parent.relative_to(REPO_ROOT).parts)))

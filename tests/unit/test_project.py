@@ -101,8 +101,8 @@ def test_info_prints_the_rule_and_where_each_setting_comes_from(clean_env, monke
      r"rules.yaml: field credit_cooldown.products: unknown product\(s\) \['gold_card'\]"),
     ("monitoring.yaml", lambda t: t + "\nunknown_section: 1\n", r"monitoring.yaml: field unknown_section"),
     ("products.yaml", lambda t: t.replace("product_id: salary_project,", "product_id: salary_service,"),
-     r"segments.yaml: field groups.relationship: rule 'social' uses \['held_salary_project'\], but products.yaml has no "
-     r"product \['salary_project'\]"),
+     r"segments.yaml: field groups.relationship: rule 'social' uses \['held_salary_project'\], but products.yaml has "
+     r"no product \['salary_project'\]"),
     ("../nextbest.yaml", lambda t: t + "mlflow_url: http://x\n", r"nextbest.yaml: field mlflow_url: .*"),
 ])
 def test_an_invalid_project_config_stops_every_command_before_any_work(clean_env, monkeypatch, name, edit, expected):

@@ -64,8 +64,8 @@ def test_gate_promotes_over_a_champion_trained_on_another_catalogue():
 def test_a_model_knows_the_catalogue_it_was_trained_on():
     from nextbest.training.models import ModelMeta, Preprocessor
 
-    nbp = ModelMeta("nbp", "next_best_product_v1", Preprocessor(["age", "held_mortgage"], []), ["mortgage", "e_account"],
-                    [8], 2, 0.0)
+    nbp = ModelMeta("nbp", "next_best_product_v1", Preprocessor(["age", "held_mortgage"], []),
+                    ["mortgage", "e_account"], [8], 2, 0.0)
     assert nbp.catalogue_change(["mortgage", "e_account"]) is None
     assert "adds ['gold_card'], removes ['e_account']" in nbp.catalogue_change(["mortgage", "gold_card"])
     churn = ModelMeta("churn", "churn_v2", Preprocessor(["held_mortgage", "held_lag1_e_account", "held_e_account"],

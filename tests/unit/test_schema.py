@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from nextbest.features.pipeline import build_features_to
-from nextbest.features.schema import SchemaError, validate
+from nextbest.schema import SchemaError, validate
 from nextbest.io import read_raw
 from nextbest.settings import Paths
 

@@ -29,9 +29,11 @@ def test_shipped_relationship_rules_first_match_wins():
 
 def test_rule_any_all_and_missing_values():
     df = pd.DataFrame({"x": [1.0, np.nan, 5.0], "c": ["a", "b", "c"]})
-    rule = Rule(name="r", all=[{"feature": "x", "op": ">=", "value": 1}], any=[{"feature": "c", "op": "in", "value": ["a", "c"]}])
+    rule = Rule(name="r", all=[{"feature": "x", "op": ">=", "value": 1}],
+                any=[{"feature": "c", "op": "in", "value": ["a", "c"]}])
     assert evaluate_rule(df, rule).tolist() == [True, False, True]
-    assert evaluate_rule(df, Rule(name="ne", all=[{"feature": "x", "op": "!=", "value": 1}])).tolist() == [False, False, True]
+    assert (evaluate_rule(df, Rule(name="ne", all=[{"feature": "x", "op": "!=", "value": 1}])).tolist()
+            == [False, False, True])
 
 
 def test_unknown_feature_in_a_rule_is_named():

@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-import pytest
 
 from nextbest.simulation.bank import BankSpec, simulate_frames
 from nextbest.simulation.response import accept_probability
@@ -106,7 +105,8 @@ def test_an_answered_offer_sets_the_truth_it_is_acquired_by(catalogue):
     offers = offers.assign(snapshot_date=offers.offered_at.dt.to_period("M").dt.to_timestamp("M"))
     offers = offers[offers.snapshot_date < offers.snapshot_date.max()]  # the next month is simulated
     t = truth.set_index(["customer_id", "snapshot_date"])
-    p = np.array([t.at[(c, d), prod] for c, d, prod in zip(offers.customer_id, offers.snapshot_date, offers.product_id)])
+    p = np.array([t.at[(c, d), prod]
+                  for c, d, prod in zip(offers.customer_id, offers.snapshot_date, offers.product_id)])
     accepted = (offers.response == "accept").to_numpy()
     assert accepted.sum() >= 20 and (p[accepted] == 1.0).all() and (p[~accepted] < 0.5).all()
     held = set(zip(h.customer_id, h.snapshot_date, h.product_id))

@@ -84,12 +84,12 @@ def _generate(root, catalogue, seed=3):
 def test_generate_to_writes_valid_deterministic_tables(tmp_path, catalogue):
     a, rows = _generate(tmp_path / "a", catalogue)
     b, _ = _generate(tmp_path / "b", catalogue)
-    raw = read_raw(a.raw, catalogue.ids)  # validates every raw table against features.schema
+    raw = read_raw(a.raw, catalogue.ids)  # validates every raw table against nextbest.schema
     for name, df in raw.items():
         assert len(df) == rows[f"raw/{name}"]
         # String columns read back as plain str values, never categoricals (the schema needs that).
         assert not any(isinstance(t, pd.CategoricalDtype) for t in df.dtypes), name
-        for col in df.columns[df.dtypes == object]:
+        for col in df.columns[df.dtypes.eq(object)]:
             assert df[col].dropna().map(type).eq(str).all(), (name, col)
     files = sorted(p.relative_to(a.root) for p in a.root.rglob("*.parquet"))
     assert {str(f.with_suffix("")) for f in files} == set(rows)

@@ -295,7 +295,8 @@ def test_holdout_campaigns_from_the_validated_bandit_config(tmp_path):
     path = tmp_path / "bandit.yaml"
     path.write_text(base)
     assert holdout_campaigns(path) == {"all": "all"}
-    path.write_text(base + "\nholdout:\n  share: 0.1\n  campaigns:\n    loans: {products: [consumer_loan], share: 0.2}\n")
+    path.write_text(base + "\nholdout:\n  share: 0.1\n  campaigns:\n"
+                    "    loans: {products: [consumer_loan], share: 0.2}\n")
     assert holdout_campaigns(path) == {"all": "all", "loans": ["consumer_loan"]}
     path.write_text(base + "\nholdout:\n  campaigns:\n    loans: {products: [consumer_lone], share: 0.2}\n")
     with pytest.raises(ConfigError, match="consumer_lone"):

@@ -1,4 +1,4 @@
-"""`nextbest simulate`: the bandit simulator from the command line (registered in nextbest/cli.py).
+"""`nextbest simulate`: the replay simulator from the command line (registered in nextbest/cli/commands.py).
 
 The simulator and its libraries (torch, Feast, MABWiser, Vowpal Wabbit) load inside the command,
 so `nextbest --help` stays fast.
@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from nextbest.constants import DEFAULT_SEED, WORKDIR_ENV
+from nextbest.cli.common import WorkdirOpt
+from nextbest.constants import DEFAULT_SEED
 
 
 class PolicyName(str, Enum):
@@ -39,34 +40,33 @@ def simulate(
                                           "(sets the simulated period, so how often caps bind)."),
     customers: Optional[int] = typer.Option(None, min=1, help="Draw requests from a random sample of this many "
                                             "customers (default: all of the latest snapshot)."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w",
-                                           help=f"Work directory (env {WORKDIR_ENV}, default ./.nextbest)."),
+    workdir: Optional[Path] = WorkdirOpt,
 ):
     """Replay the bank's customers through the real decision path against the offer-response truth;
     write cumulative reward and regret against the oracle (CSV, JSON, plot) under reports/<date>/simulation/."""
     from rich.progress import Progress
     from rich.table import Table
 
-    from nextbest.cli import StageError, _paths, _run, console
+    from nextbest.cli.common import StageError, console, run_stage, workdir_paths
 
     shadows = tuple(dict.fromkeys(p.value for p in (compare or []) if p != policy))
     if PolicyName.nextbest.value in shadows:
-        _run(_fail, StageError("--compare takes baselines only: nextbest runs on the decision path "
+        run_stage(_fail, StageError("--compare takes baselines only: nextbest runs on the decision path "
                                "(use --policy nextbest)"))
 
     def go():
-        from nextbest.simulation.bandit_sim import simulate_workdir
+        from nextbest.monitoring.replay import simulate_workdir
 
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"simulate {policy.value} ({steps:,} requests)", total=steps)
             try:
-                return simulate_workdir(_paths(workdir), policy.value, steps, seed, k, shadows, update_every,
+                return simulate_workdir(workdir_paths(workdir), policy.value, steps, seed, k, shadows, update_every,
                                         visits_per_week, customers,
                                         progress=lambda done: bar.update(task, completed=done))
             except RuntimeError as exc:  # the engine could not load (no champion model, ...)
                 raise StageError(str(exc)) from None
 
-    result, files = _run(go)
+    result, files = run_stage(go)
     table = Table(title=f"{steps:,} requests, {int(result.has_candidates.sum()):,} with allowed offers, "
                         f"{result.config['days']:.0f} simulated days")
     for col in ("policy", "expected reward", "regret", "realised reward", "acceptance", "policy time (s)"):

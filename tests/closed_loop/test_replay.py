@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nextbest.simulation.bandit_sim import (CHANNEL_MIX, POLICIES, EpsilonGreedy, Greedy, MabLinear, Oracle, Random,
+from nextbest.monitoring.replay import (CHANNEL_MIX, POLICIES, EpsilonGreedy, Greedy, MabLinear, Oracle, Random,
                                             Step, Tally, Truth, VowpalCB, make_traffic)
 from nextbest.simulation.response import accept_probability
 
@@ -137,7 +137,7 @@ def sim_workdir(quickstart_workdir, tmp_path_factory):
 
 def _simulate(workdir, out, policy="nextbest", shadows=tuple(p for p in POLICIES if p != "nextbest"), **kw):
     from nextbest.settings import Paths
-    from nextbest.simulation.bandit_sim import simulate_workdir
+    from nextbest.monitoring.replay import simulate_workdir
 
     kw = {"steps": STEPS, "seed": 5, "customers": 60, "visits_per_week": 8.0, "update_every": 50, **kw}
     return simulate_workdir(Paths.from_workdir(workdir), policy, shadows=shadows, out_dir=out, **kw)
@@ -263,7 +263,8 @@ def test_cli_writes_its_files_for_a_baseline_on_the_path(sim_workdir, tmp_path):
 
     from nextbest.cli import app  # `nextbest simulate` as users run it
 
-    result = CliRunner().invoke(app, ["simulate", "--policy", "greedy", "--steps", "400", "--seed", "3", "--customers", "40",
+    result = CliRunner().invoke(app, ["simulate", "--policy", "greedy", "--steps", "400",
+                                      "--seed", "3", "--customers", "40",
                                       "--visits-per-week", "8", "--compare", "random", "--workdir", str(sim_workdir)])
     assert result.exit_code == 0, result.output
     out = next((sim_workdir / "reports").glob("*/simulation"))
@@ -275,5 +276,6 @@ def test_cli_writes_its_files_for_a_baseline_on_the_path(sim_workdir, tmp_path):
     trace = pd.read_parquet(out / "greedy-seed3-400.trace.parquet")
     counts = _check_rules(sim_workdir, trace, 100)
     assert counts["opt_out"] == counts["held"] == counts["cap"] == counts["rejected"] == 0, counts
-    bad = CliRunner().invoke(app, ["simulate", "--policy", "greedy", "--compare", "nextbest", "--workdir", str(sim_workdir)])
+    bad = CliRunner().invoke(app, ["simulate", "--policy", "greedy", "--compare", "nextbest",
+                                   "--workdir", str(sim_workdir)])
     assert bad.exit_code != 0

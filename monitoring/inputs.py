@@ -1,0 +1,106 @@
+"""What the monitor reads: the feature tables, the champions, and the features and scores the
+service logged (events.db, read-only)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from nextbest.config import MonitoringConfig
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.settings import Paths
+
+
+FEATURE_VIEWS = ("customer_profile", "customer_holdings", "customer_activity", "customer_segments")
+REQUIRED_VIEWS = FEATURE_VIEWS[:3]
+ACCEPT_EVENTS = ("accept", "convert")
+FEATURE_REPORT = "data_drift"  # data_drift.html/.json: the feature-drift report (the name earlier releases used)
+
+ExtraSection = Callable[[Paths, "MonitoringConfig", Path], tuple[str, dict, Optional[Path]]]
+
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def load_features(paths: Paths) -> pd.DataFrame:
+    """The feature views side by side (they share rows in the same order), one row per customer-month.
+
+    Raises:
+        FileNotFoundError: a required feature table is missing (named).
+    """
+    keys = [CUSTOMER_ID, EVENT_TIMESTAMP]
+    frames = []
+    for view in FEATURE_VIEWS:
+        path = paths.features / f"{view}.parquet"
+        if not path.exists():
+            if view in REQUIRED_VIEWS:
+                raise FileNotFoundError(f"{path}: not found; run `nextbest features build` first")
+            continue
+        df = pd.read_parquet(path)
+        frames.append(df if not frames else df.drop(columns=keys))
+    lengths = {len(f) for f in frames}
+    if len(lengths) != 1:
+        raise ValueError(f"{paths.features}: the feature tables have different row counts ({sorted(lengths)}); "
+                         "rebuild them with `nextbest features build`")
+    return pd.concat([f.reset_index(drop=True) for f in frames], axis=1)
+
+
+def champion(paths: Paths, name: str):
+    """(model, meta) of `name@champion`, or None when none is registered."""
+    if paths.mlflow_uri == paths.local_mlflow_uri and not (paths.mlflow / "mlflow.db").exists():
+        return None  # no registry yet: do not create one (nor import MLflow)
+    try:
+        from nextbest.training.registry import fetch_alias
+
+        local = fetch_alias(paths, name).local_dir
+    except LookupError:
+        return None
+    from nextbest.training.models import from_checkpoint
+
+    return from_checkpoint(local)
+
+
+def connect_ro(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+def _json_column(db: Path, table: str, column: str) -> list[dict]:
+    """Every row's JSON `column` of an events.db table, parsed; empty when the log or the table is absent."""
+    if not db.exists():
+        return []
+    con = connect_ro(db)
+    try:
+        if not has_table(con, table):
+            return []
+        rows = con.execute(f"SELECT {column} FROM {table}").fetchall()
+    finally:
+        con.close()
+    return [json.loads(r[0]) or {} for r in rows]
+
+
+def served_features(db: Path) -> pd.DataFrame:
+    """events.db `served_features` as a frame (empty when the log or the table is absent)."""
+    return pd.DataFrame(_json_column(db, "served_features", "features"))
+
+
+def served_scores(db: Path) -> pd.DataFrame:
+    """One row per decision, one column per candidate product: the base probability it was served with."""
+    rows = _json_column(db, "decisions", "context")
+    out = []
+    for ctx in rows:
+        cands = ctx.get("candidates") or []
+        row = {c["arm"]: c["base_prob"] for c in cands if c.get("base_prob") is not None and "arm" in c}
+        if row:
+            out.append(row)
+    return pd.DataFrame(out)
+
+

@@ -1,0 +1,153 @@
+"""The world the replay runs in: the offer-response truth and the request traffic.
+
+`Truth` is every customer's true acceptance of every arm (the bank simulator's offer-response
+function, with ACTION_TRUTH for the actions that are not products) and changes only when the
+driver sells; `make_traffic` draws the fixed request stream (customer, channel, simulated time).
+The package docstring says what each models and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from nextbest.constants import CUSTOMER_ID, SNAPSHOT_DATE
+from nextbest.simulation.response import accept_probability
+
+# Share of requests per channel (owned digital channels carry most of the traffic).
+CHANNEL_MIX = {"mobile_app": 0.40, "web": 0.20, "email": 0.12, "push": 0.12, "sms": 0.04, "branch": 0.08,
+               "call_center": 0.04}
+# Relative request volume per hour of day (UTC), per channel: people browse in the evening, the
+# bank sends outbound messages in office hours, branches and the call centre have opening hours.
+_BROWSING = [0.2] * 7 + [1.0] * 11 + [2.0] * 5 + [0.8]
+_OFFICE = [0.0] * 8 + [1.0] * 12 + [0.0] * 4
+HOUR_PROFILE = {"mobile_app": _BROWSING, "web": _BROWSING, "email": _OFFICE, "push": _OFFICE, "sms": _OFFICE,
+                "branch": [0.0] * 9 + [1.0] * 8 + [0.0] * 7, "call_center": _OFFICE}
+# Unprompted-equivalent P(take it) of the actions that are not products (see the package docstring).
+ACTION_TRUTH = {"retention_call": 0.02, "payment_help": 0.01}
+DAY = 86400.0
+
+
+# -- the truth -------------------------------------------------------------------------------------
+
+@dataclass
+class Truth:
+    """True acceptance of every arm for every customer of the latest snapshot.
+
+    Attributes:
+        customer_ids: the customers, (n,).
+        arms: products (catalogue order) then actions.
+        p_next: true P(acquire next month) per customer and product, (n, P); actions use ACTION_TRUTH.
+        affinity: latent digital affinity per customer, (n,).
+        snapshot: the snapshot date the state is frozen at.
+        categories: product category per product (the channel fit of the offer-response truth).
+    """
+
+    customer_ids: list[str]
+    products: list[str]
+    actions: dict[str, float]
+    p_next: np.ndarray
+    affinity: np.ndarray
+    snapshot: datetime
+    categories: dict[str, str] = field(default_factory=dict)
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {c: i for i, c in enumerate(self.customer_ids)}
+        self.arms = list(self.products) + list(self.actions)
+        self._col = {a: i for i, a in enumerate(self.arms)}
+        n = len(self.customer_ids)
+        # Actions' unprompted-equivalent probability, as extra columns of one (n, arms) table.
+        self._p = np.hstack([self.p_next.astype(float),
+                             np.tile(np.array([self.actions[a] for a in self.actions], dtype=float), (n, 1))])
+
+    @classmethod
+    def load(cls, truth_dir: Path, products: list[str], actions: dict[str, float] | None = None,
+             categories: dict[str, str] | None = None) -> "Truth":
+        """The latest snapshot of `truth/acquisition.parquet` and the latent affinity."""
+        import pandas as pd
+
+        acq = pd.read_parquet(truth_dir / "acquisition.parquet")
+        latest = acq[SNAPSHOT_DATE].max()
+        acq = acq[acq[SNAPSHOT_DATE] == latest].sort_values(CUSTOMER_ID)
+        latent = pd.read_parquet(truth_dir / "latent.parquet", columns=[CUSTOMER_ID, "digital_affinity"])
+        affinity = latent.set_index(CUSTOMER_ID)["digital_affinity"].reindex(acq[CUSTOMER_ID]).to_numpy(float)
+        return cls(acq[CUSTOMER_ID].astype(str).tolist(), list(products),
+                   dict(ACTION_TRUTH if actions is None else actions),
+                   acq[products].to_numpy(np.float64), np.nan_to_num(affinity, nan=0.5),
+                   pd.Timestamp(latest).to_pydatetime().replace(tzinfo=timezone.utc), dict(categories or {}))
+
+    def column(self, arm: str) -> int:
+        return self._col[arm]
+
+    def acceptance(self, customer: int, arms: list[str], channel: str, hour: int, weekday: int) -> np.ndarray:
+        """True P(accept) of each offer for one customer in one request context, (len(arms),)."""
+        n = len(arms)
+        if n == 0:
+            return np.zeros(0)
+        p = self._p[customer, [self._col[a] for a in arms]]
+        return accept_probability(p, np.full(n, channel), np.full(n, hour), np.full(n, weekday),
+                                  np.full(n, self.affinity[customer]), [self.categories.get(a) for a in arms])
+
+    def acquire(self, customer: int, arm: str) -> None:
+        """The customer now holds the product: no more unprompted acquisition of it."""
+        if arm in self.products:
+            self._p[customer, self._col[arm]] = 0.0
+
+
+# -- the traffic -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Traffic:
+    """The request stream, in time order: customer (index into Truth), channel, epoch seconds."""
+
+    customer: np.ndarray
+    channel: np.ndarray
+    at: np.ndarray
+    days: float
+
+    def __len__(self) -> int:
+        return len(self.customer)
+
+    def when(self, t: int) -> datetime:
+        return datetime.fromtimestamp(float(self.at[t]), tz=timezone.utc)
+
+
+def make_traffic(n_customers: int, steps: int, seed: int, start: datetime, visits_per_week: float = 1.0,
+                 customers: int | None = None, mix: dict[str, float] | None = None) -> Traffic:
+    """A fixed request stream (the same for every policy with the same seed).
+
+    Args:
+        n_customers: customers in the truth table; requests come from all, or from a random
+            sample of `customers` of them.
+        steps: number of requests.
+        seed: the stream's seed.
+        start: the first simulated day (midnight UTC).
+        visits_per_week: average requests per customer and week; sets the simulated period.
+        mix: share of requests per channel (default CHANNEL_MIX).
+    """
+    rng = np.random.default_rng([seed, 0])
+    mix = mix or CHANNEL_MIX
+    pool = (np.arange(n_customers) if customers is None or customers >= n_customers
+            else np.sort(rng.choice(n_customers, customers, replace=False)))
+    customer = rng.choice(pool, steps)
+    names = list(mix)
+    channel = rng.choice(np.array(names, dtype=object), steps, p=np.array([mix[c] for c in names]) / sum(mix.values()))
+    days = max(steps / (len(pool) * visits_per_week / 7.0), 1.0)
+    day = np.floor(rng.uniform(0, days, steps))
+    hour = np.zeros(steps)
+    for c in names:
+        rows = np.flatnonzero(channel == c)
+        weights = np.asarray(HOUR_PROFILE[c], dtype=float)
+        hour[rows] = rng.choice(24, len(rows), p=weights / weights.sum())
+    seconds = rng.uniform(0, 3600, steps)
+    at = start.timestamp() + day * DAY + hour * 3600 + seconds
+    order = np.argsort(at, kind="stable")
+    at = at[order]
+    # Strictly increasing times: the decision log orders by time, ties would make that ambiguous.
+    at = np.maximum.accumulate(at + np.arange(steps) * 1e-6)
+    return Traffic(customer[order], channel[order], at, days)
+

@@ -1,0 +1,5 @@
+"""`python -m nextbest.cli`: the same as the `nextbest` command."""
+
+from nextbest.cli import main
+
+main()

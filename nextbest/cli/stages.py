@@ -1,0 +1,270 @@
+"""The stage runners behind the commands: each takes the work directory's paths and its options,
+runs one stage with its progress line, and returns what the command prints."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from nextbest.cli.common import StageError, console, stage
+from nextbest.cli.render import metrics_table
+from nextbest.settings import Paths
+
+
+def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str],
+                drift: Optional[str] = None, drift_from: Optional[str] = None) -> dict[str, int]:
+    import pandas as pd
+
+    from nextbest.config import load_catalogue
+    from nextbest.simulation.bank import BankSpec, last_month_end
+    from nextbest.simulation.drift import DRIFT_KINDS, DriftSpec
+    from nextbest.simulation.write import generate_to
+
+    if customers < 10:
+        raise StageError(f"--customers must be at least 10, got {customers}")
+    if months < 4:
+        raise StageError(f"--months must be at least 4 (train, validation and test months need history), got {months}")
+    spec = BankSpec(n_customers=customers, n_months=months, seed=seed,
+                    end=pd.Timestamp(end) if end else last_month_end())
+    what = ""
+    if drift is not None:
+        if drift not in DRIFT_KINDS:
+            raise StageError(f"--drift must be one of {', '.join(DRIFT_KINDS)}, got {drift!r}")
+        month_ends = spec.month_ends()
+        start = len(month_ends) - 1
+        if drift_from is not None:
+            try:
+                wanted = pd.Period(drift_from, freq="M")
+            except ValueError:
+                raise StageError(f"--drift-from must be a month YYYY-MM, got {drift_from!r}") from None
+            found = [i for i, m in enumerate(month_ends) if pd.Period(m, freq="M") == wanted]
+            if not found or found[0] < 1:
+                raise StageError(f"--drift-from {drift_from}: must be one of the simulated months after the first "
+                                 f"({month_ends[1]:%Y-%m} .. {month_ends[-1]:%Y-%m})")
+            start = found[0]
+        spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=spec.end,
+                        drift=DriftSpec(drift, start))
+        what = f", {drift} drift from {month_ends[start]:%Y-%m}"
+    elif drift_from is not None:
+        raise StageError("--drift-from needs --drift")
+    with stage(f"generate a synthetic bank ({customers:,} customers x {months} months, seed {seed}{what})"):
+        rows = generate_to(paths, load_catalogue(), spec)
+    return rows
+
+
+def do_features_build(paths: Paths) -> None:
+    from nextbest.config import load_catalogue
+    from nextbest.features.pipeline import build_features_to
+
+    with stage("build feature tables"):
+        build_features_to(paths, load_catalogue())
+
+
+def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None) -> list[str]:
+    from nextbest.feature_repo.store import apply, current_online_store, resolve_online_store
+
+    # Flags, else the environment, else the work dir's current store: re-applying never switches silently.
+    choice = resolve_online_store(online_store, redis_url, os.environ, lambda: current_online_store(paths))
+    with stage(f"feast apply (registry in feast/registry.db, {choice.describe()})"):
+        return apply(paths, choice)
+
+
+def do_features_materialize(paths: Paths) -> int:
+    from nextbest.feature_repo.store import OnlineStoreUnavailable, current_online_store, materialize
+
+    current = current_online_store(paths)
+    with stage(f"feast materialize ({current.describe() if current else 'online store'})"):
+        try:
+            return materialize(paths)
+        except OnlineStoreUnavailable as exc:
+            raise StageError(f"{exc}; start it, or choose another with `nextbest features apply --online-store "
+                             "sqlite|redis [--redis-url URL]`") from None
+
+
+def do_ingest(paths: Paths, source: str, path: Path, chunksize: int, mapping: Optional[Path] = None):
+    from nextbest.config import load_catalogue
+
+    catalogue = load_catalogue()
+    with stage(f"ingest {source} from {path}"):
+        if source == "santander":
+            from nextbest.features.adapters.santander import ingest_santander, load_santander_mapping
+
+            flags = load_santander_mapping(catalogue, mapping) if mapping else None
+            report = ingest_santander(path, paths.raw, catalogue, chunksize=chunksize, mapping=flags)
+        else:
+            from nextbest.features.adapters.uci_bank_marketing import ingest_uci
+
+            report = ingest_uci(path, paths.raw, catalogue)
+    # What was derived from the previous raw tables no longer describes them.
+    stale = [p for d in (paths.truth, paths.features) for p in d.glob("*.parquet")]
+    for p in stale:
+        p.unlink()
+    if stale:
+        console.print(f"  removed {len(stale)} stale file(s) from truth/ and features/ (derived from the previous "
+                      "raw tables); next: nextbest features build")
+    return report
+
+
+def do_train(paths: Paths, task: str, config: Optional[Path]):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nextbest.config import load_train_config
+    from nextbest.training.pipeline import train_model
+
+    cfg = load_train_config(task, config)
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        # At most max_epochs per network; early stopping ends a network sooner.
+        bar = progress.add_task(f"train {task}", total=cfg.max_epochs * cfg.ensemble, info="")
+
+        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            net = f"network {int(m['member']) + 1}/{cfg.ensemble} " if "member" in m else ""
+            progress.update(bar, completed=epoch + 1,
+                            info=f"{net}epoch {epoch + 1} loss {m['train_loss']:.4f} val {m['val_metric']:.4f}")
+
+        result = train_model(paths, task, cfg, on_epoch=on_epoch,
+                             on_stage=lambda s: progress.update(bar, info=s))
+    alias = "champion" if result.promoted else "challenger"
+    console.print(f"[green]✓[/] train {task}: version {result.version} registered as {alias} "
+                  f"[dim]({time.perf_counter() - started:.1f}s; {result.promotion_reason})[/]")
+    console.print(metrics_table(f"{task}: test month {', '.join(result.months['test'])}", result.metrics))
+    return result
+
+
+def do_evaluate(paths: Paths, task: str, version: Optional[str], config: Optional[Path]):
+    from nextbest.config import load_train_config
+    from nextbest.training.pipeline import evaluate_registered
+
+    cfg = load_train_config(task, config)
+    with stage(f"evaluate {task}"):
+        version, evaluation = evaluate_registered(paths, task, cfg, version)
+    console.print(metrics_table(f"{task} v{version}", evaluation.metrics))
+    return evaluation
+
+
+def do_tune(paths: Paths, task: str, trials: int, config: Optional[Path]):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nextbest.config import load_train_config
+    from nextbest.training.tune import tune as run_tune
+
+    base = load_train_config(task, config)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        bar = progress.add_task(f"tune {task}", total=trials, info="")
+        done = []
+
+        def on_trial(number: int, value: float | None, state: str) -> None:
+            done.append(number)
+            progress.update(bar, completed=len(done),
+                            info=f"trial {number}: {state.lower()} {'' if value is None else f'{value:.4f}'}")
+
+        result = run_tune(paths, task, trials, base, on_trial=on_trial, on_stage=lambda s: progress.update(bar, info=s))
+    console.print(f"[green]✓[/] tune {task}: {result.n_trials} trials in the study ({result.n_pruned} pruned), "
+                  f"best validation metric {result.best_value:.4f}")
+    console.print(f"  best parameters: {result.best_params}")
+    console.print(f"  train with them: nextbest train {task} --config {result.config_path}")
+    return result
+
+
+def do_campaign(paths: Paths, path: Path, rolling: bool, config: Optional[Path]) -> dict:
+    from nextbest.config import load_train_config
+    from nextbest.training import registry
+    from nextbest.training.campaign import load_contacts, rolling_window, train_campaign
+
+    cfg = load_train_config("campaign", config)
+    contacts = load_contacts(path)
+    with stage(f"campaign model on {len(contacts):,} real contacts (last 10% by date = test)"):
+        result = train_campaign(contacts, cfg)
+        metrics = dict(result.metrics)
+        if rolling:
+            metrics.update(rolling_window(contacts, cfg))
+    mlflow = registry.tracking(paths)
+    with mlflow.start_run(experiment_id=registry.experiment_id(paths, "campaign"), run_name="uci-bank-marketing"):
+        mlflow.log_params({**cfg.model_dump(exclude={"hidden"}), "hidden": ",".join(map(str, cfg.hidden)),
+                           "source": str(path), "split": "chronological 80/10/10 by contact order",
+                           "dropped": "duration"})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    title = f"term-deposit response, test = {result.rows['test']:,} most recent contacts"
+    console.print(metrics_table(title, metrics))
+    for k in ("rolling_test_roc_auc", "rolling_lightgbm_roc_auc"):
+        if k in metrics:
+            console.print(f"  {k}: {metrics[k]:.4f}")
+    return metrics
+
+
+def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> dict:
+    from nextbest.monitoring.ope import evaluate
+
+    what = "the current posterior" + (f" scoring with nbp@{model}" if model else "")
+    with stage(f"off-policy evaluation of {what} at explore share {explore_share:g}"):
+        try:
+            result = evaluate(paths, explore_share, model)
+        except (FileNotFoundError, LookupError) as exc:
+            raise StageError(str(exc).strip("'\"")) from None
+        from nextbest.io import write_json
+
+        # One file per candidate, beside the monitor's ope.json (same UTC date as the monitor's folder).
+        name = f"ope-{model or 'champion'}-explore{explore_share:g}.json"
+        out = write_json(paths.reports / time.strftime("%Y-%m-%d", time.gmtime()) / name, result)
+    table = Table(title=f"value per decision, {result['decisions']} logged decisions")
+    for col in ("estimator", "value", "95% CI"):
+        table.add_column(col)
+    table.add_row("logged policy (observed)", f"{result['logged_value']:.4f}", "")
+    labels = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "dr_os": "DR, shrunk weights (interval omits its bias)",
+              "dm": "direct method (interval omits the model's error)"}
+    for name, label in labels.items():
+        est = result[name]
+        table.add_row(label, f"{est['value']:.4f}", f"[{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]")
+    console.print(table)
+    diag = result["diagnostics"]
+    console.print(f"importance weights: effective sample size {diag['effective_sample_size']:,.0f} of "
+                  f"{diag['slots']:,} offers ({diag['ess_share']:.1%}), largest weight {diag['max_weight']:,.1f}"
+                  + (" -- the candidate strays far from the logged policy: trust the intervals less"
+                     if diag["ess_share"] < 0.1 else ""))
+    console.print(f"written: {out}")
+    return result
+
+
+def monitor_sections(paths: Paths) -> list:
+    """The decision log's sections of the monitor report: business KPIs, control-group uplift, off-policy values."""
+    if not paths.events_db.exists():
+        return []
+    from nextbest.monitoring.charts import kpi_section, uplift_section
+    from nextbest.monitoring.ope import ope_section
+
+    return [kpi_section, uplift_section, ope_section]
+
+
+def do_monitor(paths: Paths, config: Optional[Path] = None) -> dict:
+    """Runs `nextbest.monitoring.monitor.run_monitor`; the gate's verdict is in `passed` and `exit_code`."""
+    from rich.markup import escape
+
+    from nextbest.config import load_monitoring
+    from nextbest.monitoring.monitor import run_monitor
+
+    cfg = load_monitoring(config)
+    with console.status("[bold]monitoring[/]…") as status:
+        started = time.perf_counter()
+        result = run_monitor(paths, cfg, extra_sections=monitor_sections(paths),
+                             on_stage=lambda s: status.update(f"[bold]monitoring: {s}[/]…"))
+    summary = result.summary
+    console.print(f"[green]✓[/] monitoring [dim]({time.perf_counter() - started:.1f}s)[/]")
+    section = summary["sections"]["feature_drift"]
+    names = ", ".join(summary["drifted_columns"][:12]) + (", ..." if len(summary["drifted_columns"]) > 12 else "")
+    console.print(f"drifted feature columns: {len(summary['drifted_columns'])} of {section['n_tested']} "
+                  f"(share {summary['share_drifted']:.3f}){': ' + names if names else ''}", highlight=False)
+    for check in summary["gate"]["checks"]:
+        mark = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+        console.print(f"  {mark} " + escape(f"{check['check']}: {check['value']} (limit {check['limit']})"),
+                      highlight=False)
+    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
+    console.print(f"gate {verdict}; report: {result.files['html']}")
+    return {"files": {k: str(v) for k, v in result.files.items()}, "passed": result.passed,
+            "exit_code": result.exit_code, "drifted_columns": summary["drifted_columns"],
+            "share_drifted": summary["share_drifted"], "columns": summary["columns"]}
