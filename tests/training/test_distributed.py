@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -15,6 +16,8 @@ from nextbest.training import registry
 from nextbest.training.models import from_checkpoint
 from nextbest.training.pipeline import prepare, train_model
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # two torchrun launches
 
 
 def test_two_process_ddp_matches_single_process(feast_bank, tmp_path):

@@ -1,87 +1,23 @@
-"""Off-policy evaluation recovers a candidate policy's true value from decisions logged by another."""
+"""Off-policy evaluation, piece by piece: the event log gives the estimators their arrays, slot
+probabilities, the CLI, weight diagnostics. Recovering a true value from 50,000 logged decisions is
+tests/monitoring/test_ope_worlds.py (slow)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nextbest.monitoring.ope import Logged, direct_method, doubly_robust, dr_shrunk, from_event_log, ips, snips
-from nextbest.serving.bandit import Context, Featuriser, Posterior, choose, sigmoid, slot_propensities
+from nextbest.monitoring.ope import Logged, doubly_robust, from_event_log, ips
+from nextbest.serving.bandit import Featuriser, Posterior, choose, slot_propensities
 from nextbest.serving.eventlog import EventLog
-
-ARMS = ["savings_account", "term_deposit", "credit_card", "mortgage", "investment_funds"]
-VALUE = np.array([45.0, 120.0, 140.0, 1400.0, 520.0])
-CHANNELS = ["mobile_app", "email", "push", "branch"]
-
-
-def _world(seed: int):
-    f = Featuriser(ARMS)
-    rng = np.random.default_rng(seed)
-    truth = np.zeros(f.dim)
-    truth[:2] = (1.0, 1.0)
-    truth[f.offsets["arm"]:f.offsets["arm"] + len(ARMS)] = rng.normal(0, 0.8, len(ARMS))
-    truth[f.offsets["channel"]:f.offsets["channel"] + len(f.channels)] = rng.normal(0, 0.5, len(f.channels))
-    truth[f.offsets["arm"] + ARMS.index("mortgage")] = -3.5  # the prior's favourite (by value) rarely sells
-    logging = Posterior.prior(f, intercept=1.0, score_weight=1.0, variance=0.5)
-    target = Posterior(truth.copy(), np.eye(f.dim) * 0.05)  # a better model, as a challenger would be
-    return f, truth, logging, target, rng
-
-
-def _context(rng) -> tuple[Context, np.ndarray]:
-    ctx = Context(CHANNELS[rng.integers(len(CHANNELS))], int(rng.integers(24)), int(rng.integers(7)),
-                  float(rng.uniform(0, 3)))
-    return ctx, rng.uniform(0.002, 0.05, len(ARMS))
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_ips_and_doubly_robust_recover_the_true_value(seed):
-    f, truth, logging, target_post, rng = _world(seed)
-    n, k, share = 50_000, 2, 0.3
-    served, prop, reward = np.full((n, k), -1), np.ones((n, k)), np.zeros((n, k))
-    target, predicted, true_values = np.zeros((n, len(ARMS), k)), np.zeros((n, len(ARMS))), np.zeros(n)
-    exact = np.zeros((n, len(ARMS)))  # the true expected reward of every candidate
-    for i in range(n):
-        ctx, base = _context(rng)
-        x = f.matrix(ARMS, base, np.zeros(len(ARMS)), ctx)
-        p_true = sigmoid(x @ truth)
-        c = choose(logging, x, VALUE, k, share, rng, samples=256)  # as served (bandit.yaml)
-        for j, (arm, p) in enumerate(zip(c.order, c.propensity)):
-            served[i, j], prop[i, j] = arm, p
-            reward[i, j] = float(rng.random() < p_true[arm]) * VALUE[arm]
-        target[i] = slot_propensities(target_post, x, VALUE, k, 0.0, rng, 1)  # greedy: exact
-        predicted[i] = sigmoid(x @ logging.mean) * VALUE  # a wrong reward model: DR must correct it
-        exact[i] = p_true * VALUE
-        true_values[i] = (target[i] * exact[i][:, None]).sum()
-    logged = Logged(served, prop, reward)
-    truth_value = true_values.mean()
-    logging_value = reward.sum(1).mean()
-    assert truth_value > 1.2 * logging_value  # the candidate is genuinely different and better
-    # Unbiased estimators: the truth lies in their 95% intervals, and the intervals are informative.
-    for est in (doubly_robust(logged, target, predicted), ips(logged, target)):
-        assert est.low < truth_value < est.high, (est, truth_value)
-        assert (est.high - est.low) / 2 < 0.2 * truth_value, est
-    # Self-normalised IPS trades bias for variance; here it only has to be in the right region.
-    est = snips(logged, target)
-    assert est.low < est.value < est.high and abs(est.value - truth_value) / truth_value < 0.25
-    # The direct method alone (the wrong reward model) would be far off: the correction matters.
-    dm_error = abs(direct_method(logged, target, predicted).value - truth_value) / truth_value
-    assert dm_error > 0.1
-    # Shrinking the weights keeps enough of that correction: far closer than the direct method.
-    shrunk, _ = dr_shrunk(logged, target, predicted)
-    assert abs(shrunk.value - truth_value) / truth_value < min(0.1, dm_error / 2), shrunk
-    # With the true reward model the direct method is the truth itself, and shrinking the weights
-    # narrows DR's interval while staying close to the truth.
-    assert np.isclose(direct_method(logged, target, exact).value, truth_value, rtol=1e-12)
-    dr_exact, (shrunk_exact, lam_exact) = doubly_robust(logged, target, exact), dr_shrunk(logged, target, exact)
-    assert np.isfinite(lam_exact) and shrunk_exact.high - shrunk_exact.low < dr_exact.high - dr_exact.low
-    assert abs(shrunk_exact.value - truth_value) / truth_value < 0.05, shrunk_exact
+from tests.ope_worlds import ARMS, VALUE, draw_context, world
 
 
 def test_the_event_log_gives_the_same_arrays(tmp_path):
-    f, truth, logging, target_post, rng = _world(1)
+    f, truth, logging, target_post, rng = world(1)
     events = EventLog(tmp_path / "events.db")
     for i in range(300):
-        ctx, base = _context(rng)
+        ctx, base = draw_context(rng)
         x = f.matrix(ARMS, base, np.zeros(len(ARMS)), ctx)
         c = choose(logging, x, VALUE, 2, 0.3, rng, samples=64)
         offers = [{"product_id": ARMS[a], "rank": j + 1, "propensity": p}
@@ -104,8 +40,8 @@ def test_the_event_log_gives_the_same_arrays(tmp_path):
 
 @pytest.mark.parametrize("share", [0.0, 0.5])
 def test_slot_probabilities_are_a_distribution(share):
-    f, _, logging, _, rng = _world(2)
-    ctx, base = _context(rng)
+    f, _, logging, _, rng = world(2)
+    ctx, base = draw_context(rng)
     probs = slot_propensities(logging, f.matrix(ARMS, base, np.zeros(5), ctx), VALUE, 3, share, rng, 500)
     assert probs.shape == (5, 3) and np.allclose(probs.sum(0), 1.0) and (probs.sum(1) <= 1 + 1e-9).all()
 
@@ -124,7 +60,7 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
     rng = np.random.default_rng(3)
     arms, value = ARMS, VALUE
     for i in range(200):
-        ctx, base = _context(rng)
+        ctx, base = draw_context(rng)
         c = choose(post, f.matrix(arms, base, np.zeros(len(arms)), ctx), value, 2, 0.2, rng, samples=64)
         offers = [{"product_id": arms[a], "rank": j + 1, "propensity": p}
                   for j, (a, p) in enumerate(zip(c.order, c.propensity))]
@@ -147,7 +83,7 @@ def test_cli_evaluates_the_saved_policy_on_the_log(tmp_path):
 
 
 def test_weight_diagnostics_flag_a_candidate_far_from_the_logging_policy():
-    from nextbest.monitoring.ope import Logged, diagnostics
+    from nextbest.monitoring.ope import diagnostics
 
     n = 1000
     served = np.zeros((n, 1), dtype=int)
