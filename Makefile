@@ -23,7 +23,7 @@ test: $(STAMP)
 
 ## The tests not marked slow: unit, data, adapters, Feast and training (a few minutes).
 test-fast: $(STAMP)
-	@echo "test-fast leaves out the slow tests (marked slow: the real service, end to end, the closed-loop simulator, deploy); make test runs them all"
+	@echo "test-fast leaves out the slow tests (marked slow: the real service, end to end, the closed-loop simulator, monitoring on whole banks, OPE worlds, two-process training, deploy); make test runs them all"
 	$(BIN)/python -m pytest -m "not slow"
 
 ## Static checks (ruff: errors, unused names, line length).

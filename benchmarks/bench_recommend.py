@@ -45,7 +45,7 @@ Both servers run `--workers` worker processes (default 1): BentoML's through
    requests the client gave up on still being served).
 
 The load generator is one asyncio process (aiohttp on uvloop, keep-alive pool of `--connections`);
-it shares the cores with the servers, as the issue asks, and its CPU is reported per phase.
+it shares the cores with the servers, as a client on the same host would, and its CPU is reported per phase.
 Results: a markdown table on stdout and JSON in `--out` (default `<workdir>/bench_recommend.json`).
 The work directory's event log (`events.db`) is restored afterwards, so re-runs start from the same
 contact history (the rules' frequency caps read it). Issue targets: ours p99 under 15 ms at 100 and

@@ -18,7 +18,7 @@ from nextbest.constants import CUSTOMER_ID, PRODUCT_ID, SNAPSHOT_DATE
 # analyses of the file; the denominator there includes customers who hold nothing that month,
 # ours (`marginals`) counts clients holding at least one product, so our shares read a little
 # higher for the same bank. `ind_cno_fin_ult1` (payroll account, ~8%) is from the same public
-# analyses, not from the issue text; the issue only ranks it between e-account and payroll.
+# analyses of the file.
 SANTANDER: dict = {
     "source": "Santander product recommendation (Kaggle 2016), train_ver2.csv, 24 products, 2015-01..2016-05",
     "product_share": {  # Santander column: (label, approximate share)

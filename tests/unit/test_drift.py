@@ -17,20 +17,9 @@ from nextbest.monitoring import drift as D
 from nextbest.config import MonitoringConfig, load_monitoring
 from nextbest.settings import Paths
 from nextbest.simulation.bank import BankSpec, simulate_frames
-from nextbest.simulation.drift import DriftSpec
+from nextbest.simulation.drift import DRIFT_KINDS, DriftSpec
 
 END = pd.Timestamp("2026-09-30")
-
-# The kinds of drift the simulator injects, with the columns each must move (tests/monitoring has the rest).
-EXPECTED = {
-    "income_shift": {"inflow_30d", "outflow_30d", "inflow_trend", "spend_groceries_30d", "spend_shopping_30d",
-                     "spend_transfer_out_30d"},
-    "new_product": {"held_cashback_card", "months_since_acq_cashback_card", "views_cashback_card_30d",
-                    "months_since_acquisition"},
-    "behaviour_change": {"logins_app_30d", "logins_app_7d", "logins_web_30d", "spend_shopping_30d",
-                         "spend_groceries_30d"},
-}
-
 
 @pytest.fixture(scope="module")
 def config() -> MonitoringConfig:
@@ -41,7 +30,7 @@ def test_drift_leaves_the_months_before_it_untouched():
     catalogue = load_catalogue()
     spec = dict(n_customers=400, n_months=5, seed=3, end=END)
     plain = simulate_frames(catalogue, BankSpec(**spec))
-    for kind in EXPECTED:
+    for kind in DRIFT_KINDS:
         drifted = simulate_frames(catalogue, BankSpec(**spec, drift=DriftSpec(kind, 4)))
         for table in ("raw/holdings", "raw/interactions"):
             date = "snapshot_date" if table == "raw/holdings" else "event_date"
