@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from nextbest.constants import PROJECT_FILE
+from nextbest.io import atomic_write
 from nextbest.settings import default_config_dir
 
 README = """\
@@ -63,18 +62,6 @@ def _default_files() -> list[Path]:
     return sorted(p.relative_to(base) for p in base.rglob("*.yaml"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def init_project(directory: Path, name: str | None = None, force: bool = False) -> Project:
     """Writes a project folder (see the module docstring).
 
@@ -99,7 +86,7 @@ def init_project(directory: Path, name: str | None = None, force: bool = False) 
     for rel in _default_files():
         contents[Path("configs") / rel] = (base / rel).read_bytes()
     for rel, data in contents.items():
-        _write_atomic(root / rel, data)
+        atomic_write(root / rel, lambda tmp, data=data: Path(tmp).write_bytes(data))
         project.files.append(root / rel)
     (root / "work").mkdir(exist_ok=True)
     return project
