@@ -1,10 +1,8 @@
 """What the monitor reads: the feature tables, the champions, and the features and scores the
-service logged (events.db, read-only)."""
+service logged (events.db, through the read-only `nextbest.eventlog.EventLogReader`)."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -13,12 +11,12 @@ import pandas as pd
 
 from nextbest.config import MonitoringConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.eventlog import EventLogReader
 from nextbest.settings import Paths
 
 
 FEATURE_VIEWS = ("customer_profile", "customer_holdings", "customer_activity", "customer_segments")
 REQUIRED_VIEWS = FEATURE_VIEWS[:3]
-ACCEPT_EVENTS = ("accept", "convert")
 FEATURE_REPORT = "data_drift"  # data_drift.html/.json: the feature-drift report (the name earlier releases used)
 
 ExtraSection = Callable[[Paths, "MonitoringConfig", Path], tuple[str, dict, Optional[Path]]]
@@ -65,42 +63,27 @@ def champion(paths: Paths, name: str):
     return from_checkpoint(local)
 
 
-def connect_ro(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-
-
-def has_table(con: sqlite3.Connection, name: str) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
-
-
-def _json_column(db: Path, table: str, column: str) -> list[dict]:
-    """Every row's JSON `column` of an events.db table, parsed; empty when the log or the table is absent."""
-    if not db.exists():
-        return []
-    con = connect_ro(db)
-    try:
-        if not has_table(con, table):
-            return []
-        rows = con.execute(f"SELECT {column} FROM {table}").fetchall()
-    finally:
-        con.close()
-    return [json.loads(r[0]) or {} for r in rows]
-
-
 def served_features(db: Path) -> pd.DataFrame:
-    """events.db `served_features` as a frame (empty when the log or the table is absent)."""
-    return pd.DataFrame(_json_column(db, "served_features", "features"))
+    """events.db `served_features` as a frame, one column per feature (empty when there is no log)."""
+    try:
+        with EventLogReader(db) as log:
+            logged = log.served_features(("features",))
+    except FileNotFoundError:
+        return pd.DataFrame()
+    return pd.DataFrame(logged["features"].tolist())
 
 
 def served_scores(db: Path) -> pd.DataFrame:
     """One row per decision, one column per candidate product: the base probability it was served with."""
-    rows = _json_column(db, "decisions", "context")
+    try:
+        with EventLogReader(db) as log:
+            contexts = log.decisions(("context",))["context"]
+    except FileNotFoundError:
+        return pd.DataFrame()
     out = []
-    for ctx in rows:
+    for ctx in contexts:
         cands = ctx.get("candidates") or []
         row = {c["arm"]: c["base_prob"] for c in cands if c.get("base_prob") is not None and "arm" in c}
         if row:
             out.append(row)
     return pd.DataFrame(out)
-
-

@@ -8,28 +8,26 @@ no per-customer row leaves this module, and customers are only ever seen as pseu
 The time of a decision is the business time it was made for, `context.request.at` (the request's
 timestamp; equal to `created_at` in live serving, the simulated clock in replays), else `created_at`.
 
-The log is read in bulk, three queries at once on their own read-only connections: one scan of
-`decisions` for the decision-level fields (SQLite's JSON functions, which parse each row's context
-once), one for the offers (`json_each`), one of `feedback`. The grouping is numpy on integer codes.
+The log is read in bulk through `nextbest.eventlog.EventLogReader`, three reads at once on their
+own read-only connections: the decision-level fields (SQLite's JSON functions, which parse each
+row's context once), the offers, and the feedback. The grouping is numpy on integer codes.
 Most of the time is SQLite parsing the JSON contexts: about 30 s of CPU for 1,000,000 decisions.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from nextbest.eventlog import ACCEPTED, EventLogReader
+
 WEEK = 7 * 86400.0
-ACCEPTED = ("accept", "convert")  # feedback that means the offer was taken
 # Decision-level policy arms: every decision is in exactly one.
 ARMS = ("holdout", "degraded", "exploring", "exploiting")
 OFFER_KINDS = ("explored", "exploited")
@@ -37,35 +35,11 @@ DIMENSIONS = ("by_product", "by_channel", "by_segment", "by_policy", "by_arm", "
 UNKNOWN = "unknown"
 RULE = re.compile(r'"rule":\s*"([^"]*)"')
 
-# Decision time and the decision-level context fields; SQLite caches the parsed context per row.
-TIME_SQL = "COALESCE(context ->> '$.request.at', created_at)"
-DECISIONS_SQL = f"""
-SELECT rowid, {TIME_SQL} AS t, customer_pseudonym, channel, json_array_length(offers),
-       context ->> '$.policy', context ->> '$.exploring', context ->> '$.degraded', context ->> '$.segment',
-       context ->> '$.blocked', context ->> '$.holdout', context -> '$.suppressed'
-FROM decisions WHERE t >= ? AND t < ?
-"""
-OFFERS_SQL = """
-SELECT d.rowid, o.value ->> 'product_id', o.value ->> 'explored'
-FROM decisions d, json_each(d.offers) o
-"""
-FEEDBACK_SQL = """
-SELECT d.rowid, f.product_id, f.event, f.value
-FROM feedback f JOIN decisions d USING (decision_id) WHERE f.created_at < ?
-"""
-
-
-def connect(events_db: Path) -> sqlite3.Connection | None:
-    """A read-only connection to the event log, or None when there is none yet."""
-    events_db = Path(events_db)
-    if not events_db.exists():
-        return None
-    conn = sqlite3.connect(f"file:{events_db}?mode=ro", uri=True)
-    has = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "decisions" not in has:
-        conn.close()
-        return None
-    return conn
+# What each of the three reads asks of the log (`nextbest.eventlog` names the fields).
+DECISION_COLUMNS = ("rowid", "at", "customer_pseudonym", "channel", "n_offers", "policy", "exploring", "degraded",
+                    "segment", "blocked", "holdout", "suppressed_json")
+OFFER_COLUMNS = ("decision_rowid", "product_id", "explored")
+FEEDBACK_COLUMNS = ("decision_rowid", "product_id", "event", "value")
 
 
 def bounds(since: float | None, until: float | None) -> tuple[float, float]:
@@ -89,20 +63,22 @@ def business_kpis(events_db: Path, catalogue, since: float | None = None, until:
         `contact_pressure`. Rates are None where their denominator is 0.
     """
     lo, hi = bounds(since, until)
-    conn = connect(events_db)
-    if conn is None:
+    try:
+        EventLogReader(events_db).close()
+    except FileNotFoundError:
         return empty_kpis(since, until)
-    conn.close()
-    # The three scans run at once on their own connections: SQLite parses JSON without the GIL.
+    reads = [lambda log: log.decisions(DECISION_COLUMNS, since=lo, until=hi),
+             lambda log: log.offers(OFFER_COLUMNS),
+             lambda log: log.feedback(FEEDBACK_COLUMNS, until=hi)]
+    # The three reads run at once on their own connections: SQLite parses JSON without the GIL.
     with ThreadPoolExecutor(3) as pool:
-        drows, orows, frows = pool.map(lambda q: _fetch(events_db, *q), [
-            (DECISIONS_SQL, (lo, hi)), (OFFERS_SQL, ()), (FEEDBACK_SQL, (hi,))])
-    if not drows:
+        decisions, offers, feedback = pool.map(lambda read: _read(events_db, read), reads)
+    if decisions.empty:
         return empty_kpis(since, until)
-    dec = _decisions(drows)
-    del drows
-    off = _offers(orows, frows, dec, catalogue, action_values or {})
-    del orows, frows
+    dec = _decisions(decisions)
+    del decisions
+    off = _offers(offers, feedback, dec, catalogue, action_values or {})
+    del offers, feedback
 
     n_dec = len(dec.t)
     start = float(dec.t.min()) if since is None else float(since)
@@ -129,9 +105,9 @@ def business_kpis(events_db: Path, catalogue, since: float | None = None, until:
     return result
 
 
-def _fetch(events_db: Path, sql: str, params: tuple) -> list[tuple]:
-    with closing(sqlite3.connect(f"file:{Path(events_db)}?mode=ro", uri=True)) as conn:
-        return conn.execute(sql, params).fetchall()
+def _read(events_db: Path, read) -> pd.DataFrame:
+    with EventLogReader(events_db) as log:
+        return read(log)
 
 
 def empty_kpis(since: float | None = None, until: float | None = None) -> dict:
@@ -155,11 +131,6 @@ def _coded(values) -> Coded:
         codes, labels = pd.factorize(np.asarray(labels, dtype=object)[codes])
         labels = list(labels)
     return codes.astype(np.int64), labels
-
-
-def _columns(rows: list[tuple], n: int) -> list[list]:
-    """Columns of a fetched result (zip(*rows) is slow for millions of rows)."""
-    return [list(map(itemgetter(i), rows)) for i in range(n)]
 
 
 @dataclass
@@ -192,40 +163,36 @@ class _Offers:
     value: np.ndarray
 
 
-def _decisions(rows: list[tuple]) -> _Decisions:
-    rowid, t, customer, channel, n_offers, policy, exploring, degraded, segment, blocked, holdout, suppressed = (
-        _columns(rows, 12))
-    holdout = np.array(holdout, dtype=object) == 1
-    exploring = np.array(exploring, dtype=object) == 1
-    degraded = np.array([d is not None for d in degraded])
+def _decisions(rows: pd.DataFrame) -> _Decisions:
+    holdout, exploring = rows["holdout"].to_numpy(bool), rows["exploring"].to_numpy(bool)
+    degraded = rows["degraded"].notna().to_numpy()
     arm = np.select([holdout, degraded, exploring], [0, 1, 2], 3)
-    return _Decisions(np.array(rowid, np.int64), np.array(t, float), _coded(customer), _coded(channel),
-                      np.array([n or 0 for n in n_offers], np.int64), _coded(policy), exploring, _coded(segment),
-                      (arm, list(ARMS)), list(blocked), list(suppressed))
+    return _Decisions(rows["rowid"].to_numpy(np.int64), rows["at"].to_numpy(float),
+                      _coded(rows["customer_pseudonym"]), _coded(rows["channel"]), rows["n_offers"].to_numpy(np.int64),
+                      _coded(rows["policy"]), exploring, _coded(rows["segment"]), (arm, list(ARMS)),
+                      rows["blocked"].tolist(), rows["suppressed_json"].tolist())
 
 
-def _offers(orows: list[tuple], frows: list[tuple], dec: _Decisions, catalogue, action_values: dict) -> _Offers:
+def _offers(offers: pd.DataFrame, feedback: pd.DataFrame, dec: _Decisions, catalogue, action_values: dict) -> _Offers:
     """The period's offers joined to their decision (by position) and to their feedback."""
-    o_rowid, o_product, o_explored = _columns(orows, 3)
-    o_rowid = np.array(o_rowid, np.int64)
-    f_rowid, f_product, f_event, f_value = _columns(frows, 4)
-    f_rowid = np.array(f_rowid, np.int64)
+    o_rowid = offers["decision_rowid"].to_numpy(np.int64)
+    f_rowid = feedback["decision_rowid"].to_numpy(np.int64)
     top = max(int(dec.rowid.max()), *(int(r.max()) for r in (o_rowid, f_rowid) if len(r)))
     pos = np.full(top + 1, -1, np.int64)  # decision position by rowid, -1 outside the period
     pos[dec.rowid] = np.arange(len(dec.rowid))
     o_pos = pos[o_rowid]
     keep = o_pos >= 0
-    codes, labels = _coded(np.array(o_product, dtype=object)[keep])
+    codes, labels = _coded(offers["product_id"].to_numpy(object)[keep])
     o_pos = o_pos[keep]
-    explored = (np.array(o_explored, dtype=object) == 1)[keep]
+    explored = offers["explored"].to_numpy(bool)[keep]
     n = len(o_pos)
     impression, click, accepted = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
     explicit = np.full(n, np.nan)
     if len(f_rowid) and n:
         f_pos = pos[f_rowid]
-        f_code = pd.Categorical(pd.Series(f_product, dtype=object), categories=labels).codes.astype(np.int64)
-        f_event = np.array(f_event, dtype=object)
-        f_value = np.array([np.nan if v is None else v for v in f_value], float)
+        f_code = pd.Categorical(feedback["product_id"], categories=labels).codes.astype(np.int64)
+        f_event = feedback["event"].to_numpy(object)
+        f_value = feedback["value"].to_numpy(float)
         # Feedback on a product its decision did not show has no offer to attach to: dropped.
         ok = (f_pos >= 0) & (f_code >= 0)
         offer_key = pd.Index(o_pos * len(labels) + codes)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nextbest.eventlog import EventLogReader
+
 Z95 = 1.959964
 
 
@@ -202,29 +204,24 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     Returns:
         (logged, target slot probabilities (n, m, k), predicted value-weighted rewards (n, m)).
     """
-    import json
-    import sqlite3
-
     from nextbest.serving.bandit import sigmoid, slot_propensities
 
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        rewards = {(d, p): r for d, p, r in conn.execute("SELECT decision_id, product_id, reward FROM rewards")}
-        rows = conn.execute("SELECT decision_id, k, offers, context, customer_pseudonym FROM decisions "
-                            "ORDER BY created_at").fetchall()
-    finally:
-        conn.close()
+    with EventLogReader(db_path) as log:
+        given = log.rewards(("decision_id", "product_id", "reward"))
+        logged = log.decisions(("decision_id", "created_at", "k", "offers", "context", "customer_pseudonym"))
+    rewards = dict(zip(zip(given["decision_id"], given["product_id"]), given["reward"].tolist()))
+    logged = logged.sort_values("created_at", kind="stable")  # in the order the decisions were made
     rng = np.random.default_rng(seed)
     reward_model = posterior if reward_model is None else reward_model
-    logged_contexts = [json.loads(r[3]) for r in rows]
+    logged_contexts = logged["context"].tolist()
     contexts = logged_contexts
     if rescorer is not None:
         from nextbest.monitoring.rescore import rescore_contexts
 
-        contexts, _ = rescore_contexts(logged_contexts, [r[4] for r in rows], rescorer)
+        contexts, _ = rescore_contexts(logged_contexts, logged["customer_pseudonym"].tolist(), rescorer)
     decisions = []
-    for (decision_id, k, offers_json, _, _), ctx, logged_ctx in zip(rows, contexts, logged_contexts):
-        offers = json.loads(offers_json)
+    for decision_id, k, offers, ctx, logged_ctx in zip(logged["decision_id"], logged["k"].tolist(), logged["offers"],
+                                                       contexts, logged_contexts):
         rows = featuriser.logged(ctx)
         if not offers or rows is None or not all("propensity" in o for o in offers):
             continue
@@ -268,10 +265,11 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
     catalogue = load_catalogue()
     cfg = load_bandit(catalogue=catalogue)
     featuriser = Featuriser.for_catalogue(catalogue, cfg.actions)
-    saved = _saved_policy(paths.events_db, cfg.policy, featuriser.signature)
+    with EventLogReader(paths.events_db) as log:  # read-only: never writes to the live log
+        saved = log.policy(cfg.policy, featuriser.signature)
     if saved is None:
         raise LookupError(f"{paths.events_db}: no saved state of policy {cfg.policy!r} to evaluate")
-    posterior = Posterior(saved[1], saved[2], saved[0])
+    posterior = Posterior(saved.mean, saved.cov, saved.n_updates)
     rescorer = None
     if model is not None:
         from nextbest.monitoring.rescore import model_rescorer
@@ -282,29 +280,11 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
                                                uniform_share=cfg.uniform_share)
     if len(logged.served) == 0:
         raise LookupError("no logged decision with offers and propensities to evaluate")
-    return {"policy": cfg.policy, "explore_share": explore_share, "updates": saved[0],
+    return {"policy": cfg.policy, "explore_share": explore_share, "updates": saved.n_updates,
             "model": None if rescorer is None else {"name": rescorer.name, "version": rescorer.version,
                                                      "requested": model},
             "decisions": int(len(logged.served)), "logged_value": float(logged.reward.sum(1).mean()),
             **estimate_all(logged, target, predicted)}
-
-
-def _saved_policy(db, name: str, signature: str) -> tuple[int, np.ndarray, np.ndarray] | None:
-    """(updates, mean, covariance) of the saved posterior, read without writing to the live log."""
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT n_updates, mean, cov FROM policy_state WHERE name = ? AND signature = ?",
-                           (name, signature)).fetchone()
-    except sqlite3.OperationalError:  # a log from before the policy table
-        row = None
-    finally:
-        conn.close()
-    if row is None:
-        return None
-    mean = np.frombuffer(row[1], "<f8").copy()
-    return row[0], mean, np.frombuffer(row[2], "<f8").copy().reshape(len(mean), len(mean))
 
 
 def ope_section(paths, config, out_dir) -> tuple[str, dict, None]:

@@ -3,7 +3,6 @@ returns a dict for summary.json (plus the Evidently files it wrote); see `monito
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,12 @@ import pandas as pd
 
 from nextbest.config import FeatureSection, MonitoringConfig
 from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, NBP_MODEL_NAME, PRODUCT_ID, SNAPSHOT_DATE
+from nextbest.eventlog import ACCEPTED, EventLogReader
 from nextbest.monitoring import drift as D
 from nextbest.settings import Paths
 
 
-from nextbest.monitoring.inputs import ACCEPT_EVENTS, FEATURE_REPORT, connect_ro, has_table
+from nextbest.monitoring.inputs import FEATURE_REPORT
 
 # -- configuration (the schema is `nextbest.config.MonitoringConfig`) ----------------------------
 
@@ -173,19 +173,15 @@ def prediction_section(features: pd.DataFrame, nbp, prep: _Prepared, served: pd.
 
 def acceptance_section(paths: Paths, reference_months: list[str], cfg: MonitoringConfig) -> dict:
     """Acceptance rate of served offers per period; the last period against the reference."""
-    db = paths.events_db
-    if not db.exists():
-        return {"status": "no decision log (events.db) yet"}
-    con = connect_ro(db)
     try:
-        if not (has_table(con, "decisions") and has_table(con, "feedback")):
+        log = EventLogReader(paths.events_db)
+    except FileNotFoundError:
+        return {"status": "no decision log (events.db) yet"}
+    with log:
+        if not {"decisions", "feedback"} <= log.tables:
             return {"status": "the decision log has no decisions/feedback tables"}
-        decisions = pd.read_sql_query("SELECT decision_id, created_at, offers FROM decisions", con)
-        accepted = pd.read_sql_query(
-            f"SELECT DISTINCT decision_id, product_id FROM feedback WHERE event IN "
-            f"({','.join('?' * len(ACCEPT_EVENTS))})", con, params=ACCEPT_EVENTS)
-    finally:
-        con.close()
+        decisions = log.decisions(("decision_id", "created_at", "n_offers"))
+        accepted = log.feedback(("decision_id", "product_id"), events=ACCEPTED).drop_duplicates()
     if decisions.empty:
         return {"status": "no decisions logged yet"}
     # Outcomes arrive days after the offer: only decisions older than the maturity window count.
@@ -199,7 +195,7 @@ def acceptance_section(paths: Paths, reference_months: list[str], cfg: Monitorin
     freq = "W-SUN" if cfg.outcomes.acceptance_period == "week" else "M"
     decisions["period"] = (pd.to_datetime(decisions["created_at"], unit="s").dt.to_period(freq)
                            .dt.start_time.dt.strftime("%Y-%m-%d"))
-    decisions["shown"] = decisions["offers"].map(lambda s: len(json.loads(s) or []))
+    decisions["shown"] = decisions["n_offers"]
     acc = accepted.merge(decisions[["decision_id", "period"]], on="decision_id")
     table = (decisions.groupby("period")["shown"].sum().to_frame()
              .join(acc.groupby("period").size().rename("accepted")).fillna(0))

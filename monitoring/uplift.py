@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import closing
 from pathlib import Path
 from statistics import NormalDist
 
@@ -39,26 +38,14 @@ import numpy as np
 import pandas as pd
 
 from nextbest.constants import DEFAULT_SEED
-from nextbest.monitoring.kpi import TIME_SQL, UNKNOWN, bounds, connect
+from nextbest.eventlog import PRODUCT_ACQUIRED, EventLogReader
+from nextbest.monitoring.kpi import UNKNOWN, bounds
 
 DAY = 86400.0
 GLOBAL = "all"  # the global holdout's name in `context.groups`, and the campaign of every product
 GROUPS = ("control", "treatment")
 CONVERSION_FEEDBACK = ("convert",)
-
-EXPOSURES_SQL = f"""
-SELECT {TIME_SQL} AS t, customer_pseudonym, context ->> '$.segment', context -> '$.groups'
-FROM decisions WHERE t >= ? AND t < ?
-"""
-ACQUIRED_SQL = """
-SELECT customer_pseudonym, payload ->> '$.product_id', occurred_at, payload ->> '$.value'
-FROM customer_events WHERE event = 'product_acquired' AND occurred_at >= ? AND occurred_at <= ?
-"""
-FEEDBACK_SQL = """
-SELECT d.customer_pseudonym, f.product_id, f.created_at, f.value
-FROM feedback f JOIN decisions d USING (decision_id)
-WHERE f.event IN ({events}) AND f.created_at >= ? AND f.created_at <= ?
-"""
+ACQUISITION_COLUMNS = ["pseudonym", "product_id", "t", "value"]
 
 
 def uplift(events_db: Path, catalogue, campaigns: dict[str, list[str] | str] | None = None, window_days: float = 30,
@@ -93,23 +80,24 @@ def uplift(events_db: Path, catalogue, campaigns: dict[str, list[str] | str] | N
               "method": {"conversion": "newcombe_hybrid_score", "relative": "katz_log_ratio",
                          "value": f"bootstrap_percentile_{n_boot}"},
               "campaigns": {}}
-    conn = connect(events_db)
-    if conn is None:
+    try:
+        log = EventLogReader(events_db)
+    except FileNotFoundError:
         return result
-    with closing(conn):
-        exposures = pd.DataFrame(conn.execute(EXPOSURES_SQL, (lo, hi)).fetchall(),
-                                 columns=["t0", "pseudonym", "segment", "groups"])
+    with log:
+        exposures = log.decisions(("at", "customer_pseudonym", "segment", "groups_json"), since=lo, until=hi)
+        exposures.columns = ["t0", "pseudonym", "segment", "groups"]
         if exposures.empty:
             return result
         first = _first_exposures(exposures)
         start = float(first["t0"].min())
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        rows = conn.execute(ACQUIRED_SQL, (start, as_of)).fetchall() if "customer_events" in tables else []
-        if conversion_feedback and "feedback" in tables:
-            marks = ", ".join("?" * len(conversion_feedback))
-            rows += conn.execute(FEEDBACK_SQL.format(events=marks), (*conversion_feedback, start, as_of)).fetchall()
-    acquisitions = pd.DataFrame(rows, columns=["pseudonym", "product_id", "t", "value"])
-    acquisitions["value"] = pd.to_numeric(acquisitions["value"], errors="coerce")
+        # Outcomes up to and including `as_of`: the bank's acquisitions, then conversion feedback.
+        parts = [log.customer_events(("customer_pseudonym", "product_id", "occurred_at", "value"),
+                                     events=(PRODUCT_ACQUIRED,), since=start, until=as_of, include_until=True)]
+        if conversion_feedback:
+            parts.append(log.feedback(("customer_pseudonym", "product_id", "created_at", "value"),
+                                      events=conversion_feedback, since=start, until=as_of, include_until=True))
+    acquisitions = pd.concat([part.set_axis(ACQUISITION_COLUMNS, axis=1) for part in parts], ignore_index=True)
     margins = {p.product_id: float(p.margin) for p in catalogue.products}
     rng = np.random.default_rng(seed)
     result["empty"] = False

@@ -4,7 +4,9 @@
 (`nextbest simulate`) drives the same engine in-process, so simulated decisions take exactly the
 production path: online features -> models -> rules and control groups -> candidates valued by
 margin and levers -> the bandit's choice -> the decision, with every candidate, propensity and
-suppression, committed to the event log before the answer.
+suppression, committed to the event log before the answer. The models are numpy scorers
+(`nextbest.serving.models`: serving needs no torch); the online store's reads and real-time pushes
+are `nextbest.serving.online`.
 """
 
 from __future__ import annotations
@@ -13,38 +15,27 @@ import concurrent.futures
 import gc
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 from nextbest.config import load_bandit, load_catalogue, load_rules
-from nextbest.constants import (CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP, MODELS_DIR_ENV, NBP_MODEL_NAME,
-                                REALTIME_FEATURES, REALTIME_PUSH_SOURCE, REALTIME_VIEW)
+from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, NBP_MODEL_NAME
 from nextbest.serving import fallback as fb
 from nextbest.serving.bandit import Context, Featuriser, OnlinePolicy
 from nextbest.serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
                                      holdout_groups, holdout_unit, make_profile)
 from nextbest.serving.eventlog import EventLog
+from nextbest.serving.models import LoadedModel
+from nextbest.serving.online import REALTIME_EVENT_FIELDS, fast_reader, push_realtime
 from nextbest.serving.privacy import load_key, pseudonymise
 from nextbest.settings import Paths
 
 log = logging.getLogger("nextbest.serving")
 
 DAY = 86400.0
-# Which short-term context fields an event sets: (value field, payload key, time field).
-REALTIME_EVENT_FIELDS = {
-    "salary_received": ("last_salary_amount", "amount", "last_salary_at"),
-    "large_deposit": ("last_deposit_amount", "amount", "last_deposit_at"),
-    "loan_disbursed": ("last_loan_product", "product_id", "last_loan_at"),
-    "product_page_view": ("last_page_view_product", "product_id", "last_page_view_at"),
-}
 PRODUCT_EVENTS = ("product_page_view", "loan_disbursed", "product_acquired")
 AMOUNT_EVENTS = ("salary_received", "large_deposit")
 CONSENT_CHANGES = ("consent_granted", "consent_withdrawn")
@@ -56,24 +47,6 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-class LoadedModel:
-    """A registered model at alias `champion` (or the version pinned in `$NEXTBEST_MODELS_DIR`, as a
-    Bento carries it), loaded from its state_dict and JSON (no unpickling)."""
-
-    def __init__(self, name: str, paths: Paths):
-        from nextbest.training.models import RowScorer, from_checkpoint
-        from nextbest.training.registry import fetch_alias, load_pinned
-
-        pinned = os.environ.get(MODELS_DIR_ENV)
-        self.registered = load_pinned(Path(pinned), name) if pinned else fetch_alias(paths, name)
-        self.model, self.meta = from_checkpoint(self.registered.local_dir)
-        self.scorer = RowScorer(self.model, self.meta)  # the same weights, without torch's per-call overhead
-
-    def predict(self, row: dict) -> np.ndarray:
-        """Probabilities for one customer's features {feature: value}."""
-        return self.scorer.predict_row(row)
 
 
 @dataclass(frozen=True)
@@ -150,11 +123,6 @@ class DecisionEngine:
 
     def load(self) -> None:
         """Loads models, the fallback table, the policy and the online store; errors land in `error`."""
-        import torch
-
-        # One small MLP per request: torch's intra-op threads only contend with the API threads
-        # (measured: 2 threads cost twice the CPU per decision of 1).
-        torch.set_num_threads(1)
         try:
             self.nbp = LoadedModel(NBP_MODEL_NAME, self.paths)
             self.churn = LoadedModel(CHURN_MODEL_NAME, self.paths)
@@ -378,7 +346,7 @@ class DecisionEngine:
         # Feast's push costs ~30-50 ms: it runs behind the answer, in order, on one thread.
         queued = recorded and event in REALTIME_EVENT_FIELDS and self.store is not None
         if queued:
-            self._pusher.submit(self._push_realtime, customer_id, event, payload, when.timestamp())
+            self._pusher.submit(push_realtime, self.store, customer_id, event, payload, when.timestamp())
         triggered = None
         trigger = self.policy_cfg.triggers.get(event)
         if recorded and trigger is not None and (amount or 0) >= trigger.min_amount and self.ready:
@@ -386,50 +354,6 @@ class DecisionEngine:
                                        False, categories=list(trigger.categories), trigger=event)
         return {"event_id": event_id, "event": event, "recorded": recorded, "duplicate": not recorded,
                 "online_store_queued": queued, "triggered": triggered}
-
-    def _push_realtime(self, customer_id: str, event: str, payload: dict, at: float) -> bool:
-        """Writes the event into the customer's short-term context in the online store (Feast push).
-
-        The event log stays the source the rules read, so a failed push only costs other
-        readers of the online store their freshness (it is logged, without the customer id).
-        """
-        field = REALTIME_EVENT_FIELDS[event]
-        try:
-            from feast.data_source import PushMode
-
-            refs = [f"{REALTIME_VIEW}:{n}" for n in REALTIME_FEATURES]
-            current = self.store.get_online_features(features=refs, entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
-            row = {n: current[n][0] for n in REALTIME_FEATURES}
-            value_field, key, time_field = field
-            row[value_field], row[time_field] = payload[key], int(at)
-            frame = pd.DataFrame([{CUSTOMER_ID: customer_id, EVENT_TIMESTAMP: pd.Timestamp(at, unit="s", tz="UTC"),
-                                   **row}])
-            self.store.push(REALTIME_PUSH_SOURCE, frame, to=PushMode.ONLINE)
-            return True
-        except Exception as exc:  # noqa: BLE001 - the event is logged; the online copy is best effort
-            log.warning("short-term context not written to the online store: %s", type(exc).__name__)
-            return False
-
-
-def fast_reader(store, service):
-    """A one-customer reader of the feature service straight from our SQLite online store, or None
-    for any other store (Redis is read through Feast's `get_online_features`)."""
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    from nextbest.feature_repo.online_store import RowSqliteOnlineStore
-
-    online = store._get_provider().online_store
-    if not isinstance(online, RowSqliteOnlineStore):
-        return None
-    tables = [(store.get_feature_view(p.name), [f.name for f in p.features]) for p in service.feature_view_projections]
-    config = store.config
-
-    def read(customer_id: str) -> dict | None:
-        return online.read_python(config, tables, EntityKey(join_keys=[CUSTOMER_ID],
-                                                            entity_values=[Value(string_val=customer_id)]))
-
-    return read
 
 
 def _offer(cand: Candidate, rank: int, choice, i: int, channel: str, explain: bool, propensity: float,

@@ -1,4 +1,6 @@
-"""Append-only decision, feedback and customer-event log (SQLite in WAL mode), and the bandit's state.
+"""The writer of the append-only decision, feedback and customer-event log (SQLite in WAL mode),
+and the bandit's state. The schema, the vocabulary and the reader monitors use are
+`nextbest.eventlog`.
 
 A decision is committed before `/recommend` answers; feedback is idempotent per
 (decision, product, event), and the first accept/convert/reject/dismiss of an offer becomes its
@@ -17,61 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    customer_pseudonym TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    k INTEGER NOT NULL,
-    offers TEXT NOT NULL,          -- JSON list of {product_id, score, rank}
-    model_versions TEXT NOT NULL,  -- JSON
-    context TEXT NOT NULL          -- JSON: request context and model inputs needed to replay the decision
-);
-CREATE INDEX IF NOT EXISTS decisions_by_customer ON decisions(customer_pseudonym, created_at);
-CREATE TABLE IF NOT EXISTS feedback (
-    decision_id TEXT NOT NULL REFERENCES decisions(decision_id),
-    product_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    value REAL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (decision_id, product_id, event)
-);
--- One reward per served offer: the first accept/convert (1) or reject/dismiss (0). Rowid order is
--- the order the policy learns in, so a restart replays exactly what it had not yet saved.
-CREATE TABLE IF NOT EXISTS rewards (
-    decision_id TEXT NOT NULL,
-    product_id TEXT NOT NULL,
-    reward REAL NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (decision_id, product_id)
-);
-CREATE TABLE IF NOT EXISTS policy_state (
-    name TEXT NOT NULL,
-    signature TEXT NOT NULL,
-    n_updates INTEGER NOT NULL,
-    last_reward_rowid INTEGER NOT NULL,
-    mean BLOB NOT NULL,   -- float64 little-endian
-    cov BLOB NOT NULL,    -- float64 little-endian, row-major
-    saved_at REAL NOT NULL,
-    PRIMARY KEY (name, signature)
-);
-CREATE TABLE IF NOT EXISTS customer_events (
-    event_id TEXT PRIMARY KEY,
-    customer_pseudonym TEXT NOT NULL,
-    event TEXT NOT NULL,
-    payload TEXT NOT NULL,  -- JSON
-    occurred_at REAL NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_customer ON customer_events(customer_pseudonym, occurred_at);
--- The online feature vector of a sampled share of decisions: drift monitoring's "features at serving time".
-CREATE TABLE IF NOT EXISTS served_features (
-    decision_id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    features TEXT NOT NULL  -- JSON {feature: value}
-);
-"""
+from nextbest.eventlog import REJECTED, REWARD, SCHEMA, decode_posterior, encode_array
+
+# Placeholders for the rejection events in SQL.
+_REJECTED_MARKS = ", ".join("?" * len(REJECTED))
+
 
 def _json_default(value):
     """Feature values that JSON lacks: numpy scalars and timestamps."""
@@ -80,10 +32,6 @@ def _json_default(value):
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
-
-
-REWARD = {"accept": 1.0, "convert": 1.0, "reject": 0.0, "dismiss": 0.0}
-REJECTIONS = ("reject", "dismiss")
 
 
 @dataclass(frozen=True)
@@ -177,8 +125,8 @@ class EventLog:
                 "AND offers != '[]' GROUP BY channel", (customer_pseudonym, week_since)).fetchall())
             rejected = {r[0] for r in self._conn.execute(
                 "SELECT f.product_id FROM decisions d JOIN feedback f USING (decision_id) "
-                "WHERE d.customer_pseudonym = ? AND f.event IN (?, ?) AND f.created_at >= ?",
-                (customer_pseudonym, *REJECTIONS, rejected_since)).fetchall()}
+                f"WHERE d.customer_pseudonym = ? AND f.event IN ({_REJECTED_MARKS}) AND f.created_at >= ?",
+                (customer_pseudonym, *REJECTED, rejected_since)).fetchall()}
         return contacts, rejected
 
     def log_customer_event(self, event_id: str, customer_pseudonym: str, event: str, payload: dict,
@@ -202,9 +150,8 @@ class EventLog:
                     mean: np.ndarray, cov: np.ndarray) -> None:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO policy_state VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (name, signature, n_updates, last_reward_rowid,
-                                np.ascontiguousarray(mean, "<f8").tobytes(),
-                                np.ascontiguousarray(cov, "<f8").tobytes(), time.time()))
+                               (name, signature, n_updates, last_reward_rowid, encode_array(mean),
+                                encode_array(cov), time.time()))
 
     def load_policy(self, name: str, signature: str) -> tuple[int, int, np.ndarray, np.ndarray] | None:
         """(n_updates, last reward rowid, mean, covariance) of the saved posterior, or None."""
@@ -213,8 +160,7 @@ class EventLog:
                                      "WHERE name = ? AND signature = ?", (name, signature)).fetchone()
         if row is None:
             return None
-        mean = np.frombuffer(row[2], "<f8").copy()
-        return row[0], row[1], mean, np.frombuffer(row[3], "<f8").copy().reshape(len(mean), len(mean))
+        return row[0], row[1], *decode_posterior(row[2], row[3])
 
     def counts(self) -> dict[str, int]:
         with self._lock:

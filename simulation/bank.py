@@ -1,8 +1,10 @@
-"""The synthetic bank: customers, monthly holdings, transactions, interactions, offers, truth.
+"""The synthetic bank month by month: activity, money flows, churn, offers, acquisitions and life
+events, emitted as one batch of Arrow tables per month so that large banks stream to disk instead
+of accumulating in memory.
 
-Everything is vectorised over customers and products; the only loop is over months, and each
-month is emitted as a batch of Arrow tables so that large banks stream to disk instead of
-accumulating in memory.
+The customers as the window opens are `nextbest.simulation.population`; the tables are written by
+`nextbest.simulation.tables`. Everything is vectorised over customers and products; the only loop
+is over months.
 
 The truth kept for every customer-month: the probability of acquiring each product next month
 (`truth/acquisition.parquet`), the churn hazard (`truth/churn.parquet`), the latent traits
@@ -11,8 +13,7 @@ The truth kept for every customer-month: the probability of acquiring each produ
 Speed (1,000,000 customers x 18 months written to parquet in about 90 s of CPU and under 2 GB;
 benchmarks/bench_generate.py, docs/simulator.md) comes from three habits: customer x product
 state is float32 and updated in place; string columns are never built in Python or numpy, only
-as integer codes turned into Arrow strings at the end (`pa.Array.take` on a small dictionary, a
-byte gather for the fixed-width customer ids, Arrow's int-to-string cast for running ids); dates
+as integer codes turned into Arrow strings at the end (`nextbest.simulation.columns`); dates
 are integer datetime64 arithmetic.
 """
 
@@ -24,26 +25,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from nextbest.config import Catalogue
 from nextbest.constants import CHANNELS, DEFAULT_SEED
+from nextbest.simulation.columns import constant_timestamps, decode, label_array, running_ids, timestamps
 from nextbest.simulation.drift import DriftSpec
-from nextbest.simulation.params import CATEGORY_BEHAVIOUR, NEEDS, PRODUCT_BEHAVIOUR, SPEND_CATEGORIES
+from nextbest.simulation.params import SPEND_CATEGORIES
+from nextbest.simulation.population import Population, sigmoid, sigmoid_
 from nextbest.simulation.response import accept_probability
+from nextbest.simulation.tables import (customers_table, holdings_table, interactions_table, latent_table,
+                                        transactions_table, truth_tables)
 
-REGIONS = ("north", "south", "east", "west", "capital", "islands")
 ENTRY_PRODUCTS = ("current_account", "e_account")
 SALARY_PRODUCTS = ("payroll_account", "salary_project")
-# Transaction kinds in the order they are emitted, with their direction.
-TXN_CATEGORIES = ("salary", "transfer_in", *SPEND_CATEGORIES, "transfer_out")
-TXN_DIRECTIONS = ("in", "in", *("out",) * len(SPEND_CATEGORIES), "out")
 LIFE_EVENTS = ("salary_rise", "large_deposit", "new_loan", "birthday")
-# Interaction kinds in the order `_interactions_table` receives their counts, page views last.
-EVENT_KINDS = ("login_app", "login_web", "call", "complaint", "page_view")
 RESPONSES = ("accept", "reject", "no_response")
 _DAY = np.timedelta64(1, "D")
-_MAX_STRING_BYTES = 2**31 - 1  # of one Arrow string array (32-bit offsets)
 
 
 def last_month_end(today: pd.Timestamp | None = None) -> pd.Timestamp:
@@ -81,193 +78,8 @@ class MonthBatch:
     tables: dict[str, pa.Table]
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _sigmoid_(z: np.ndarray) -> np.ndarray:
-    """Sigmoid in place (no temporaries: the (customers, products) arrays are the big ones)."""
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    z += 1
-    return np.reciprocal(z, out=z)
-
-
-def _labels(values: tuple[str, ...] | list[str]) -> pa.Array:
-    return pa.array(list(values), pa.string())
-
-
-def _decode(labels: pa.Array, codes: np.ndarray) -> pa.Array:
-    """Integer codes -> Arrow strings (`labels[code]`); negative codes become nulls."""
-    missing = codes < 0
-    return labels.take(pa.array(codes, mask=missing if missing.any() else None))
-
-
-def _running_ids(prefix: str, start: int, count: int, width: int = 0) -> pa.Array:
-    """`prefix` + the integers start.. start+count-1 (zero-padded to `width`), as Arrow strings."""
-    digits = pc.cast(pa.array(np.arange(start, start + count, dtype=np.int64)), pa.string())
-    if width:
-        digits = pc.utf8_lpad(digits, width, "0")
-    return pc.binary_join_element_wise(prefix, digits, "")
-
-
-def _days_after(start: np.datetime64 | np.ndarray, days: np.ndarray) -> np.ndarray:
-    """`start` + `days` (whole days) as datetime64[us] (the unit these columns always had),
-    in integer arithmetic."""
-    us = days * np.int64(86_400_000_000)
-    us += np.asarray(start, dtype="datetime64[us]").view(np.int64)
-    return us.view("datetime64[us]")
-
-
-def _timestamps(values: np.ndarray) -> pa.Array:
-    return pa.array(values.astype("datetime64[ns]", copy=False))
-
-
-def _constant_timestamps(value: np.datetime64, count: int) -> pa.Array:
-    return pa.array(np.full(count, value, dtype="datetime64[ns]"))
-
-
-class _Bank:
-    """Mutable state of the simulation; one instance per `simulate` call."""
-
-    def __init__(self, catalogue: Catalogue, spec: BankSpec):
-        self.spec = spec
-        self.rng = np.random.default_rng(spec.seed)
-        self.products = catalogue.ids
-        self.pidx = {p: i for i, p in enumerate(self.products)}
-        self.product_labels = _labels(self.products)
-        self.dates = spec.month_ends()
-        self.month_start = self.dates.values.astype("datetime64[M]").astype("datetime64[ns]")
-        n, n_prod, rng = spec.n_customers, len(self.products), self.rng
-        self.n, self.P = n, n_prod
-
-        # Customer ids C0000001.. all have the same width, so taking them for millions of rows is a
-        # byte gather (`_customer_ids`) rather than a string take.
-        width = max(7, len(str(n)))
-        self.ids = _running_ids("C", 1, n, width)
-        self._id_width = width + 1
-        self._id_bytes = np.frombuffer(self.ids.buffers()[2], dtype=f"S{self._id_width}", count=n)
-
-        # Demographics.
-        age0 = np.clip(rng.normal(44, 15, n), 18, 88)
-        self.birth_month = rng.integers(1, 13, n)
-        start = self.dates[0]
-        self.birth_year = (start.year - age0).astype(int)
-        self.gender = rng.choice(np.array(["F", "M"]), n)
-        self.region = rng.choice(np.array(REGIONS), n, p=[0.18, 0.2, 0.15, 0.17, 0.22, 0.08])
-        life_curve = -((age0 - 50) / 25) ** 2
-        self.income = np.exp(rng.normal(10.2 + 0.35 * life_curve, 0.5, n))
-        income_z = (np.log(self.income) - 10.1) / 0.55
-        self.digital = np.clip(_sigmoid(1.8 - 0.07 * (age0 - 40) + rng.normal(0, 0.8, n)), 0.02, 0.98)
-
-        # Latent needs in [0, 1], driven by demographics plus individual noise.
-        needs = np.empty((n, len(NEEDS)), dtype=np.float32)
-        needs[:, 0] = _sigmoid(0.9 * income_z + rng.normal(0, 1, n))  # saving
-        needs[:, 1] = _sigmoid(2.0 * (age0 < 66) - 1.0 + 0.5 * income_z + rng.normal(0, 1, n))  # income
-        needs[:, 2] = _sigmoid((age0 - 52) / 9 + 0.5 * income_z + rng.normal(0, 1, n))  # preservation
-        needs[:, 3] = _sigmoid(-(age0 - 36) / 11 + 0.3 * income_z + rng.normal(0, 1, n))  # credit
-        needs[:, 4] = rng.beta(5, 2, n)  # everyday
-        self.needs = needs
-
-        weights = np.zeros((len(NEEDS), n_prod), dtype=np.float32)
-        self.base = np.zeros(n_prod, dtype=np.float32)
-        init_logit = np.zeros(n_prod, dtype=np.float32)
-        self.close_rate = np.zeros(n_prod, dtype=np.float32)
-        category = catalogue.categories()
-        for j, p in enumerate(self.products):
-            # A product the simulator has no behaviour for behaves like its category's representative.
-            base, init, loadings, close = PRODUCT_BEHAVIOUR.get(p) or CATEGORY_BEHAVIOUR[category[p]]
-            self.base[j], init_logit[j], self.close_rate[j] = base, init, close
-            for need, w in loadings.items():
-                weights[NEEDS.index(need), j] = w
-        self.weights = weights
-        # Unobserved taste per customer and product: the part no feature can fully recover.
-        self.taste = rng.standard_normal((n, n_prod), dtype=np.float32)
-        self.taste *= 0.5
-
-        self.min_age = np.array([catalogue.by_id()[p].eligibility.min_age for p in self.products])
-        self.max_age = np.array([catalogue.by_id()[p].eligibility.max_age for p in self.products])
-        self.requires = [[self.pidx[r] for r in catalogue.by_id()[p].eligibility.requires] for p in self.products]
-        self.categories = np.array([category[p] for p in self.products])
-        self.loan_cols = np.flatnonzero(self.categories == "loan").tolist()  # the credit cooldown's products
-
-        # Lifecycle at the start of the window.
-        u = rng.random(n)
-        self.is_prospect = u < spec.prospect_share
-        former = (u >= spec.prospect_share) & (u < spec.prospect_share + spec.former_share)
-        self.silent = rng.random(n) < spec.silent_share
-        tenure_months = rng.integers(1, 240, n)
-        self.join_month = np.where(self.is_prospect, 10_000, -tenure_months)  # month index of joining
-
-        # Initial holdings: needs-driven, with the entry account first and prerequisites respected.
-        z0 = needs @ weights
-        z0 *= 1.2
-        z0 += init_logit + self.taste
-        z0 -= needs.mean(1, keepdims=True) @ weights.sum(0, keepdims=True) * 0.6
-        held = rng.random((n, n_prod), dtype=np.float32) < _sigmoid_(z0)
-        del z0
-        self.held = self._respect_requirements(held)
-        none_held = ~self.held.any(1) & ~self.is_prospect & ~former
-        self.held[none_held, self.pidx.get("current_account", 0)] = True
-        self.held[self.is_prospect | former] = False
-        self._age_mask(age0)
-        self.ever_client = ~self.is_prospect
-
-        self.boost = np.zeros((n, n_prod), dtype=np.float32)
-        self.months_since_loan = np.full(n, 99)
-        self.engagement = np.clip(rng.beta(6, 2, n), 0, 1)
-        self.engagement[self.silent] = 0.0
-        self.eng_hist = [self.engagement.copy()] * 3
-        self.dissat = rng.beta(1, 12, n)
-        self.balance = self.income / 12 * rng.gamma(2, 0.8, n) * (0.5 + needs[:, 0])
-        self.deposit_balance = self.income * needs[:, 0] * rng.gamma(2, 0.5, n)
-        self.complaints_hist = [np.zeros(n)] * 3
-        self.opt_out = rng.random(n) < 0.07
-        self.consent = {c: rng.random(n) < p for c, p in
-                        (("email", 0.7), ("push", 0.55), ("sms", 0.5), ("call", 0.35))}
-        self.offer_seq = 0
-        self.txn_seq = 0
-
-    def _cols(self, products: tuple[str, ...]) -> list[int]:
-        return [self.pidx[p] for p in products if p in self.pidx]
-
-    def _product_mask(self, products: tuple[str, ...]) -> np.ndarray:
-        mask = np.zeros(self.P, dtype=bool)
-        mask[self._cols(products)] = True
-        return mask
-
-    def _customer_ids(self, idx: np.ndarray) -> pa.Array | pa.ChunkedArray:
-        """`self.ids.take(idx)`, as a gather of fixed-width byte strings (several times faster)."""
-        rows = _MAX_STRING_BYTES // self._id_width - 1  # 32-bit offsets: chunk anything larger
-        if len(idx) > rows:
-            return pa.chunked_array([self._customer_ids(idx[i:i + rows]) for i in range(0, len(idx), rows)])
-        data = self._id_bytes[idx]
-        offsets = np.arange(0, (len(idx) + 1) * self._id_width, self._id_width, dtype=np.int32)
-        return pa.Array.from_buffers(pa.string(), len(idx), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-    def _respect_requirements(self, held: np.ndarray) -> np.ndarray:
-        for j, reqs in enumerate(self.requires):
-            if reqs:
-                held[:, j] &= held[:, reqs].any(1)
-        return held
-
-    def age_at(self, month: int) -> np.ndarray:
-        date = self.dates[month]
-        return date.year - self.birth_year - (date.month < self.birth_month)
-
-    def _age_mask(self, age: np.ndarray) -> None:
-        ok = (age[:, None] >= self.min_age) & (age[:, None] <= self.max_age)
-        self.held &= ok | ~ok.any(0)  # never drop a product nobody could hold
-
-    def eligible(self, month: int) -> np.ndarray:
-        age = self.age_at(month)
-        ok = (age[:, None] >= self.min_age) & (age[:, None] <= self.max_age)
-        for j, reqs in enumerate(self.requires):
-            if reqs:
-                ok[:, j] &= self.held[:, reqs].any(1)
-        return ok
-
-    # -- one month ---------------------------------------------------------------------------
+class _Bank(Population):
+    """Mutable state of the simulation; one instance per `simulate` call. `step` moves it one month."""
 
     def intent(self, t: int, taste: bool = True) -> np.ndarray:
         """Logit of next month's acquisition hazard, shape (n, P), float32, built in place: needs,
@@ -300,7 +112,7 @@ class _Bank:
         eligible = self.eligible(t)
 
         intent = self.intent(t)
-        p_acq = _sigmoid_(intent.copy())
+        p_acq = sigmoid_(intent.copy())
         p_acq *= eligible & ~self.held & is_client[:, None]
 
         # Prospects join, former clients come back, both through an entry product.
@@ -316,7 +128,7 @@ class _Bank:
         logins_web = rng.poisson((6 * (1.1 - self.digital) * eng + 0.8 * (self.is_prospect & known))
                                  * rate.get("login_web", 1.0))
         intent += 3.2
-        view_rate = _sigmoid_(intent)  # reuses intent's memory: shape (n, P)
+        view_rate = sigmoid_(intent)  # reuses intent's memory: shape (n, P)
         view_rate *= (3.0 * (self.digital * 0.8 + 0.2) * (active | (known & ~is_client))).astype(np.float32)[:, None]
         if drift is not None:
             drift.views(self, t, view_rate)
@@ -326,7 +138,7 @@ class _Bank:
         calls = rng.poisson((0.08 + 0.5 * self.dissat) * active * rate.get("call", 1.0))
 
         monthly_income = self.income / 12 * rng.normal(1, 0.03, n)
-        has_salary = self.held[:, self._cols(SALARY_PRODUCTS)].any(1)
+        has_salary = self.held[:, self.cols(SALARY_PRODUCTS)].any(1)
         salary = np.where(has_salary & active, monthly_income, 0.0)
         other_in = np.where(~has_salary & active & (rng.random(n) < 0.7), monthly_income * 0.6, 0.0)
         shares = np.array([0.22, 0.12, 0.08, 0.07, 0.12])
@@ -348,15 +160,15 @@ class _Bank:
         n_products = self.held.sum(1)
         churn_logit = (-7.0 + 0.9 * complaints_3m + 4.0 * eng_drop + 0.9 * np.minimum(outflow_ratio, 3)
                        - 0.3 * n_products + 2.0 * self.dissat)
-        p_churn = np.where(is_client, _sigmoid(churn_logit), 0.0)
+        p_churn = np.where(is_client, sigmoid(churn_logit), 0.0)
 
         tables: dict[str, pa.Table] = {}
         offers, forced = self._offers(t, is_client, eligible, p_acq)
-        tables["raw/holdings"] = self._holdings_table(t)
-        tables["raw/transactions"] = self._transactions_table(
-            t, np.stack([salary, other_in, *spend.T, transfer_out]))
-        tables["raw/interactions"] = self._interactions_table(
-            t, (logins_app, logins_web, calls, complaints), views)
+        tables["raw/holdings"] = holdings_table(self, t)
+        tables["raw/transactions"] = transactions_table(
+            self, t, np.stack([salary, other_in, *spend.T, transfer_out]))
+        tables["raw/interactions"] = interactions_table(
+            self, t, (logins_app, logins_web, calls, complaints), views)
         del views
         if offers is not None:
             tables["raw/offers"] = offers
@@ -364,7 +176,7 @@ class _Bank:
         # The churn label's event, holding nothing next month: churning, or else every held product
         # closing with nothing acquired (offers already in p_acq). Drops for unmet requirements are left out.
         p_gone = np.where(is_client, p_churn + (1 - p_churn) * self._p_empty(p_acq), 0.0)
-        tables["truth/acquisition"], tables["truth/churn"] = self._truth_tables(t, rows, p_acq, p_churn, p_gone)
+        tables["truth/acquisition"], tables["truth/churn"] = truth_tables(self, t, rows, p_acq, p_churn, p_gone)
 
         # Transition to next month.
         acquire = rng.random(p_acq.shape, dtype=np.float32) < p_acq
@@ -386,7 +198,7 @@ class _Bank:
         took_loan = (acquire[:, self.loan_cols].any(1)) if self.loan_cols else np.zeros(n, bool)
         del acquire
         self.months_since_loan = np.where(took_loan, 0, self.months_since_loan + 1)
-        self.held = self._respect_requirements(new_held)
+        self.held = self.respect_requirements(new_held)
         tables["truth/life_events"] = self._life_events(t, took_loan)
 
         self.boost *= 0.7
@@ -435,12 +247,12 @@ class _Bank:
         # after any other answer the unprompted hazard stands. The truth is that probability.
         p_acq[off_idx[accepted], prod[accepted]] = 1.0
         table = pa.table({
-            "offer_id": _running_ids("O", self.offer_seq, k, width=9),
-            "customer_id": self._customer_ids(off_idx),
-            "product_id": _decode(self.product_labels, prod),
-            "channel": _decode(_labels(CHANNELS), channel_code),
-            "offered_at": _timestamps(offered_at),
-            "response": _decode(_labels(RESPONSES), response),
+            "offer_id": running_ids("O", self.offer_seq, k, width=9),
+            "customer_id": self.customer_ids(off_idx),
+            "product_id": decode(self.product_labels, prod),
+            "channel": decode(label_array(CHANNELS), channel_code),
+            "offered_at": timestamps(offered_at),
+            "response": decode(label_array(RESPONSES), response),
         })
         self.offer_seq += k
         return table, forced
@@ -459,18 +271,6 @@ class _Bank:
             close = np.clip(self.close_rate[j] * scale, 0.0, 1.0)
             out *= np.where(self.held[:, j], close, 1.0) * (1.0 - p_acq[:, j])
         return out
-
-    def _truth_tables(self, t: int, rows: np.ndarray, p_acq: np.ndarray,
-                      p_churn: np.ndarray, p_gone: np.ndarray) -> tuple[pa.Table, pa.Table]:
-        ids = self._customer_ids(rows)
-        snapshot = _constant_timestamps(self.dates.values[t], len(rows))
-        by_product = np.ascontiguousarray(p_acq[rows].T)  # (P, rows): one contiguous column each
-        acquisition = pa.table({"customer_id": ids, "snapshot_date": snapshot,
-                                **{p: pa.array(by_product[j]) for j, p in enumerate(self.products)}})
-        churn = pa.table({"customer_id": ids, "snapshot_date": snapshot,
-                          "p_churn": pa.array(p_churn[rows].astype(np.float32)),
-                          "p_gone": pa.array(p_gone[rows].astype(np.float32))})
-        return acquisition, churn
 
     def _life_events(self, t: int, took_loan: np.ndarray) -> pa.Table:
         rng, n = self.rng, self.n
@@ -492,112 +292,16 @@ class _Bank:
         kind = np.repeat(np.arange(len(masks)), [int(m.sum()) for m in masks])
         next_month = (date + pd.Timedelta(days=1)).to_datetime64()
         return pa.table({
-            "customer_id": self._customer_ids(idx),
-            "month_start": _constant_timestamps(next_month, len(idx)),
-            "event": _decode(_labels(LIFE_EVENTS), kind),
+            "customer_id": self.customer_ids(idx),
+            "month_start": constant_timestamps(next_month, len(idx)),
+            "event": decode(label_array(LIFE_EVENTS), kind),
         })
 
     def _boost(self, mask: np.ndarray, products: tuple[str, ...], amount: float) -> None:
-        cols = self._cols(products)
+        cols = self.cols(products)
         if cols and mask.any():
             self.boost[np.ix_(mask, cols)] += amount
 
-    def _holdings_table(self, t: int) -> pa.Table:
-        cust, prod = np.nonzero(self.held)
-        balance = np.zeros(len(cust))
-        # Balances by catalogue category, so that a bank's own products carry them too.
-        is_account = (self.categories == "account")[prod]
-        is_saving = np.isin(self.categories, ("deposit", "investment"))[prod]
-        is_loan = (self.categories == "loan")[prod]
-        n_acc = np.bincount(cust[is_account], minlength=self.n).clip(1)
-        n_sav = np.bincount(cust[is_saving], minlength=self.n).clip(1)
-        balance[is_account] = self.balance[cust[is_account]] / n_acc[cust[is_account]]
-        balance[is_saving] = self.deposit_balance[cust[is_saving]] / n_sav[cust[is_saving]]
-        balance[is_loan] = -self.income[cust[is_loan]] * 0.8
-        return pa.table({
-            "customer_id": self._customer_ids(cust),
-            "snapshot_date": _constant_timestamps(self.dates.values[t], len(cust)),
-            "product_id": _decode(self.product_labels, prod),
-            "balance": pa.array(np.round(balance, 2)),
-        })
-
-    def _transactions_table(self, t: int, amounts: np.ndarray) -> pa.Table:
-        """One row per customer and transaction kind with an amount; `amounts` is (kinds, n)."""
-        rng, spec = self.rng, self.spec
-        kind, cust = np.nonzero(amounts > 0.5)  # kind-major, as TXN_CATEGORIES
-        m = len(cust)
-        txn_date = _days_after(self.month_start[t], rng.integers(0, self.dates[t].day, m))
-        lag = rng.integers(0, 3, m)
-        late = rng.random(m) < spec.late_transaction_share
-        lag[late] = rng.integers(20, 46, int(late.sum()))
-        table = pa.table({
-            "txn_id": _running_ids("T", self.txn_seq, m),
-            "customer_id": self._customer_ids(cust),
-            "txn_date": pa.array(txn_date),
-            "posted_date": pa.array(_days_after(txn_date, lag)),
-            "amount": pa.array(np.round(amounts[kind, cust], 2)),
-            "direction": _decode(_labels(TXN_DIRECTIONS), kind),
-            "category": _decode(_labels(TXN_CATEGORIES), kind),
-        })
-        self.txn_seq += m
-        # Duplicated events: the same rows (same txn_id) again at the end; a second chunk, no copy.
-        dup = np.flatnonzero(rng.random(m) < spec.duplicate_share)
-        return pa.concat_tables([table, table.take(pa.array(dup))])
-
-    def _interactions_table(self, t: int, counts: tuple[np.ndarray, ...], views: np.ndarray) -> pa.Table:
-        """Login, call and complaint counts per customer (`counts`, in the order of `EVENT_KINDS`)
-        and page views per customer and product (`views`, shape (n, P))."""
-        rng = self.rng
-        cust_parts, kind_parts, count_parts = [], [], []
-        for code, c in enumerate(counts):
-            idx = np.flatnonzero(c)
-            cust_parts.append(idx)
-            kind_parts.append(np.full(len(idx), code, dtype=np.int8))
-            count_parts.append(c[idx])
-        vc, vp = np.nonzero(views)
-        view_code = len(counts)
-        cust = np.concatenate([*cust_parts, vc])
-        kind = np.concatenate([*kind_parts, np.full(len(vc), view_code, dtype=np.int8)])
-        product = np.concatenate([np.full(len(cust) - len(vc), -1), vp])  # products only on page views
-        count = np.concatenate([*count_parts, views[vc, vp]]).astype(np.int32)
-        day = rng.integers(0, self.dates[t].day, len(cust))
-        return pa.table({
-            "customer_id": self._customer_ids(cust),
-            "event_date": pa.array(_days_after(self.month_start[t], day)),
-            "event_type": _decode(_labels(EVENT_KINDS), kind),
-            "product_id": _decode(self.product_labels, product),
-            "count": pa.array(count),
-        })
-
-    def customers_table(self) -> pa.Table:
-        last = self.spec.n_months - 1
-        held_now = self.held.any(1)
-        status = np.where(~self.ever_client, "prospect",
-                          np.where(~held_now, "former", np.where(self.engagement < 0.05, "dormant", "active")))
-        income = np.round(self.income, 0)
-        income = np.where(self.rng.random(self.n) < self.spec.missing_income_share, np.nan, income)
-        birth = pd.to_datetime({"year": self.birth_year, "month": self.birth_month,
-                                "day": self.rng.integers(1, 29, self.n)})
-        joined = self.join_month <= last
-        offset = pd.to_timedelta(np.where(joined, self.join_month, 0) * 30.44, "D")
-        join = np.where(joined, (self.dates[0] + offset).to_numpy(), np.datetime64("NaT"))
-        return pa.table({
-            "customer_id": self.ids,
-            "birth_date": pa.array(birth.to_numpy()),
-            "gender": pa.array(self.gender),
-            "region": pa.array(self.region),
-            "income": pa.array(income),
-            "join_date": pa.array(join.astype("datetime64[ns]")),
-            "status": pa.array(status),
-            "marketing_opt_out": pa.array(self.opt_out),
-            **{f"consent_{c}": pa.array(v) for c, v in self.consent.items()},
-        })
-
-    def latent_table(self) -> pa.Table:
-        cols = {"customer_id": self.ids, "digital_affinity": pa.array(self.digital.astype(np.float32))}
-        for i, need in enumerate(NEEDS):
-            cols[f"need_{need}"] = pa.array(self.needs[:, i].astype(np.float32))
-        return pa.table(cols)
 
 
 
@@ -610,7 +314,7 @@ def simulate(catalogue: Catalogue, spec: BankSpec) -> Iterator[MonthBatch]:
     bank = _Bank(catalogue, spec)
     for t in range(spec.n_months):
         yield bank.step(t)
-    yield MonthBatch(spec.n_months, {"raw/customers": bank.customers_table(), "truth/latent": bank.latent_table()})
+    yield MonthBatch(spec.n_months, {"raw/customers": customers_table(bank), "truth/latent": latent_table(bank)})
 
 
 def simulate_frames(catalogue: Catalogue, spec: BankSpec) -> dict[str, pd.DataFrame]:

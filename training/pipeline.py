@@ -1,5 +1,5 @@
 """Train and evaluate one model end to end: labels -> Feast training set -> PyTorch -> side-by-side
-evaluation -> MLflow run -> registry (challenger, promotion gate).
+evaluation -> MLflow run -> registry (challenger, promotion gate: `training.promotion`).
 
 This is the I/O edge of `training/`: it reads the work directory, calls the pure pieces and
 writes to MLflow. The CLI and quickstart call `train_model` and `evaluate_registered`.
@@ -31,6 +31,7 @@ from nextbest.training import registry
 from nextbest.training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels, target_mask
 from nextbest.training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
                                       save_checkpoint)
+from nextbest.training.promotion import champion_metric, gate
 from nextbest.training.train import (TaskData, World, churn_task, effective_batch_size, fit_ensemble, fit_temperature,
                                      nbp_task, predict_logits)
 
@@ -267,52 +268,6 @@ def _signature(meta: ModelMeta, example: pd.DataFrame, prob: np.ndarray) -> dict
     return infer_signature(inputs, pd.DataFrame(prob[:5], columns=meta.outputs)).to_dict()
 
 
-CATALOGUE_CHANGED = "trained on another product catalogue"
-
-
-def _champion_metric(paths: Paths, prep: Prepared, model_name: str) -> tuple[str | None, float | None, str]:
-    """The current champion's metric on the same test month, or why it cannot be computed."""
-    version = registry.alias_version(paths, model_name)
-    if version is None:
-        return None, None, "no champion yet"
-    try:
-        champion, meta = from_checkpoint(registry.fetch_version(paths, model_name, version).local_dir)
-        changed = meta.catalogue_change(prep.products)
-        if changed:  # it cannot serve the catalogue in force: nothing to compare against
-            return version, None, f"champion v{version} was {changed}"
-        missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in prep.df.columns]
-        if missing:
-            return version, None, f"champion v{version} needs features the current training set lacks: {missing[:5]}"
-        prob = predict_proba(champion, meta, prep.split.test)
-        return version, evaluate_metric(prep, prob), ""
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        return version, None, f"champion v{version} could not be evaluated: {exc}"
-
-
-def evaluate_metric(prep: Prepared, prob: np.ndarray) -> float:
-    """The gate metric: MAP@7 for nbp, ROC AUC for churn, on the test month."""
-    from nextbest.training.metrics import map_at_k, roc_auc
-
-    test = prep.split.test
-    if prep.task == "nbp":
-        y = test[[f"label_{p}" for p in prep.products]].to_numpy(float)
-        return map_at_k(y, ev.masked(prob, prep.mask(test)), 7)
-    return roc_auc(test["label_churn"].to_numpy(float), prob.ravel())
-
-
-def gate(challenger: float, champion: float | None, margin: float, reason_if_none: str) -> tuple[bool, str]:
-    """Promotion decision: the challenger must beat the champion by at least `margin`."""
-    if champion is None:
-        if reason_if_none == "no champion yet":
-            return True, "first model: no champion yet"
-        if CATALOGUE_CHANGED in reason_if_none:
-            return True, f"promoted: the {reason_if_none.removesuffix('; retrain after a catalogue change')}"
-        return False, f"not promoted: {reason_if_none}"
-    if challenger >= champion + margin:
-        return True, f"challenger {challenger:.5f} >= champion {champion:.5f} + margin {margin}"
-    return False, f"not promoted: challenger {challenger:.5f} < champion {champion:.5f} + margin {margin}"
-
-
 def train_model(paths: Paths, task: str, cfg: TrainConfig,
                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                 on_stage: Stage | None = None, prepared: Prepared | None = None,
@@ -348,7 +303,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines)
     evaluation.metrics["val_metric"] = result.best_val
     challenger_metric = evaluation.metrics[gate_metric]
-    champion_version, champion_metric, why = _champion_metric(paths, prep, model_name)
+    champion_version, champion_score, why = champion_metric(paths, prep, model_name)
 
     stage("logging to MLflow and registering")
     mlflow = registry.tracking(paths)
@@ -368,8 +323,8 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         client = mlflow.MlflowClient()
         for i in range(0, len(epoch_metrics), 900):  # one call per batch, not one per epoch
             client.log_batch(run.info.run_id, metrics=epoch_metrics[i:i + 900])
-        if champion_metric is not None:
-            evaluation.metrics[f"champion_{gate_metric}"] = champion_metric
+        if champion_score is not None:
+            evaluation.metrics[f"champion_{gate_metric}"] = champion_score
         _log_evaluation(mlflow, evaluation)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / registry.MODEL_ARTIFACT_PATH, result.model, meta)
@@ -378,7 +333,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
             mlflow.log_artifacts(str(ckpt), artifact_path=registry.MODEL_ARTIFACT_PATH)
         run_id = run.info.run_id
     version = registry.register(paths, model_name, run_id)
-    promoted, reason = gate(challenger_metric, champion_metric, cfg.promotion_margin, why)
+    promoted, reason = gate(challenger_metric, champion_score, cfg.promotion_margin, why)
     if promoted:
         registry.promote(paths, model_name, version, reason)
     client.set_model_version_tag(model_name, version, "gate", reason)

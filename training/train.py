@@ -17,7 +17,7 @@ from torch import nn
 from nextbest.config import TrainConfig
 from nextbest.training.datasets import target_mask
 from nextbest.training.metrics import map_at_k, roc_auc
-from nextbest.training.models import Ensemble, ModelMeta, Preprocessor, TabularNet, build_model
+from nextbest.training.models import Ensemble, ModelMeta, Preprocessor, TabularNet, build_model, tensors
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -44,7 +44,7 @@ class TaskData:
 def nbp_task(df: pd.DataFrame, pre: Preprocessor, products: list[str], catalogue=None) -> TaskData:
     """Targets = acquired next month; mask = products not held now (held ones cannot be acquired)
     and, given the catalogue, that the customer is eligible for (`datasets.target_mask`)."""
-    x_num, x_cat = pre.transform(df)
+    x_num, x_cat = tensors(pre, df)
     y = torch.from_numpy(df[[f"label_{p}" for p in products]].to_numpy(dtype=np.float32))
     mask = target_mask(df, products, catalogue).astype(np.float32)
     return TaskData(x_num, x_cat, y, torch.from_numpy(mask))
@@ -52,7 +52,7 @@ def nbp_task(df: pd.DataFrame, pre: Preprocessor, products: list[str], catalogue
 
 def binary_task(df: pd.DataFrame, pre: Preprocessor, label: str) -> TaskData:
     """One binary target, every row counted."""
-    x_num, x_cat = pre.transform(df)
+    x_num, x_cat = tensors(pre, df)
     y = torch.from_numpy(df[[label]].to_numpy(dtype=np.float32))
     return TaskData(x_num, x_cat, y, torch.ones_like(y))
 

@@ -35,7 +35,7 @@ class OnlineStoreReader:
 
     def open(self, feature_service: str) -> None:
         from nextbest.feature_repo.store import open_store
-        from nextbest.serving.engine import fast_reader
+        from nextbest.serving.online import fast_reader
 
         store = open_store(self.paths)
         service = store.get_feature_service(feature_service)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from nextbest.artifact import RowScorer, load_scorer
 from nextbest.config import TrainConfig
-from nextbest.training.models import (ModelMeta, Preprocessor, build_model, from_checkpoint, predict_proba,
+from nextbest.training.models import (ModelMeta, Preprocessor, build_model, from_checkpoint, numpy_state, predict_proba,
                                       save_checkpoint)
 from nextbest.training.train import fit, masked_scores, nbp_task, predict_logits
 
@@ -116,15 +117,13 @@ def test_behaviour_mortgage_page_views_and_salary_rise_rank_the_mortgage_higher(
 @pytest.mark.parametrize("encoding", ["standard", "piecewise"])
 def test_row_scorer_equals_torch_on_frames_and_online_rows(encoding):
     """Serving's numpy forward pass gives the trained model's probabilities (frames, dict rows, unseen values)."""
-    from nextbest.training.models import RowScorer
-
     df = _data(300, seed=3)
     pre = Preprocessor.fit(df, ["x", "held_a", "held_b"], ["seg"], encoding)
     meta = ModelMeta(task="nbp", feature_service="test_v1", preprocessor=pre, outputs=PRODUCTS,
                      hidden=[16, 8], embedding_dim=2, dropout=0.2, temperature=1.7)
     cfg = TrainConfig(hidden=[16, 8], max_epochs=3, patience=3, dropout=0.2)
     model = fit("nbp", meta, nbp_task(df, pre, PRODUCTS), nbp_task(df, pre, PRODUCTS), cfg).model
-    scorer = RowScorer(model, meta)
+    scorer = RowScorer(numpy_state(model), meta)
     np.testing.assert_allclose(scorer.predict_proba(df), predict_proba(model, meta, df), rtol=1e-5, atol=1e-7)
     row = {"x": [None], "held_a": [1], "held_b": [0], "seg": ["never_seen"]}
     np.testing.assert_allclose(scorer.predict_proba(row), predict_proba(model, meta, row), rtol=1e-5, atol=1e-7)
@@ -262,7 +261,7 @@ def test_target_mask_drops_held_and_ineligible_products_from_loss_and_ranking():
 def test_an_ensemble_averages_networks_of_consecutive_seeds_and_round_trips(tmp_path):
     """ensemble: 3 trains three networks with seeds 7, 8, 9; the model's logit is their mean; the
     checkpoint, the numpy scorer and the history all carry the three."""
-    from nextbest.training.models import Ensemble, RowScorer
+    from nextbest.training.models import Ensemble
     from nextbest.training.train import fit_ensemble
 
     df = _data(400, seed=5)
@@ -289,10 +288,11 @@ def test_an_ensemble_averages_networks_of_consecutive_seeds_and_round_trips(tmp_
     loaded, meta2 = from_checkpoint(tmp_path)
     assert meta2.members == 3
     np.testing.assert_allclose(predict_proba(loaded, meta2, df), predict_proba(result.model, meta, df), rtol=1e-6)
-    np.testing.assert_allclose(RowScorer(loaded, meta2).predict_proba(df), predict_proba(loaded, meta2, df),
-                               rtol=1e-5, atol=1e-7)
+    # Serving's scorer, from model.json and weights.npz alone, averages the members the same way.
+    scorer, _ = load_scorer(tmp_path)
+    np.testing.assert_allclose(scorer.predict_proba(df), predict_proba(loaded, meta2, df), rtol=1e-5, atol=1e-7)
     row = df.iloc[3].to_dict()
-    np.testing.assert_allclose(RowScorer(loaded, meta2).predict_row(row), predict_proba(loaded, meta2, df.iloc[[3]])[0],
+    np.testing.assert_allclose(scorer.predict_row(row), predict_proba(loaded, meta2, df.iloc[[3]])[0],
                                rtol=1e-5, atol=1e-7)
 
     with pytest.raises(ValueError, match="3 members, config asks for ensemble 2"):
@@ -303,7 +303,11 @@ def test_an_ensemble_averages_networks_of_consecutive_seeds_and_round_trips(tmp_
     (tmp_path / "model.json").write_text(json.dumps(bad))
     with pytest.raises(RuntimeError, match="Unexpected key"):
         from_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="3 networks, model.json says members=2"):
+        load_scorer(tmp_path)
     bad["members"] = 0
     (tmp_path / "model.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="members must be at least 1, got 0"):
         from_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="members must be at least 1, got 0"):
+        load_scorer(tmp_path)

@@ -6,7 +6,7 @@ import pytest
 
 from nextbest.settings import Paths
 from nextbest.training import registry
-from nextbest.training.pipeline import gate
+from nextbest.training.promotion import gate
 
 
 def test_gate_promotes_only_a_better_challenger():

@@ -9,7 +9,8 @@ import pytest
 
 from nextbest.io import read_raw
 from nextbest.settings import Paths
-from nextbest.simulation.bank import BankSpec, _Bank, _running_ids
+from nextbest.simulation.bank import BankSpec, _Bank
+from nextbest.simulation.columns import running_ids
 from nextbest.simulation.marginals import SANTANDER, marginals, markdown_table
 from nextbest.simulation.write import generate_to
 from tests.conftest import END
@@ -69,11 +70,11 @@ def test_markdown_table_puts_ours_beside_santander(holdings):
 def test_customer_ids_are_a_fast_take_of_the_id_column(catalogue):
     bank = _Bank(catalogue, BankSpec(n_customers=123, n_months=4, seed=1, end=END))
     idx = np.array([0, 122, 5, 5, 77])
-    assert bank._customer_ids(idx).to_pylist() == ["C0000001", "C0000123", "C0000006", "C0000006", "C0000078"]
-    assert bank._customer_ids(idx).equals(bank.ids.take(idx))
-    assert bank._customer_ids(np.array([], dtype=np.int64)).to_pylist() == []
-    assert _running_ids("O", 7, 3, width=9).to_pylist() == ["O000000007", "O000000008", "O000000009"]
-    assert _running_ids("T", 98, 3).to_pylist() == ["T98", "T99", "T100"]
+    assert bank.customer_ids(idx).to_pylist() == ["C0000001", "C0000123", "C0000006", "C0000006", "C0000078"]
+    assert bank.customer_ids(idx).equals(bank.ids.take(idx))
+    assert bank.customer_ids(np.array([], dtype=np.int64)).to_pylist() == []
+    assert running_ids("O", 7, 3, width=9).to_pylist() == ["O000000007", "O000000008", "O000000009"]
+    assert running_ids("T", 98, 3).to_pylist() == ["T98", "T99", "T100"]
 
 
 def _generate(root, catalogue, seed=3):
@@ -99,10 +100,10 @@ def test_generate_to_writes_valid_deterministic_tables(tmp_path, catalogue):
 
 
 def test_customer_ids_beyond_32_bit_offsets_come_in_chunks(catalogue, monkeypatch):
-    import nextbest.simulation.bank as bank_module
+    import nextbest.simulation.columns as columns_module
 
     bank = _Bank(catalogue, BankSpec(n_customers=50, n_months=4, seed=1, end=END))
-    monkeypatch.setattr(bank_module, "_MAX_STRING_BYTES", 8 * 4)  # 3 ids of 8 bytes per chunk
+    monkeypatch.setattr(columns_module, "MAX_STRING_BYTES", 8 * 4)  # 3 ids of 8 bytes per chunk
     idx = np.arange(10)[::-1]
-    ids = bank._customer_ids(idx)
+    ids = bank.customer_ids(idx)
     assert ids.num_chunks == 4 and ids.to_pylist() == bank.ids.take(idx).to_pylist()
