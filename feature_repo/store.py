@@ -126,6 +126,17 @@ def current_online_store(paths: Paths) -> OnlineStoreChoice | None:
     return None
 
 
+def sqlite_store_file(paths: Paths) -> Path | None:
+    """The file of the work directory's SQLite online store, or None when it uses another store."""
+    import yaml
+
+    if current_online_store(paths) != OnlineStoreChoice(SQLITE):
+        return None
+    online = (yaml.safe_load((paths.feast / "feature_store.yaml").read_text()) or {}).get("online_store") or {}
+    path = Path(str(online.get("path", "online_store.db")))
+    return path if path.is_absolute() else paths.feast / path
+
+
 def write_store_config(paths: Paths, choice: OnlineStoreChoice | None = None) -> Path:
     """Writes `<workdir>/feast/feature_store.yaml` from the template in `feature_repo/` for the
     chosen online store (default: the work directory's current one, else SQLite)."""

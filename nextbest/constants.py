@@ -24,6 +24,8 @@ PROJECT_FILE = "nextbest.yaml"
 MLFLOW_URI_ENV = "NEXTBEST_MLFLOW_URI"
 # Serve these checkpoints (one folder per model, pinned.json their versions) instead of the registry's champions.
 MODELS_DIR_ENV = "NEXTBEST_MODELS_DIR"
+# Set ("1") when the service may start before champion models exist and loads them once registered.
+WAIT_FOR_MODELS_ENV = "NEXTBEST_WAIT_FOR_MODELS"
 
 CHANNELS = ("mobile_app", "web", "email", "push", "sms", "branch", "call_center")
 

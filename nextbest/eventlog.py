@@ -97,6 +97,10 @@ REJECTED = ("reject", "dismiss")
 REWARD = {"accept": 1.0, "convert": 1.0, "reject": 0.0, "dismiss": 0.0}
 CUSTOMER_EVENTS = ("salary_received", "large_deposit", "loan_disbursed", "product_page_view", "product_acquired",
                    "opt_out", "opt_in", "consent_granted", "consent_withdrawn")
+# What each customer event needs besides its name.
+PRODUCT_EVENTS = ("product_page_view", "loan_disbursed", "product_acquired")  # product_id
+AMOUNT_EVENTS = ("salary_received", "large_deposit")  # amount
+CONSENT_CHANGES = ("consent_granted", "consent_withdrawn")  # consent
 # Posted by the bank's core for offered and unoffered products alike: payload {product_id, value?}.
 PRODUCT_ACQUIRED = "product_acquired"
 

@@ -165,3 +165,25 @@ class Paths:
                      self.models, self.reports):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def writable_dir(path: Path) -> str | None:
+    """Why files cannot be written durably in the directory `path`, or None when they can."""
+    if not path.exists():
+        return f"directory {path} does not exist"
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    probe = path / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"x")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return f"directory {path} is not writable ({exc.strerror})"
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None

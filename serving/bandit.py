@@ -30,6 +30,8 @@ from nextbest.constants import CHANNELS, DIGITAL_CHANNELS
 # Channels where a weekend behaves differently (staffed by people) from the digital ones.
 _STAFFED = ("branch", "call_center")
 _P_CLIP = 1e-4
+LOGIT_MAX = math.log((1 - _P_CLIP) / _P_CLIP)  # |logit(base probability)| after clipping
+ENGAGEMENT_MAX = math.log1p(1000.0)  # engagement (log1p of logins in 30 days) is clipped here
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:
@@ -141,12 +143,28 @@ class Featuriser:
         weekend = float(ctx.weekday >= 5)
         staffed = ctx.channel in _STAFFED
         x[:, tail + (0 if staffed else 1)] = weekend
-        x[:, tail + (2 if ctx.channel in DIGITAL_CHANNELS else 3)] = ctx.engagement
+        x[:, tail + (2 if ctx.channel in DIGITAL_CHANNELS else 3)] = min(max(ctx.engagement, 0.0), ENGAGEMENT_MAX)
         grouped = [(i, self._group[a]) for i, a in enumerate(arms) if a in self._group]
         if grouped:
             rows, g = np.array(grouped).T
             x[rows, self.offsets["fit"] + g * len(self.channels) + c] = 1.0
         return x
+
+    def max_logit_change(self, delta: np.ndarray) -> float:
+        """The most the logit of any row this featuriser can build (any offer, base probability,
+        channel, hour, weekday and engagement) changes when the weights move by `delta`."""
+        o, n_a, n_c = self.offsets, len(self.arms), len(self.channels)
+        d = np.abs(delta)
+        common = d[0] + LOGIT_MAX * d[1] + d[2] + (d[o["arm"]:o["arm"] + n_a].max() if n_a else 0.0)
+        fit = d[o["fit"]:].reshape(len(self.groups), n_c).max(axis=0) if self.groups else np.zeros(n_c)
+        tail = o["tail"]
+        worst = 0.0
+        for c, channel in enumerate(self.channels):
+            hour = math.hypot(delta[o["sin"] + c], delta[o["cos"] + c])  # |a sin t + b cos t| <= hypot(a, b)
+            weekend = d[tail + (0 if channel in _STAFFED else 1)]
+            engagement = ENGAGEMENT_MAX * d[tail + (2 if channel in DIGITAL_CHANNELS else 3)]
+            worst = max(worst, d[o["channel"] + c] + hour + weekend + engagement + fit[c])
+        return float(common + worst)
 
 
 @dataclass
@@ -178,20 +196,33 @@ class Posterior:
         return cls.prior(featuriser, prior.intercept, prior.score_weight, prior.variance, viewed_weight,
                          prior.score_variance, prior.fit_variance)
 
-    def update(self, x: np.ndarray, reward: float) -> None:
-        """One online Laplace step for one observation (x: (d,), reward 0 or 1).
+    def update(self, x: np.ndarray, reward: float, bound=None, max_logit_step: float | None = None) -> float:
+        """One online Laplace step for one observation (x: (d,), reward 0 or 1); returns the share
+        of the Newton step taken (1.0 unless bounded).
 
         The precision grows by p(1-p) x x^T (Sherman-Morrison on the covariance), then the mean
-        moves one Newton step along the new covariance.
+        moves one Newton step along the new covariance. With `bound` (weights change -> the most any
+        row's logit changes, `Featuriser.max_logit_change`) and `max_logit_step`, the step is
+        shortened so that no row's logit moves by more than `max_logit_step`: one reward cannot
+        rewrite the whole policy (with a rare reward, a full step would move every offer's odds
+        many-fold).
         """
         p = float(sigmoid(x @ self.mean))
         w = max(p * (1 - p), 1e-6)
         cx = self.cov @ x
         self.cov -= np.outer(cx, cx) * (w / (1.0 + w * float(x @ cx)))
         self.cov = (self.cov + self.cov.T) / 2
-        self.mean = self.mean + self.cov @ x * (reward - p)
+        step = self.cov @ x * (reward - p)
+        share = 1.0
+        if bound is not None and max_logit_step is not None:
+            worst = bound(step)
+            if worst > max_logit_step:
+                share = max_logit_step / worst
+                step = step * share
+        self.mean = self.mean + step
         self.n_updates += 1
         self._chol = None
+        return share
 
     def sample(self, rng: np.random.Generator, m: int) -> np.ndarray:
         """m posterior draws of the weights, shape (d, m)."""
@@ -299,6 +330,8 @@ class OnlinePolicy:
         self._lock = threading.Lock()
         self.rng = np.random.default_rng([cfg.seed, stream])
         self._unsaved = 0
+        odds = cfg.max_step_odds
+        self.max_logit_step = math.log(odds) if odds else None
         saved = events.load_policy(self.name, self.featuriser.signature)
         if saved is None:
             self.posterior = Posterior.from_config(self.featuriser, cfg.prior, viewed_weight)
@@ -327,7 +360,7 @@ class OnlinePolicy:
             for rowid, _decision, arm, reward, context in pending:
                 x = self._logged_row(context, arm)
                 if x is not None:
-                    self.posterior.update(x, reward)
+                    self.posterior.update(x, reward, self.featuriser.max_logit_change, self.max_logit_step)
                 self.last_rowid = rowid
             self._unsaved += len(pending)
             if self._unsaved >= self.cfg.snapshot_every:

@@ -7,7 +7,8 @@ Inside the Bento (its `src/`):
     service.py         points the service at the bundled configs and models, then imports it
     nextbest/          the package's code (every part) and default configs
     project/           the project's nextbest.yaml and configs/*.yaml in force at build time
-    models/<name>/     each champion's checkpoint (weights.pt + model.json), models/pinned.json its version
+    models/<name>/     each champion's checkpoint (model.json, weights.npz, weights.pt); models/pinned.json
+                       its version and the SHA-256 of its files
 
 What stays outside is the work directory (`NEXTBEST_HOME`): the Feast registry and online store
 (or a Redis named in its feature_store.yaml), the fallback table and the decision log, which the
@@ -104,7 +105,8 @@ def _pin_models(paths: Paths, target: Path, versions: dict[str, str] | None = No
         except Exception as exc:  # noqa: BLE001 - MLflow raises its own types for a missing version
             raise BuildError(f"model '{name}' version {version}: not found in {paths.mlflow_uri} ({exc})") from None
         shutil.copytree(model.local_dir, target / "models" / name)
-        pinned[name] = {"version": model.version, "run_id": model.run_id, "registry": paths.mlflow_uri}
+        pinned[name] = {"version": model.version, "run_id": model.run_id, "registry": paths.mlflow_uri,
+                        registry.SHA256_TAG: registry.file_digests(target / "models" / name)}
     (target / "models" / "pinned.json").write_text(json.dumps(pinned, indent=2))
     return {name: p["version"] for name, p in pinned.items()}
 

@@ -23,22 +23,20 @@ from datetime import datetime, timezone
 
 from nextbest.config import load_bandit, load_catalogue, load_rules
 from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, NBP_MODEL_NAME
+from nextbest.eventlog import AMOUNT_EVENTS, CONSENT_CHANGES, PRODUCT_EVENTS
 from nextbest.serving import fallback as fb
 from nextbest.serving.bandit import Context, Featuriser, OnlinePolicy
 from nextbest.serving.decide import (Candidate, History, Profile, Suppression, apply_holdout, apply_rules, candidates,
                                      holdout_groups, holdout_unit, make_profile)
-from nextbest.serving.eventlog import EventLog
+from nextbest.serving.eventlog import Contradiction, EventLog
 from nextbest.serving.models import LoadedModel
-from nextbest.serving.online import REALTIME_EVENT_FIELDS, fast_reader, push_realtime
+from nextbest.serving.online import REALTIME_EVENT_FIELDS, StoreLink, push_realtime
 from nextbest.serving.privacy import load_key, pseudonymise
 from nextbest.settings import Paths
 
 log = logging.getLogger("nextbest.serving")
 
 DAY = 86400.0
-PRODUCT_EVENTS = ("product_page_view", "loan_disbursed", "product_acquired")
-AMOUNT_EVENTS = ("salary_received", "large_deposit")
-CONSENT_CHANGES = ("consent_granted", "consent_withdrawn")
 
 
 class RequestError(Exception):
@@ -110,14 +108,12 @@ class DecisionEngine:
         self.sample_share = feature_sample_share()
         self._reader = features
         self._stream = stream
-        self.store = None
-        self._fast_read = None
+        self.link: StoreLink | None = None
         self.fallback: fb.Fallback | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
         self._pusher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-push")
         self.ready = False
         self.error: str | None = None
-        self.store_error: str | None = None
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -142,21 +138,15 @@ class DecisionEngine:
                                        viewed_weight=math.log(self.policy_cfg.cold_start.page_boost),
                                        stream=self._stream)
         except Exception as exc:  # noqa: BLE001 - any load failure must surface on /readyz, not kill the server
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.error("loading failed: %s", self.error)
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.error:  # a load retried while waiting for models says it once
+                log.error("loading failed: %s", error)
+            self.error = error
             return
         if self._reader is None:
-            try:
-                from nextbest.feature_repo.store import open_store
-
-                self.store = open_store(self.paths)
-                self.nbp_service = self.store.get_feature_service(self.nbp.meta.feature_service)
-                # The first read builds Feast's lazy state (~100 ms); pay it here, not in a request's budget.
-                self.store.get_online_features(features=self.nbp_service, entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
-                self._fast_read = fast_reader(self.store, self.nbp_service)
-            except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
-                self.store_error = f"{type(exc).__name__}: {exc}"
-                log.error("online store unavailable, answering degraded: %s", self.store_error)
+            self.link = StoreLink(self.paths, self.nbp.meta.feature_service)
+            self.link.connect()
+            self.link.watch()
         # Everything loaded so far (models, Feast, MLflow, pandas) lives as long as the process:
         # freezing it keeps the garbage collector's full passes from walking it during requests.
         gc.collect()
@@ -174,15 +164,17 @@ class DecisionEngine:
         """The customer's online features within the budget: (features or None if unknown, degraded reason)."""
         if self._reader is not None:
             return self._reader(customer_id), None
-        if self.store is None:
-            return None, f"online store unavailable ({self.store_error})"
+        link = self.link
+        store, fast_read = (link.store, link.fast_read) if link is not None else (None, None)
+        if store is None:
+            return None, f"online store unavailable ({link.error if link is not None else 'not loaded'})"
 
         def fetch():
-            if self._fast_read is not None:
-                values = self._fast_read(customer_id)
+            if fast_read is not None:
+                values = fast_read(customer_id)
                 return {CUSTOMER_ID: customer_id, **(values or {})}
-            values = self.store.get_online_features(features=self.nbp_service,
-                                                    entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
+            values = store.get_online_features(features=link.service,
+                                               entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
             return {k: v[0] for k, v in values.items()}
 
         future = self._pool.submit(fetch)
@@ -316,7 +308,10 @@ class DecisionEngine:
             raise RequestError(400, f"product_id {product_id!r} was not offered in decision {decision_id!r} "
                                     f"(offered: {sorted(offered)})")
         at = None if timestamp is None else as_utc(timestamp).timestamp()
-        recorded, reward = self.eventlog.log_feedback(decision_id, product_id, event, value, at)
+        try:
+            recorded, reward = self.eventlog.log_feedback(decision_id, product_id, event, value, at)
+        except Contradiction as exc:
+            raise RequestError(409, str(exc)) from None
         if reward is not None and self.ready:
             self.policy.learn()
         return {"decision_id": decision_id, "product_id": product_id, "event": event, "recorded": recorded,
@@ -344,9 +339,10 @@ class DecisionEngine:
         event_id = event_id or uuid.uuid4().hex
         recorded = self.eventlog.log_customer_event(event_id, pseudonym, event, payload, when.timestamp())
         # Feast's push costs ~30-50 ms: it runs behind the answer, in order, on one thread.
-        queued = recorded and event in REALTIME_EVENT_FIELDS and self.store is not None
+        store = self.link.store if self.link is not None else None
+        queued = recorded and event in REALTIME_EVENT_FIELDS and store is not None
         if queued:
-            self._pusher.submit(push_realtime, self.store, customer_id, event, payload, when.timestamp())
+            self._pusher.submit(push_realtime, store, customer_id, event, payload, when.timestamp())
         triggered = None
         trigger = self.policy_cfg.triggers.get(event)
         if recorded and trigger is not None and (amount or 0) >= trigger.min_amount and self.ready:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextbest.eventlog import REJECTED, REWARD, SCHEMA, decode_posterior, encode_array
+from nextbest.eventlog import ACCEPTED, REJECTED, REWARD, SCHEMA, decode_posterior, encode_array
+from nextbest.serving.privacy import private_file
 
 # Placeholders for the rejection events in SQL.
 _REJECTED_MARKS = ", ".join("?" * len(REJECTED))
@@ -42,18 +43,40 @@ class Decision:
     context: dict | None = None
 
 
+class Contradiction(ValueError):
+    """Feedback that contradicts a final outcome already recorded for the same offer."""
+
+
 class EventLog:
     """Thread-safe writer over one SQLite connection."""
 
     def __init__(self, path: Path, durable: bool = True):
         """`durable=False` (simulations only) skips the fsync per write: a crash may lose the last writes."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # Owner-only (0600): the log holds pseudonyms and every customer's decisions.
+        self._conn = sqlite3.connect(str(private_file(path)), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # FULL: an acknowledged decision survives a crash of the process and of the machine.
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def write_problem(path: Path) -> str | None:
+        """Why a decision could not be committed to the log at `path` (None when it can): an existing
+        log must take a write transaction (its folder is checked apart)."""
+        if not path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(str(path), timeout=5)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")  # a real write, changing nothing
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return f"event log {path} cannot be written ({exc})"
+        return None
 
     def log_decision(self, decision_id: str, customer_pseudonym: str, channel: str, k: int, offers: list[dict],
                      model_versions: dict, context: dict, features: dict | None = None,
@@ -89,13 +112,27 @@ class EventLog:
                      occurred_at: float | None = None) -> tuple[bool, float | None]:
         """Records feedback in one transaction with its reward, if it is the offer's first.
 
+        Accept and convert are final: a reject or dismiss of an offer already accepted or converted
+        is refused (`Contradiction`) and not recorded. An accept after a reject is recorded (the
+        customer changed their mind); the offer's reward stays its first outcome.
+
         Returns:
             (False if the same (decision, product, event) was already recorded, the new reward or None).
+
+        Raises:
+            Contradiction: the event contradicts an outcome already recorded for this offer.
         """
         now = time.time()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                if event in REJECTED:
+                    final = self._conn.execute(
+                        f"SELECT event FROM feedback WHERE decision_id = ? AND product_id = ? AND event IN "
+                        f"({', '.join('?' * len(ACCEPTED))}) LIMIT 1", (decision_id, product_id, *ACCEPTED)).fetchone()
+                    if final is not None:
+                        raise Contradiction(f"offer {product_id!r} of decision {decision_id!r} was already "
+                                            f"recorded as {final[0]!r}, which is final: {event!r} is not recorded")
                 cur = self._conn.execute("INSERT OR IGNORE INTO feedback VALUES (?, ?, ?, ?, ?)",
                                          (decision_id, product_id, event, value, occurred_at or now))
                 recorded, reward = cur.rowcount == 1, None

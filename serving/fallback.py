@@ -19,7 +19,7 @@ import pandas as pd
 from nextbest.config import Catalogue, RulesConfig
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
 from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, POLICY_FEATURES, PROFILE_VIEW, SEGMENTS_VIEW
-from nextbest.serving.privacy import pseudonymise
+from nextbest.serving.privacy import private_file, pseudonymise
 
 DAYS_PER_MONTH = 30.44
 NEVER = 99  # months_since_* of something that never happened
@@ -90,7 +90,7 @@ def build(db_path: Path, features_dir: Path, catalogue: Catalogue, rules: RulesC
     snapshot = pd.Timestamp(latest[EVENT_TIMESTAMP].max()).timestamp()
     tmp = db_path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(tmp)
+    conn = sqlite3.connect(private_file(tmp))
     try:
         conn.execute(f"CREATE TABLE profiles ({', '.join(_COLUMNS)}, PRIMARY KEY (pseudonym)) WITHOUT ROWID")
         conn.execute("CREATE TABLE popularity (segment TEXT PRIMARY KEY, rates TEXT NOT NULL)")

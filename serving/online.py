@@ -1,10 +1,13 @@
-"""The Feast online store as decisions use it: one customer's features read straight from our SQLite
-store, and the short-term context that real-time events write into it (Feast push).
+"""The Feast online store as decisions use it: the link to it (kept up in the background), one
+customer's features read straight from our SQLite store, and the short-term context that real-time
+events write into it (Feast push).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 import pandas as pd
 
@@ -62,3 +65,100 @@ def push_realtime(store, customer_id: str, event: str, payload: dict, at: float)
     except Exception as exc:  # noqa: BLE001 - the event is logged; the online copy is best effort
         log.warning("short-term context not written to the online store: %s", type(exc).__name__)
         return False
+
+
+class StoreLink:
+    """The online store as the decision engine sees it: connected, or not with the reason, and
+    reconnected in the background.
+
+    A store that is unavailable at start (a missing SQLite file, a Redis that does not answer) is
+    retried with backoff, and never created empty: decisions are degraded meanwhile, never refused.
+    A SQLite store file removed or replaced under the running service is noticed within
+    `healthy_every` seconds; answers are degraded until it is back, then read from it again.
+    """
+
+    def __init__(self, paths, service_name: str):
+        self.paths = paths
+        self.service_name = service_name
+        self.store = None
+        self.service = None
+        self.fast_read = None
+        self.error: str | None = "not connected yet"
+        self._identity: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        from nextbest.feature_repo.store import sqlite_store_file
+
+        path = sqlite_store_file(self.paths)
+        if path is None:
+            return None
+        st = os.stat(path)  # FileNotFoundError when it is gone
+        return st.st_dev, st.st_ino
+
+    def connect(self) -> bool:
+        """One attempt to open the store and read from it; True when it is usable."""
+        from nextbest.feature_repo.store import open_store, sqlite_store_file
+
+        try:
+            path = sqlite_store_file(self.paths)
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"{path} not found (nextbest features materialize fills it)")
+            store = open_store(self.paths)
+            service = store.get_feature_service(self.service_name)
+            # The first read builds Feast's lazy state (~100 ms); pay it here, not in a request's budget.
+            store.get_online_features(features=service, entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
+            fast = fast_reader(store, service)
+            identity = self._file_identity()
+        except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
+            self._down(f"{type(exc).__name__}: {exc}")
+            return False
+        was_down = self.store is None
+        self.service, self.fast_read, self._identity = service, fast, identity
+        self.store, self.error = store, None
+        if was_down:
+            log.info("online store connected")
+        return True
+
+    def check(self) -> None:
+        """Notices a SQLite store file removed or replaced since it was opened."""
+        if self.store is None or self._identity is None:
+            return
+        try:
+            same = self._file_identity() == self._identity
+        except OSError:
+            same = False
+        if not same:
+            self._down("the online store's file was removed or replaced")
+
+    def _down(self, reason: str) -> None:
+        store, self.store, self.fast_read = self.store, None, None
+        if store is not None:
+            online = store._get_provider().online_store
+            if hasattr(online, "close_connection"):
+                online.close_connection()
+        if self.error != reason:
+            log.error("online store unavailable, answering degraded: %s", reason)
+        self.error = reason
+
+    def watch(self, healthy_every: float = 2.0, first_retry: float = 1.0, max_backoff: float = 30.0) -> None:
+        """Starts the background thread that checks the store and reconnects with backoff."""
+        def loop() -> None:
+            backoff = first_retry
+            while not self._stop.is_set():
+                if self.store is None:
+                    if self.connect():
+                        backoff = first_retry
+                        continue
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, max_backoff)
+                else:
+                    self.check()
+                    self._stop.wait(healthy_every)
+
+        self._thread = threading.Thread(target=loop, name="online-store-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -24,6 +24,18 @@ def load_key(root: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
+def private_file(path: Path) -> Path:
+    """Makes `path` readable and writable by its owner only (0600), creating it empty if missing:
+    the event log and the fallback table hold pseudonyms and a customer's decisions. SQLite gives a
+    database's -wal and -shm files the database file's permissions."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    return path
+
+
 def pseudonymise(customer_id: str, key: bytes) -> str:
     """Stable, non-reversible token for a customer id (same id and key -> same token)."""
     return "p_" + hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()[:24]

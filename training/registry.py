@@ -2,11 +2,12 @@
 shared MLflow tracking server (`NEXTBEST_MLFLOW_URI` or the project's `mlflow_uri`, see
 `nextbest.settings`), whose artifact store then holds the models.
 
-Models are registered from plain checkpoint directories (`weights.pt` + `model.json`), not
+Models are registered from plain checkpoint directories (`model.json`, `weights.npz`, `weights.pt`), not
 from a pickled MLflow flavour, so loading a registered model never unpickles code.
 
-Aliases: every new version becomes `challenger`; `champion` is what serving loads. Promotion
-history is kept in the registered model's `champion_history` tag so `rollback` can undo it.
+Aliases: every new version becomes `challenger`; `champion` is what serving loads. Every change of
+champion (who, when, why, from which version) is kept in the registered model's `champion_history`
+tag, oldest first, so `rollback` can undo the latest promotion and an auditor can read them all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT_PATH = "model"
 CHALLENGER_ALIAS = "challenger"
 HISTORY_TAG = "champion_history"
+SHA256_TAG = "sha256"  # JSON {file: SHA-256} of a version's files, recorded at registration
+HISTORY_MAX_CHARS = 90_000  # MLflow keeps registered-model tags of up to 100,000 characters
 
 
 def _mlflow():
@@ -75,17 +77,43 @@ def _cache_dir(paths: Paths, name: str, version: str) -> Path:
     return paths.models / f"registry-{hashlib.sha256(uri.encode()).hexdigest()[:12]}" / name / version
 
 
+def file_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under `directory`, by path relative to it."""
+    import hashlib
+
+    digests = {}
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            digests[path.relative_to(directory).as_posix()] = h.hexdigest()
+    return digests
+
+
+def corrupted(directory: Path, expected: dict[str, str]) -> list[str]:
+    """The files whose SHA-256 differs from `expected` (missing ones included), sorted."""
+    found = file_digests(directory)
+    return sorted(f for f, digest in expected.items() if found.get(f) != digest)
+
+
 def register(paths: Paths, name: str, run_id: str, alias: str = CHALLENGER_ALIAS) -> str:
-    """Registers the run's `model/` artifact directory as a new version of `name` with `alias`.
+    """Registers the run's `model/` artifact directory as a new version of `name` with `alias`, and
+    records the SHA-256 of each of its files in the version's `sha256` tag (checked at every load).
 
     Returns:
         The new version number as a string.
     """
-    client = tracking(paths).MlflowClient()
+    mlflow = tracking(paths)
+    client = mlflow.MlflowClient()
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name)
     source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-    version = client.create_model_version(name, source=source, run_id=run_id)
+    with tempfile.TemporaryDirectory(prefix="nextbest-register-") as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT_PATH, dst_path=tmp)
+        digests = file_digests(Path(local))
+    version = client.create_model_version(name, source=source, run_id=run_id, tags={SHA256_TAG: json.dumps(digests)})
     client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
@@ -99,13 +127,68 @@ def alias_version(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> str |
         return None
 
 
+def _actor() -> str:
+    """Who changes the champion: `$NEXTBEST_ACTOR` (set it in automation), else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("NEXTBEST_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _iso(at) -> str:
+    """A history time as ISO 8601 UTC (entries of older registries hold epoch seconds)."""
+    from datetime import datetime, timezone
+
+    if isinstance(at, (int, float)):
+        return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+    return str(at)
+
+
 def _history(client, name: str) -> list[dict]:
     tags = client.get_registered_model(name).tags
-    return json.loads(tags.get(HISTORY_TAG, "[]"))
+    events = json.loads(tags.get(HISTORY_TAG, "[]"))
+    return [{"action": "promote", **e, "at": _iso(e.get("at"))} for e in events]
+
+
+def champion_history(paths: Paths, name: str) -> list[dict]:
+    """Every change of `name`'s champion, oldest first: action (promote or rollback), version, previous,
+    reason, at (ISO 8601 UTC) and by."""
+    client = tracking(paths).MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return []
+    return _history(client, name)
+
+
+def _record(client, name: str, history: list[dict], **event) -> None:
+    from datetime import datetime, timezone
+
+    history.append({**event, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": _actor()})
+    text = json.dumps(history)
+    while len(text) > HISTORY_MAX_CHARS and len(history) > 1:  # the registry's limit on a tag: oldest go first
+        history.pop(0)
+        text = json.dumps(history)
+    client.set_registered_model_tag(name, HISTORY_TAG, text)
+
+
+def _undo_stack(history: list[dict]) -> list[dict]:
+    """The promotions still in force: each rollback undoes the latest one not yet undone."""
+    stack: list[dict] = []
+    for event in history:
+        if event["action"] == "promote":
+            stack.append(event)
+        elif event["action"] == "rollback" and stack:
+            stack.pop()
+    return stack
 
 
 def promote(paths: Paths, name: str, version: str, reason: str) -> str | None:
-    """Makes `version` the champion; returns the previous champion's version (or None)."""
+    """Makes `version` the champion and records it; returns the previous champion's version (or None).
+
+    A version that is already champion changes nothing and records nothing: the returned previous
+    version is then `version` itself.
+    """
     mlflow = tracking(paths)
     client = mlflow.MlflowClient()
     try:
@@ -113,29 +196,33 @@ def promote(paths: Paths, name: str, version: str, reason: str) -> str | None:
     except mlflow.exceptions.MlflowException:
         raise LookupError(f"model '{name}' has no version {version!r}") from None
     previous = alias_version(paths, name)
+    if previous == str(version):
+        return previous
     client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-    history = _history(client, name)
-    history.append({"version": str(version), "previous": previous, "reason": reason, "at": time.time()})
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
+    _record(client, name, _history(client, name), action="promote", version=str(version), previous=previous,
+            reason=reason)
     client.set_model_version_tag(name, str(version), "promoted_reason", reason)
     return previous
 
 
-def rollback(paths: Paths, name: str) -> str:
-    """Restores the champion before the last promotion; returns the restored version.
+def rollback(paths: Paths, name: str, reason: str = "rolled back by hand") -> str:
+    """Restores the champion before the last promotion still in force, and records it; returns the
+    restored version.
 
     Raises:
         LookupError: there is no earlier champion to go back to.
     """
     client = tracking(paths).MlflowClient()
     history = _history(client, name) if client.search_registered_models(filter_string=f"name = '{name}'") else []
-    if not history or history[-1]["previous"] is None:
+    stack = _undo_stack(history)
+    if not stack or stack[-1]["previous"] is None:
         raise LookupError(f"model '{name}': no earlier champion to roll back to")
-    last = history.pop()
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, last["previous"])
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-    client.set_model_version_tag(name, last["version"], "rolled_back", "true")
-    return last["previous"]
+    current, restored = alias_version(paths, name), stack[-1]["previous"]
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, restored)
+    _record(client, name, history, action="rollback", version=restored, previous=current, reason=reason)
+    if current is not None and current != restored:
+        client.set_model_version_tag(name, current, "rolled_back", "true")
+    return restored
 
 
 @dataclass(frozen=True)
@@ -144,13 +231,27 @@ class RegisteredModel:
     version: str
     run_id: str
     local_dir: Path
+    sha256: dict[str, str] | None = None  # file -> SHA-256 recorded at registration (None: not recorded)
 
 
 def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
-    """Downloads a registered version's checkpoint into `<workdir>/models/<name>/<version>/`."""
+    """Downloads a registered version's checkpoint into `<workdir>/models/<name>/<version>/`, or reuses
+    the copy there once its files match the SHA-256 recorded at registration.
+
+    A cached copy that does not match is downloaded again; a download that does not match either
+    raises.
+
+    Raises:
+        ValueError: the registry's files do not match their recorded SHA-256.
+    """
     mlflow = tracking(paths)
     mv = mlflow.MlflowClient().get_model_version(name, str(version))
+    expected = json.loads(mv.tags[SHA256_TAG]) if SHA256_TAG in (mv.tags or {}) else None
     target = _cache_dir(paths, name, str(mv.version))
+    if (target / "model.json").exists() and expected is not None and corrupted(target, expected):
+        log.warning("model '%s' v%s: the cached files %s do not match their SHA-256; downloading again",
+                    name, mv.version, corrupted(target, expected))
+        shutil.rmtree(target, ignore_errors=True)
     if not (target / "model.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # Download next to the target, then rename: a crash never leaves a half-copied model.
@@ -158,11 +259,15 @@ def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
         try:
             # `models:/name/version` downloads the files directly into dst_path.
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp))
+            bad = corrupted(tmp, expected) if expected is not None else []
+            if bad:
+                raise ValueError(f"model '{name}' v{mv.version} in {paths.mlflow_uri}: files {bad} do not match "
+                                 "the SHA-256 recorded at registration; refusing to load them")
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return RegisteredModel(name, str(mv.version), mv.run_id, target)
+    return RegisteredModel(name, str(mv.version), mv.run_id, target, expected)
 
 
 def load_pinned(models_dir: Path, name: str) -> RegisteredModel:
@@ -170,12 +275,19 @@ def load_pinned(models_dir: Path, name: str) -> RegisteredModel:
 
     Raises:
         LookupError: the folder has no such model.
+        ValueError: its files do not match the SHA-256 recorded in `pinned.json`.
     """
     index = Path(models_dir) / "pinned.json"
     pinned = json.loads(index.read_text()) if index.is_file() else {}
     if name not in pinned or not (Path(models_dir) / name / "model.json").is_file():
         raise LookupError(f"{models_dir}: no pinned model '{name}'")
-    return RegisteredModel(name, str(pinned[name]["version"]), pinned[name]["run_id"], Path(models_dir) / name)
+    expected = pinned[name].get(SHA256_TAG)
+    bad = corrupted(Path(models_dir) / name, expected) if expected else []
+    if bad:
+        raise ValueError(f"{models_dir}/{name}: files {bad} do not match the SHA-256 recorded when the Bento was "
+                         "built; refusing to load them")
+    return RegisteredModel(name, str(pinned[name]["version"]), pinned[name]["run_id"], Path(models_dir) / name,
+                           expected)
 
 
 def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> RegisteredModel:

@@ -18,21 +18,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nextbest.cli.common import WorkdirOpt, check_task, console, print_error, run_stage, stage, workdir_paths
+from nextbest.cli.common import (WorkdirOpt, check_task, console, os_error, print_error, run_stage, stage,
+                                 workdir_paths)
+from nextbest.cli.registry import registry_app
 from nextbest.cli.render import command_path, metrics_table
-from nextbest.cli.server import demo_request, free_port, serve_command, serve_env
+from nextbest.cli.server import demo_request, free_port, preflight, serve_command, serve_env
 from nextbest.cli.simulate import simulate as simulate_command
 from nextbest.cli.stages import (do_campaign, do_evaluate, do_features_apply, do_features_build,
                                  do_features_materialize, do_generate, do_ingest, do_monitor, do_ope, do_train,
                                  do_tune)
-from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WORKDIR_ENV
+from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WAIT_FOR_MODELS_ENV, WORKDIR_ENV
 from nextbest.settings import Paths
 
 app = typer.Typer(help="nextbest: next-best-offer platform for retail banks.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 features_app = typer.Typer(help="Feature tables and the Feast feature store.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-registry_app = typer.Typer(help="Model registry: promote a version to champion, or roll back.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
 
@@ -241,31 +242,6 @@ def campaign(
     run_stage(do_campaign, workdir_paths(workdir), path, rolling, config)
 
 
-@registry_app.command("promote")
-def registry_promote(
-    task: str = typer.Argument(..., help="nbp or churn"),
-    version: str = typer.Option(..., help="Version to make champion."),
-    reason: str = typer.Option("promoted by hand", help="Recorded with the promotion."),
-    workdir: Optional[Path] = WorkdirOpt,
-):
-    """Make a registered version the champion (serving loads it at its next start)."""
-    from nextbest.training.registry import promote
-
-    check_task(task)
-    previous = run_stage(promote, workdir_paths(workdir), task, version, reason)
-    console.print(f"{task}: champion is now v{version} (was {f'v{previous}' if previous else 'none'})")
-
-
-@registry_app.command("rollback")
-def registry_rollback(task: str = typer.Argument(..., help="nbp or churn"), workdir: Optional[Path] = WorkdirOpt):
-    """Restore the champion before the last promotion."""
-    from nextbest.training.registry import rollback
-
-    check_task(task)
-    restored = run_stage(rollback, workdir_paths(workdir), task)
-    console.print(f"{task}: champion rolled back to v{restored}")
-
-
 @app.command()
 def monitor(
     config: Optional[Path] = typer.Option(None, help="Monitoring config (default configs/monitoring.yaml)."),
@@ -330,12 +306,21 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
     workers: int = typer.Option(1, min=1, max=64, help="Worker processes (each loads the models; all share "
                                 "events.db and learn the same feedback)."),
+    wait_for_models: bool = typer.Option(False, "--wait-for-models", help="Start without champion models and "
+                                         "load them once registered (/readyz answers 503 until then)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Serve the champion models over HTTP with BentoML (POST /recommend, /feedback, /events)."""
+    """Serve the champion models over HTTP with BentoML (POST /recommend, /feedback, /events).
+
+    Before BentoML starts, the configs are validated, the port must be free, the work directory
+    writable, and both champion models registered (or --wait-for-models given): otherwise one line
+    says what is wrong and the command exits 2."""
     paths = workdir_paths(workdir)
+    run_stage(preflight, paths, host, port, wait_for_models)
     cmd = serve_command(paths, port, host)
     env = serve_env(paths)
+    if wait_for_models:
+        env[WAIT_FOR_MODELS_ENV] = "1"
     if workers > 1:
         env["BENTOML_CONFIG_OVERRIDES"] = json.dumps({"services": {"nextbest": {"workers": workers}}})
     console.print(f"serving {paths.root} on http://{host}:{port} with {workers} worker(s) (Ctrl-C to stop)")
@@ -378,7 +363,11 @@ def quickstart(
 
 def main() -> None:  # pragma: no cover - console entry point
     _quiet_third_party()
-    app()
+    try:
+        app()
+    except OSError as exc:  # a read-only directory, a file where a folder should be, a full disk
+        print_error(os_error(exc))
+        sys.exit(2)
 
 
 def _quiet_third_party() -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from nextbest.constants import WORKDIR_ENV
-from nextbest.settings import Paths
+from nextbest.settings import Paths, writable_dir
 
 console = Console(stderr=True)
 
@@ -48,7 +48,14 @@ def _open_workdir(workdir: Optional[Path]) -> Paths:
     # work directory inside a project folder finds that project's configs from anywhere.
     os.environ[WORKDIR_ENV] = str(paths.root)
     validate_all()
-    return paths.ensure()
+    try:
+        paths.ensure()
+    except OSError as exc:
+        raise StageError(f"cannot create the work directory: {os_error(exc)}") from None
+    problem = writable_dir(paths.root)
+    if problem:
+        raise StageError(f"work {problem}")
+    return paths
 
 
 def print_error(message, label: str = "error:") -> None:
@@ -56,6 +63,12 @@ def print_error(message, label: str = "error:") -> None:
     from rich.markup import escape
 
     console.print(f"[red]{label}[/] {escape(str(message))}", soft_wrap=True, highlight=False)
+
+
+def os_error(exc: OSError) -> str:
+    """An operating-system error as one line: the file, then what went wrong."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n]
+    return f"{' -> '.join(names)}: {exc.strerror}" if names and exc.strerror else str(exc)
 
 
 def _user_errors():
@@ -69,6 +82,9 @@ def run_stage(fn, *args, **kwargs):
     """Runs a stage, turning expected failures into a one-line error and exit code 2."""
     try:
         return fn(*args, **kwargs)
+    except OSError as exc:  # a read-only directory, a file where a folder should be, a full disk
+        print_error(os_error(exc))
+        raise typer.Exit(2) from None
     except _user_errors() as exc:
         print_error(exc)
         raise typer.Exit(2) from None

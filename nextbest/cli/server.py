@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from nextbest.cli.common import StageError, stage
-from nextbest.constants import WORKDIR_ENV
+from nextbest.constants import MODELS_DIR_ENV, WORKDIR_ENV
 from nextbest.settings import Paths
 
 
@@ -36,6 +36,37 @@ def serve_env(paths: Paths) -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
     return env
+
+
+def preflight(paths: Paths, host: str, port: int, wait_for_models: bool = False) -> None:
+    """What `nextbest serve` checks before it starts BentoML, each failure one line (exit 2): the port is
+    free, the work directory takes durable writes, and both champion models are registered (unless
+    the service is asked to wait for them).
+
+    Raises:
+        StageError: naming what is wrong.
+    """
+    from nextbest.serving.lifecycle import port_in_use, writable_dir
+
+    if port_in_use(host, port):
+        raise StageError(f"port {port} on {host} is already in use (another server is listening); "
+                         "stop it or pass --port")
+    problem = writable_dir(paths.root)
+    if problem:
+        raise StageError(f"{problem}: the service logs every decision there before it answers")
+    for db in (paths.events_db, paths.root / "fallback.db"):
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise StageError(f"{db} is not writable: the service logs every decision there before it answers")
+    if not wait_for_models and not os.environ.get(MODELS_DIR_ENV):
+        from nextbest.constants import CHURN_MODEL_NAME, NBP_MODEL_NAME
+        from nextbest.training.registry import alias_version
+
+        names = (NBP_MODEL_NAME, CHURN_MODEL_NAME)
+        no_registry = paths.mlflow_uri == paths.local_mlflow_uri and not (paths.mlflow / "mlflow.db").exists()
+        missing = list(names) if no_registry else [n for n in names if alias_version(paths, n) is None]
+        if missing:
+            raise StageError(f"no champion model {' or '.join(repr(m) for m in missing)} in {paths.mlflow_uri}: "
+                             "train them first (nextbest train nbp / churn), or pass --wait-for-models")
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:

@@ -144,6 +144,9 @@ class BanditConfig(BaseModel):
     propensity_samples: int = Field(default=256, ge=16, le=100_000)
     seed: int = 42
     prior: BanditPrior = Field(default_factory=BanditPrior)
+    max_step_odds: float | None = Field(
+        default=1.5, gt=1, description="The most one reward may change any offer's odds of acceptance, for any "
+                                       "customer, channel or moment (a factor; null: the full Laplace step).")
     snapshot_every: int = Field(default=50, ge=1)
     levers: Levers = Field(default_factory=Levers)
     actions: dict[str, Action] = Field(default_factory=dict)

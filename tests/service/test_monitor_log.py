@@ -35,7 +35,7 @@ def logged_workdir(quickstart_workdir, tmp_path_factory):
             event = "accept" if rng.random() < 0.3 else "reject"
             engine.feedback(answer["decision_id"], offer["product_id"], event, timestamp=at + timedelta(hours=2))
             stats["accepted"] += event == "accept"
-            if event == "accept":
+            if event == "accept" and offer["product_id"] in engine.catalogue.ids:  # actions are not acquired
                 engine.event(cid, "product_acquired", product_id=offer["product_id"], timestamp=at + timedelta(days=1))
     engine.eventlog.close()
     return wd, stats
