@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint benchmarks-doc clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 ## Static checks (ruff: errors, unused names, line length).
 lint: $(STAMP)
 	$(BIN)/ruff check
+
+## docs/benchmarks.md from benchmarks/benchmarks.md.in and the result files in benchmarks/results/.
+benchmarks-doc: $(STAMP)
+	$(BIN)/python benchmarks/render.py
 
 clean:
 	rm -rf .nextbest .pytest_cache

@@ -46,9 +46,9 @@ our regret is what learning online costs at this many decisions.
 `--variant key=value` (repeatable) runs our policy with a changed configs/bandit.yaml setting
 (`explore_share`, `uniform_share`, `propensity_samples`, `prior.intercept`, `prior.score_weight`,
 `prior.variance`, `prior.score_variance`, `prior.fit_variance`), applied to the engine's in-memory
-config only: an experiment, labelled as such
-in the output, never the shipped configuration. The source work dir is never written: it is copied
-to `--workdir` once (Feast paths rewritten).
+config only: an experiment, labelled as such in the output, never the shipped configuration, and
+it writes no result file (benchmarks/results/). The source work dir is never written: it is
+copied to `--workdir` once (Feast paths rewritten).
 """
 
 from __future__ import annotations
@@ -193,6 +193,9 @@ def main() -> None:
     from nextbest.serving.bandit import Posterior
     from nextbest.settings import Paths
     from nextbest.monitoring.replay import ope_against_truth, simulate_workdir
+    from results import Run
+
+    record = Run("bench_bandit")
 
     _ensure_workdir(args.source, args.workdir, args.customers)
     paths = Paths.from_workdir(args.workdir).ensure()
@@ -215,41 +218,52 @@ def main() -> None:
     summary = result.summary()
     best = min(BASELINES, key=lambda b: summary[b]["regret"])
     best_regret = summary[best]["regret"]
-    print(f"\n## Bandit simulator: {args.steps:,} requests ({int(result.has_candidates.sum()):,} with allowed offers), "
-          f"seed {args.seed}, k {args.k}, feedback every {args.update_every}, "
-          f"{result.config['days']:.0f} simulated days"
-          f"{' -- EXPERIMENT: ' + label if changes else ''}\n")
-    print("| policy | cum. expected reward (EUR) | regret (EUR) | regret / best baseline | acceptance (realised) "
-          "| realised reward (EUR) | policy time (s) |")
+    title = (f"Bandit simulator: {args.steps:,} requests ({int(result.has_candidates.sum()):,} with allowed offers), "
+             f"seed {args.seed}, k {args.k}, feedback every {args.update_every}, "
+             f"{result.config['days']:.0f} simulated days")
+    print(f"\n## {title}{' -- EXPERIMENT: ' + label if changes else ''}\n")
+    columns = ["policy", "cum. expected reward (EUR)", "regret (EUR)", "regret / best baseline",
+               "acceptance (realised)", "realised reward (EUR)", "policy time (s)"]
+    print("| " + " | ".join(columns) + " |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     order = ["nextbest", *sorted(BASELINES, key=lambda b: summary[b]["regret"]), "random", "oracle"]
+    policy_rows = []
     for name in order:
         s = summary[name]
         ratio = s["regret"] / best_regret if best_regret > 0 else float("nan")
-        print(f"| {label if name == 'nextbest' else name} | {s['expected_reward']:,.0f} | {s['regret']:,.0f} | "
-              f"{ratio:.3f} | {s['acceptance_rate']:.2%} | {s['realised_reward']:,.0f} | {s['seconds']:.1f} |")
+        policy_rows.append([label if name == "nextbest" else name, f"{s['expected_reward']:,.0f}",
+                            f"{s['regret']:,.0f}", f"{ratio:.3f}", f"{s['acceptance_rate']:.2%}",
+                            f"{s['realised_reward']:,.0f}", f"{s['seconds']:.1f}"])
+        print("| " + " | ".join(policy_rows[-1]) + " |")
     ours = summary["nextbest"]["regret"] / best_regret if best_regret > 0 else float("nan")
     verdict = "MET" if ours <= 0.8 else "MISSED"
-    print(f"\nTarget (regret <= 0.8 x best baseline, {best}): {verdict} ({ours:.3f}).")
-    print(f"Engine path (features, models, rules, policy, log, feedback) for {args.steps:,} requests: "
-          f"{result.engine_seconds:.0f} s; whole run {wall:.0f} s.")
+    notes = [f"Target (regret <= 0.8 x best baseline, {best}): {verdict} ({ours:.3f}).",
+             f"Engine path (features, models, rules, policy, log, feedback) for {args.steps:,} requests: "
+             f"{result.engine_seconds:.0f} s; whole run {wall:.0f} s."]
+    print()
+    print("\n".join(notes))
+    record.table(title, columns, policy_rows, align="lrrrrrr")
     report = {"config": result.config, "variant": changes, "summary": summary, "best_baseline": best,
               "ratio_to_best_baseline": ours, "target_met": ours <= 0.8, "wall_seconds": wall,
               "files": {k: str(v) for k, v in files.items()}}
     if result.steps is not None:
         bound = calibrated_bound(result.steps, float(result.oracle.sum()))
         report["calibrated_bound_regret"] = bound
-        print(f"Analysis: a greedy policy knowing E[true acceptance | arm, channel, model-score decile] "
-              f"(in-sample, perfectly calibrated) would have regret {bound:,.0f} = {bound / best_regret:.3f} x "
-              f"{best}: the most our policy's features allow.")
+        notes.append(f"Analysis: a greedy policy knowing E[true acceptance | arm, channel, model-score decile] "
+                     f"(in-sample, perfectly calibrated) would have regret {bound:,.0f} = {bound / best_regret:.3f} x "
+                     f"{best}: the most our policy's features allow.")
+        print(notes[-1])
         featuriser, final = result.engine.policy.featuriser, result.engine.policy.posterior.mean
         frozen = frozen_regret(result.steps, featuriser, final)
         ideal = frozen_regret(result.steps, featuriser, best_in_class(result.steps, featuriser, final))
         report["learning"] = {"frozen_final_posterior_regret": frozen, "best_in_class_regret": ideal}
-        print(f"Cost of learning: the final posterior, known from the first decision, would have regret "
-              f"{frozen:,.0f} = {frozen / best_regret:.3f} x {best}; our model class fitted to the true "
-              f"probabilities (in-sample) {ideal:,.0f} = {ideal / best_regret:.3f} x. The rest of our regret "
-              f"is spent learning online.")
+        notes.append(f"Cost of learning: the final posterior, known from the first decision, would have regret "
+                     f"{frozen:,.0f} = {frozen / best_regret:.3f} x {best}; our model class fitted to the true "
+                     f"probabilities (in-sample) {ideal:,.0f} = {ideal / best_regret:.3f} x. The rest of our regret "
+                     f"is spent learning online.")
+        print(notes[-1])
+    for line in notes:
+        record.note(line)
     if not args.no_ope:
         engine = result.engine
         featuriser = engine.policy.featuriser
@@ -257,10 +271,13 @@ def main() -> None:
         final = engine.policy.posterior
         prior = Posterior.from_config(featuriser, cfg.prior, math.log(cfg.cold_start.page_boost))
         report["ope"] = {}
-        print(f"\n## Off-policy evaluation on {args.ope_at:,} logged decisions (truth from the simulator)\n")
-        print("| candidate policy | logged decisions | true value / decision | DR [95% CI] | DR error | IPS | SNIPS "
-              "| DR, shrunk weights (error) | direct method (error) | logged policy |")
+        ope_title = f"Off-policy evaluation on {args.ope_at:,} logged decisions (truth from the simulator)"
+        print(f"\n## {ope_title}\n")
+        ope_columns = ["candidate policy", "logged decisions", "true value / decision", "DR [95% CI]", "DR error",
+                       "IPS", "SNIPS", "DR, shrunk weights (error)", "direct method (error)", "logged policy"]
+        print("| " + " | ".join(ope_columns) + " |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        ope_rows = []
 
         def fmt(e):
             return f"{e['value']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]"
@@ -272,13 +289,18 @@ def main() -> None:
                                                                          reward_model=final)):
                 report["ope"][f"{name}, {where} {args.ope_at}"] = ope
                 err = ope["errors"]
-                print(f"| {name} | {where} {ope['n']:,} | {ope['true_value']:.4f} | {fmt(ope['dr'])} | "
-                      f"{ope['dr_error']:+.2%} | {fmt(ope['ips'])} | {fmt(ope['snips'])} | "
-                      f"{ope['dr_os']['value']:.3f} ({err['dr_os']:+.2%}) | {ope['dm']['value']:.3f} "
-                      f"({err['dm']:+.2%}) | {ope['logged_value']:.4f} |")
+                ope_rows.append([name, f"{where} {ope['n']:,}", f"{ope['true_value']:.4f}", fmt(ope["dr"]),
+                                 f"{ope['dr_error']:+.2%}", fmt(ope["ips"]), fmt(ope["snips"]),
+                                 f"{ope['dr_os']['value']:.3f} ({err['dr_os']:+.2%})",
+                                 f"{ope['dm']['value']:.3f} ({err['dm']:+.2%})", f"{ope['logged_value']:.4f}"])
+                print("| " + " | ".join(ope_rows[-1]) + " |")
+        record.table(ope_title, ope_columns, ope_rows, align="llrrrrrrrr")
     out = out_dir / f"bench_bandit-{args.steps}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nfiles: {', '.join(str(v) for v in files.values())}, {out}")
+    if not changes:  # an experiment is not the shipped policy's figure
+        record.figures.update({k: v for k, v in report.items() if k not in ("files", "variant")})
+        record.write()
 
 
 if __name__ == "__main__":

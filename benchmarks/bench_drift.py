@@ -151,6 +151,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_ours(args) if args.child == "ours" else run_plain(args)))
         return
+    from results import Run
+
+    run = Run("bench_drift")
     base = [sys.executable, __file__, "--rows", str(args.rows), "--features", str(args.features),
             "--drifted", str(args.drifted), "--report-rows", str(args.report_rows),
             "--plain-rows", str(args.plain_rows)]
@@ -170,14 +173,26 @@ def main() -> None:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps(results, indent=1))
     print(f"\n{'run':6} {'rows/side':>10} {'seconds':>8} {'peak RSS MB':>12} {'caught':>7} {'false alarms':>13}")
+    names = {"ours": "ours (nextbest.monitoring.drift)", "plain": "plain Evidently DataDriftPreset"}
+    table_rows = []
     for r in results:
         if "error" in r:
             print(f"{r['run']:6} error: {r['error'][:200]}")
+            table_rows.append([names[r["run"]], "", "", "", "", "", f"error: {r['error'][:200]}"])
             continue
         secs = f"{r['seconds']}" + (f" (~{r['extrapolated_seconds_at_full_rows']} at {args.rows:,})"
                                      if "extrapolated_seconds_at_full_rows" in r else "")
         print(f"{r['run']:6} {r['rows_per_side']:>10,} {secs:>8} {r['peak_rss_mb']:>12,} "
               f"{len(r['caught']):>4}/{args.drifted} {len(r['false_alarms']):>13}")
+        table_rows.append([names[r["run"]], f"{r['rows_per_side']:,}", secs, f"{r['peak_rss_mb']:,}",
+                           f"{r['rss_after_data_mb']:,}", f"{len(r['caught'])}/{args.drifted}",
+                           f"{len(r['false_alarms'])}"])
+    run.figures["runs"] = results
+    run.table(f"Drift, {args.rows:,} rows x {args.features} features per side ({args.drifted} drifted), "
+              "each run in its own process",
+              ["run", "rows per side", "seconds", "peak RSS MB", "of it the data, MB", "drifted columns caught",
+               "false alarms"], table_rows, align="lrrrrrl")
+    run.write()
 
 
 if __name__ == "__main__":

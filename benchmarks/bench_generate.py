@@ -50,7 +50,9 @@ def main() -> None:
     ap.add_argument("--marginals", action="store_true", help="print the calibration marginals beside Santander's")
     ap.add_argument("--keep", type=Path, default=None, help="write into this work directory instead of a temp one")
     args = ap.parse_args()
+    from results import Run
 
+    run = Run("bench_generate")
     catalogue = load_catalogue()
     spec = BankSpec(n_customers=args.customers, n_months=args.months, seed=args.seed, end=pd.Timestamp(args.end))
     print(f"generate: {args.customers:,} customers x {args.months} months, seed {args.seed}; "
@@ -66,17 +68,32 @@ def main() -> None:
         rows = generate_to(paths, catalogue, spec, on_month=progress)
         wall, cpu, rss = time.perf_counter() - start, cpu_seconds() - cpu0, peak_rss_gb()
 
+        sizes = {name: (paths.root / f"{name}.parquet").stat().st_size / 1e6 for name in rows}
+        table_rows = [[name, f"{count:,}", f"{sizes[name]:,.0f}"] for name, count in rows.items()]
         print("\n| table | rows | MB on disk |\n|---|---:|---:|")
-        for name, count in rows.items():
-            size = (paths.root / f"{name}.parquet").stat().st_size / 1e6
-            print(f"| {name} | {count:,} | {size:,.0f} |")
+        for row in table_rows:
+            print("| " + " | ".join(row) + " |")
         customer_months = args.customers * args.months
+        load_end = os.getloadavg()[0]
         print(f"\nwall time        {wall:8.1f} s   (target < 600 s at 1,000,000 x 18)")
         print(f"CPU time         {cpu:8.1f} s   (user + system, this process)")
         print(f"customer-months  {customer_months:,} -> {customer_months / wall:,.0f} per second")
         print(f"rows written     {sum(rows.values()):,} -> {sum(rows.values()) / wall:,.0f} per second")
         print(f"peak RSS         {rss:8.2f} GB  (ru_maxrss, RUSAGE_SELF; no child processes; target < 8 GB)")
-        print(f"load average     {os.getloadavg()[0]:8.1f}     (at the end)")
+        print(f"load average     {load_end:8.1f}     (at the end)")
+        run.figures.update({"customers": args.customers, "months": args.months, "seed": args.seed,
+                            "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_gb": rss,
+                            "customer_months_per_s": customer_months / wall, "rows": rows, "mb_on_disk": sizes,
+                            "load_average_end": load_end})
+        run.table(f"Tables written, {args.customers:,} customers x {args.months} months, seed {args.seed}",
+                  ["table", "rows", "MB on disk"], table_rows)
+        run.table("Time and memory", ["measure", "value", "target"], [
+            ["wall time", f"{wall:.1f} s", "< 600 s at 1,000,000 x 18"],
+            ["CPU time (user + system)", f"{cpu:.1f} s", ""],
+            ["customer-months per second", f"{customer_months / wall:,.0f}", ""],
+            ["rows written per second", f"{sum(rows.values()) / wall:,.0f}", ""],
+            ["peak RSS (one process)", f"{rss:.2f} GB", "< 8 GB"],
+            ["load average at the end", f"{load_end:.1f}", ""]], align="lrl")
 
         if args.marginals:
             # Dictionary-read ids keep 30M+ holdings rows small in memory (categoricals).
@@ -85,6 +102,7 @@ def main() -> None:
                                      read_dictionary=[CUSTOMER_ID, PRODUCT_ID]).to_pandas()
             print(f"\nmarginals of raw/holdings ({len(holdings):,} rows):\n")
             print(markdown_table(marginals(holdings, products=catalogue.ids)))
+    run.write()
 
 
 if __name__ == "__main__":

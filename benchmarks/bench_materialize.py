@@ -166,6 +166,9 @@ def main() -> None:
         child_materialize(args.child_materialize)
         return
 
+    from results import Run
+
+    run = Run("bench_materialize")
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_materialize_"))
     try:
         sub, big = Paths(root / "subset").ensure(), Paths(root / "large")
@@ -224,28 +227,55 @@ def main() -> None:
         db_mb = (big.feast / "online_store.db").stat().st_size / 1e6
 
         stock_rate, fast_rate, large_rate = rows_sub / stock_s, fast_rows / fast_s, large["rows"] / large["seconds"]
+        materialised = [
+            ["stock Feast SQLite (materialize)", f"{customers_sub:,}", f"{rows_sub:,}", f"{stock_s:.2f}",
+             f"{stock_rate:,.0f}"],
+            ["ours, same subset", f"{customers_sub:,}", f"{fast_rows:,}", f"{fast_s:.2f}", f"{fast_rate:,.0f}"],
+            ["ours, large", f"{args.customers:,}", f"{large['rows']:,}", f"{large['seconds']:.2f}",
+             f"{large_rate:,.0f}"]]
+        widths = [-42, 11, 11, 10, 11]
+        line = lambda cells: "".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, widths))  # noqa: E731
+        speed = (f"speed-up on the same subset: {fast_rate / stock_rate:.1f}x (target >= 10x); "
+                 f"at {args.customers:,} customers: {large_rate / stock_rate:.1f}x")
+        large_line = (f"{args.customers:,} customers: {large['seconds']:.1f}s wall in materialize(), {process_s:.1f}s "
+                      f"for the whole process with Python and Feast imports (target < 120 s); peak RSS "
+                      f"{large['rss_gb']:.2f} GB; online store {db_mb:,.0f} MB")
+        reads = [["stock Feast SQLite", f"{np.percentile(stock_ms, 50):.2f}", f"{np.percentile(stock_ms, 99):.2f}"],
+                 ["ours", f"{np.percentile(fast_ms, 50):.2f}", f"{np.percentile(fast_ms, 99):.2f}"]]
+        same_line = f"same values from both stores for {len(sample)} customers: {'yes' if same else 'NO'}"
         print()
         print(f"materialise ({n_features} features in {len(VIEWS)} views; a row = one customer in one view)")
-        print(f"{'path':<42}{'customers':>11}{'rows':>11}{'seconds':>10}{'rows/s':>11}")
-        print(f"{'stock Feast SQLite (materialize)':<42}{customers_sub:>11,}{rows_sub:>11,}{stock_s:>10.2f}"
-              f"{stock_rate:>11,.0f}")
-        print(f"{'ours, same subset':<42}{customers_sub:>11,}{fast_rows:>11,}{fast_s:>10.2f}{fast_rate:>11,.0f}")
-        print(f"{'ours, large':<42}{args.customers:>11,}{large['rows']:>11,}{large['seconds']:>10.2f}"
-              f"{large_rate:>11,.0f}")
-        print(f"speed-up on the same subset: {fast_rate / stock_rate:.1f}x (target >= 10x); "
-              f"at {args.customers:,} customers: {large_rate / stock_rate:.1f}x")
-        print(f"{args.customers:,} customers: {large['seconds']:.1f}s wall in materialize(), {process_s:.1f}s for the "
-              f"whole process with Python and Feast imports (target < 120 s); peak RSS {large['rss_gb']:.2f} GB; "
-              f"online store {db_mb:,.0f} MB")
+        print(line(["path", "customers", "rows", "seconds", "rows/s"]))
+        for row in materialised:
+            print(line(row))
+        print(speed)
+        print(large_line)
         print()
-        print(f"online read, 1 customer, {NBP_FEATURE_SERVICE} ({n_features} features), {args.reads} reads, ms")
+        reads_title = f"online read, 1 customer, {NBP_FEATURE_SERVICE} ({n_features} features), {args.reads} reads, ms"
+        print(reads_title)
         print(f"{'store':<42}{'p50':>8}{'p99':>8}")
-        print(f"{'stock Feast SQLite':<42}{np.percentile(stock_ms, 50):>8.2f}{np.percentile(stock_ms, 99):>8.2f}")
-        print(f"{'ours':<42}{np.percentile(fast_ms, 50):>8.2f}{np.percentile(fast_ms, 99):>8.2f}")
-        print(f"same values from both stores for {len(sample)} customers: {'yes' if same else 'NO'}")
+        for store_name, p50, p99 in reads:
+            print(f"{store_name:<42}{p50:>8}{p99:>8}")
+        print(same_line)
         print(f"peak RSS of this process (simulation, stock run, reads): {rss_gb():.2f} GB")
         if not same:
             raise SystemExit("the two online stores disagree")
+        run.figures.update({
+            "features": n_features, "views": len(VIEWS), "subset_customers": customers_sub, "subset_rows": rows_sub,
+            "stock_seconds": stock_s, "ours_seconds": fast_s, "stock_rows_per_s": stock_rate,
+            "ours_rows_per_s": fast_rate, "speedup": fast_rate / stock_rate, "large_customers": args.customers,
+            "large_rows": large["rows"], "large_seconds": large["seconds"], "large_process_seconds": process_s,
+            "large_peak_rss_gb": large["rss_gb"], "large_online_store_mb": db_mb,
+            "read_ms": {"stock": {"p50": float(np.percentile(stock_ms, 50)), "p99": float(np.percentile(stock_ms, 99))},
+                        "ours": {"p50": float(np.percentile(fast_ms, 50)), "p99": float(np.percentile(fast_ms, 99))}},
+            "same_values": same})
+        run.table(f"Materialise ({n_features} features in {len(VIEWS)} views; a row = one customer in one view)",
+                  ["path", "customers", "rows", "seconds", "rows/s"], materialised)
+        run.note(speed)
+        run.note(large_line)
+        run.table(reads_title[0].upper() + reads_title[1:], ["store", "p50", "p99"], reads)
+        run.note(same_line)
+        run.write()
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)

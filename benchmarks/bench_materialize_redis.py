@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import shutil
 import tempfile
@@ -36,13 +37,22 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.bench_materialize import read_latencies, rss_gb, simulate, window_rows
+from bench_materialize import read_latencies, rss_gb, simulate, window_rows
 from nextbest.constants import CUSTOMER_ID, NBP_FEATURE_SERVICE
 from nextbest.feature_repo import store as feast_store
 from nextbest.feature_repo.redis_store import RedisTarget
 from nextbest.features.build import PROFILE_VIEW, VIEWS
 from nextbest.settings import Paths
-from tests.redis_server import redis_server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def redis_server(args):
+    """The test suite's private `redis-server` (tests/redis_server.py, loaded from the checkout)."""
+    spec = importlib.util.spec_from_file_location("redis_server", REPO_ROOT / "tests" / "redis_server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.redis_server(args=args)
 
 
 def _redis_choice(port: int, db: int) -> feast_store.OnlineStoreChoice:
@@ -82,6 +92,9 @@ def main() -> None:
     args = parser.parse_args()
     redis_args = [part for option in args.redis_option for part in option.split("=", 1)]
 
+    from results import Run
+
+    run = Run("bench_materialize_redis")
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_materialize_redis_"))
     try:
         ours = Paths(root / "ours").ensure()
@@ -131,27 +144,56 @@ def main() -> None:
             n_features = len(redis_answers[0]) - 1
 
         stock_rate, fast_rate = rows / stock_s, fast_rows / fast_s
+        title = (f"materialise into Redis ({n_features} features in {len(VIEWS)} views; a row = one customer in one "
+                 f"view){'; redis-server ' + ' '.join(redis_args) if redis_args else ''}")
+        materialised = [
+            ["stock Feast (materialize, RedisOnlineStore)", f"{customers:,}", f"{rows:,}", f"{stock_s:.2f}",
+             f"{stock_rate:,.0f}"],
+            ["ours (redis_store.write_batches)", f"{customers:,}", f"{fast_rows:,}", f"{fast_s:.2f}",
+             f"{fast_rate:,.0f}"]]
+        widths = [-44, 11, 11, 10, 11]
+        line = lambda cells: "".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, widths))  # noqa: E731
+        speed = (f"speed-up: {fast_rate / stock_rate:.1f}x; Redis holds {keys:,} customer hashes, "
+                 f"{memory_mb:,.0f} MB per database")
+        same_bytes = ("same keys, fields and bytes as stock Feast: "
+                      f"{'yes' if differ == 0 else f'NO ({differ:,} differ)'}")
+        reads_title = f"online read, 1 customer, {NBP_FEATURE_SERVICE} ({n_features} features), {args.reads} reads, ms"
+        reads = [["Redis (Feast RedisOnlineStore)", f"{np.percentile(redis_ms, 50):.2f}",
+                  f"{np.percentile(redis_ms, 99):.2f}"],
+                 ["SQLite (ours)", f"{np.percentile(sqlite_ms, 50):.2f}", f"{np.percentile(sqlite_ms, 99):.2f}"]]
+        same_line = f"same values from Redis and SQLite for {len(sample)} customers: {'yes' if same else 'NO'}"
         print()
-        print(f"materialise into Redis ({n_features} features in {len(VIEWS)} views; a row = one customer in one "
-              f"view){'; redis-server ' + ' '.join(redis_args) if redis_args else ''}")
-        print(f"{'path':<44}{'customers':>11}{'rows':>11}{'seconds':>10}{'rows/s':>11}")
-        print(f"{'stock Feast (materialize, RedisOnlineStore)':<44}{customers:>11,}{rows:>11,}{stock_s:>10.2f}"
-              f"{stock_rate:>11,.0f}")
-        print(f"{'ours (redis_store.write_batches)':<44}{customers:>11,}{fast_rows:>11,}{fast_s:>10.2f}"
-              f"{fast_rate:>11,.0f}")
-        print(f"speed-up: {fast_rate / stock_rate:.1f}x; Redis holds {keys:,} customer hashes, "
-              f"{memory_mb:,.0f} MB per database")
-        print(f"same keys, fields and bytes as stock Feast: {'yes' if differ == 0 else f'NO ({differ:,} differ)'}")
+        print(title)
+        print(line(["path", "customers", "rows", "seconds", "rows/s"]))
+        for row in materialised:
+            print(line(row))
+        print(speed)
+        print(same_bytes)
         print()
-        print(f"online read, 1 customer, {NBP_FEATURE_SERVICE} ({n_features} features), {args.reads} reads, ms")
+        print(reads_title)
         print(f"{'store':<44}{'p50':>8}{'p99':>8}")
-        print(f"{'Redis (Feast RedisOnlineStore)':<44}{np.percentile(redis_ms, 50):>8.2f}"
-              f"{np.percentile(redis_ms, 99):>8.2f}")
-        print(f"{'SQLite (ours)':<44}{np.percentile(sqlite_ms, 50):>8.2f}{np.percentile(sqlite_ms, 99):>8.2f}")
-        print(f"same values from Redis and SQLite for {len(sample)} customers: {'yes' if same else 'NO'}")
+        for store_name, p50, p99 in reads:
+            print(f"{store_name:<44}{p50:>8}{p99:>8}")
+        print(same_line)
         print(f"peak RSS of this process: {rss_gb():.2f} GB")
         if differ or not same:
             raise SystemExit("the stores disagree")
+        run.figures.update({
+            "features": n_features, "views": len(VIEWS), "customers": customers, "rows": rows,
+            "redis_options": redis_args, "stock_seconds": stock_s, "ours_seconds": fast_s,
+            "stock_rows_per_s": stock_rate, "ours_rows_per_s": fast_rate, "speedup": fast_rate / stock_rate,
+            "keys": keys, "redis_memory_mb": memory_mb, "hashes_differing": differ,
+            "read_ms": {"redis": {"p50": float(np.percentile(redis_ms, 50)),
+                                  "p99": float(np.percentile(redis_ms, 99))},
+                        "sqlite": {"p50": float(np.percentile(sqlite_ms, 50)),
+                                   "p99": float(np.percentile(sqlite_ms, 99))}},
+            "same_values": same})
+        run.table(title[0].upper() + title[1:], ["path", "customers", "rows", "seconds", "rows/s"], materialised)
+        run.note(speed)
+        run.note(same_bytes)
+        run.table(reads_title[0].upper() + reads_title[1:], ["store", "p50", "p99"], reads)
+        run.note(same_line)
+        run.write()
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)

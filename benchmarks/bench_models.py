@@ -13,7 +13,8 @@ bank, split and baselines stay; only the network's initialisation and batch orde
 prints every seed's ratios beside the shipped seed's, with their worst and mean: a target met at
 one seed only is luck.
 
-It also measures how much of the oracle any model can reach (`--ceiling-only` runs just that).
+It also measures how much of the oracle any model can reach (`--ceiling-only` runs just that, and
+writes no result file).
 The simulator gives each customer an unobserved taste per product (docs/simulator.md), which the
 oracle knows and no feature reveals beyond a trace in page views. The same bank is simulated again
 in memory, and each month from the seventh on, its clients' realised acquisitions are ranked (a)
@@ -70,38 +71,57 @@ def observable_ceiling(customers: int, months: int, seed: int, warmup: int = 6) 
     return out
 
 
-def print_ceiling(rows: list[tuple[str, float, float]]) -> None:
+def _markdown(columns: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> None:
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---:" if a == "r" else "---" for a in align) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def print_ceiling(rows: list[tuple[str, float, float]], result=None) -> None:
     import numpy as np
 
     ratios = np.array([c / o for _, o, c in rows])
-    print("\n| month | oracle MAP@7 | MAP@7 knowing all but the taste | ratio |")
-    print("|---|---:|---:|---:|")
-    for (month, o, c), r in zip(rows, ratios):
-        print(f"| {month} | {o:.4f} | {c:.4f} | {r:.3f} |")
-    print(f"\nceiling of any model: {ratios.mean():.3f} x the oracle's MAP@7 (months {ratios.min():.3f}-"
-          f"{ratios.max():.3f}); the 0.95 target is above it.")
+    columns = ["month", "oracle MAP@7", "MAP@7 knowing all but the taste", "ratio"]
+    cells = [[month, f"{o:.4f}", f"{c:.4f}", f"{r:.3f}"] for (month, o, c), r in zip(rows, ratios)]
+    _markdown(columns, "lrrr", cells)
+    verdict = (f"ceiling of any model: {ratios.mean():.3f} x the oracle's MAP@7 (months {ratios.min():.3f}-"
+               f"{ratios.max():.3f}); the 0.95 target is above it.")
+    print(f"\n{verdict}")
+    if result is not None:
+        result.figures["ceiling"] = [{"month": m, "oracle_map_at_7": o, "no_taste_map_at_7": c} for m, o, c in rows]
+        result.table("The ceiling of any model, month by month", columns, cells, align="lrrr")
+        result.note(verdict)
 
 
 def print_seeds(by_seed: dict[str, dict[int, float]], nbp_oracle: float, nbp_lgb: float, churn_oracle: float,
-                churn_lgb: float) -> None:
+                churn_lgb: float, result=None) -> None:
     """Every training seed's ratios on the same test month, then the worst and the mean."""
     import numpy as np
 
     seeds = list(by_seed["nbp"])
     nbp = np.array([by_seed["nbp"][s] for s in seeds])
     churn = np.array([by_seed["churn"][s] for s in seeds])
-    print("\n| training seed | nbp MAP@7 | / oracle | / LightGBM | churn ROC AUC | / oracle | / LightGBM |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    columns = ["training seed", "nbp MAP@7", "/ oracle", "/ LightGBM", "churn ROC AUC", "/ oracle", "/ LightGBM"]
     rows = [(str(s), n, c) for s, n, c in zip(seeds, nbp, churn)]
     rows += [("worst", nbp.min(), churn.min()), ("mean", nbp.mean(), churn.mean())]
-    for label, n, c in rows:
-        print(f"| {label} | {n:.5f} | {n / nbp_oracle:.3f} | {n / nbp_lgb:.3f} | {c:.4f} | {c / churn_oracle:.3f} | "
-              f"{c / churn_lgb:.3f} |")
-    print(f"\nevery seed: nbp >= LightGBM {int((nbp >= nbp_lgb).sum())} of {len(seeds)}; "
-          f"churn >= 0.97 x oracle {int((churn >= 0.97 * churn_oracle).sum())} of {len(seeds)}")
+    cells = [[label, f"{n:.5f}", f"{n / nbp_oracle:.3f}", f"{n / nbp_lgb:.3f}", f"{c:.4f}", f"{c / churn_oracle:.3f}",
+              f"{c / churn_lgb:.3f}"] for label, n, c in rows]
+    _markdown(columns, "lrrrrrr", cells)
+    verdict = (f"every seed: nbp >= LightGBM {int((nbp >= nbp_lgb).sum())} of {len(seeds)}; "
+               f"churn >= 0.97 x oracle {int((churn >= 0.97 * churn_oracle).sum())} of {len(seeds)}")
+    print(f"\n{verdict}")
+    if result is not None:
+        result.figures.update({"by_seed": by_seed, "nbp_oracle": nbp_oracle, "nbp_lightgbm": nbp_lgb,
+                               "churn_oracle": churn_oracle, "churn_lightgbm": churn_lgb})
+        result.table("Every training seed on the same bank and test month (the first is the shipped seed)",
+                     columns, cells, align="lrrrrrr")
+        result.note(verdict)
 
 
-def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequence[int] = ()) -> None:
+def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequence[int] = (), result=None,
+        seeds_result=None) -> None:
+    """Trains, evaluates and prints; fills `result` (and `seeds_result`, with `train_seeds`) when given."""
     paths = Paths.from_workdir(workdir).ensure()
     catalogue = load_catalogue()
     t = time.perf_counter()
@@ -124,26 +144,38 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
         oracle = m.get(f"oracle_{metric}")
         rows.append((task, metric, m[f"test_{metric}"], m.get(f"popularity_{metric}"), m.get(f"lightgbm_{metric}"),
                      oracle, secs, r.rows["train"], ",".join(r.months["test"])))
-    print("\n| model | metric | PyTorch | popularity | LightGBM | oracle | PyTorch / oracle | PyTorch / LightGBM | "
-          "train rows | test month | seconds |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    columns = ["model", "metric", "PyTorch", "popularity", "LightGBM", "oracle", "PyTorch / oracle",
+               "PyTorch / LightGBM", "train rows", "test month", "seconds"]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    for task, metric, ours, pop, lgb, oracle, secs, n, month in rows:
-        print(f"| {task} | {metric} | {ours:.4f} | {fmt(pop)} | {fmt(lgb)} | {fmt(oracle)} | "
-              f"{fmt(ours / oracle if oracle else None)} | {fmt(ours / lgb if lgb else None)} | "
-              f"{n:,} | {month} | {secs:.0f} |")
+    cells = [[task, metric, f"{ours:.4f}", fmt(pop), fmt(lgb), fmt(oracle), fmt(ours / oracle if oracle else None),
+              fmt(ours / lgb if lgb else None), f"{n:,}", month, f"{secs:.0f}"]
+             for task, metric, ours, pop, lgb, oracle, secs, n, month in rows]
+    _markdown(columns, "llrrrrrrrlr", cells)
     nbp, churn = rows
-    print(f"\ntargets: nbp MAP@7 >= 0.95 x oracle: {'met' if nbp[2] >= 0.95 * nbp[5] else 'NOT met'}; "
-          f">= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "
-          f"churn AUC >= 0.97 x oracle: {'met' if churn[2] >= 0.97 * churn[5] else 'NOT met'}")
+    verdict = (f"targets: nbp MAP@7 >= 0.95 x oracle: {'met' if nbp[2] >= 0.95 * nbp[5] else 'NOT met'}; "
+               f">= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "
+               f"churn AUC >= 0.97 x oracle: {'met' if churn[2] >= 0.97 * churn[5] else 'NOT met'}")
+    print(f"\n{verdict}")
+    if result is not None:
+        result.figures["models"] = [
+            {"model": task, "metric": metric, "pytorch": ours, "popularity": pop, "lightgbm": lgb, "oracle": oracle,
+             "seconds": secs, "train_rows": n, "test_month": month}
+            for task, metric, ours, pop, lgb, oracle, secs, n, month in rows]
+        result.figures.update({"customers": customers, "months": months, "seed": seed})
+        result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed}, shipped configs",
+                     columns, cells, align="llrrrrrrrlr")
+        result.note(verdict)
     if train_seeds:
-        print_seeds(by_seed, nbp[5], nbp[4], churn[5], churn[4])
+        print_seeds(by_seed, nbp[5], nbp[4], churn[5], churn[4], seeds_result)
     ceiling = observable_ceiling(customers, months, seed)
-    print_ceiling(ceiling)
+    print_ceiling(ceiling, result)
     test = [c / o for m, o, c in ceiling if m == nbp[8]]
     if test:
-        print(f"test month {nbp[8]}: PyTorch reaches {nbp[2] / nbp[5] / test[0]:.3f} of the ceiling "
-              f"({nbp[2] / nbp[5]:.3f} x oracle / {test[0]:.3f})")
+        reach = (f"test month {nbp[8]}: PyTorch reaches {nbp[2] / nbp[5] / test[0]:.3f} of the ceiling "
+                 f"({nbp[2] / nbp[5]:.3f} x oracle / {test[0]:.3f})")
+        print(reach)
+        if result is not None:
+            result.note(reach)
 
 
 def main() -> None:
@@ -162,11 +194,18 @@ def main() -> None:
         seeds = [int(s) for s in args.train_seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--train-seeds: expected comma-separated integers, got {args.train_seeds!r}")
+    from results import Run
+
+    # With --train-seeds, every seed's table is a result of its own, beside the shipped seed's.
+    result, seeds_result = Run("bench_models"), (Run("bench_models_seeds") if seeds else None)
     if args.workdir:
-        run(args.workdir, args.customers, args.months, args.seed, seeds)
+        run(args.workdir, args.customers, args.months, args.seed, seeds, result, seeds_result)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), args.customers, args.months, args.seed, seeds)
+            run(Path(tmp), args.customers, args.months, args.seed, seeds, result, seeds_result)
+    result.write()
+    if seeds_result is not None:
+        seeds_result.write()
 
 
 if __name__ == "__main__":

@@ -465,20 +465,32 @@ def _fmt(v, digits: int = 1) -> str:
     return "" if v is None else f"{v:,.{digits}f}"
 
 
-def table(phases: list[dict], labels: dict[str, str]) -> str:
-    lines = ["| target | load | sent | ok | answers/s | p50 ms | p90 ms | p99 ms | max ms | server p50 / p99 ms "
-             "| server CPU ms/req | CPU cores: server / client / other |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+TABLE_COLUMNS = ["target", "load", "sent", "ok", "answers/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                 "server p50 / p99 ms", "server CPU ms/req", "CPU cores: server / client / other"]
+TABLE_ALIGN = "llrrrrrrrrrl"
+
+
+def table_rows(phases: list[dict], labels: dict[str, str]) -> list[list[str]]:
+    """One row of cells per phase, in TABLE_COLUMNS order."""
+    rows = []
     for r in phases:
         load = f"open {r['rate']:g}/s" if r["mode"] == "open" else f"closed x{r['concurrency']}"
         server = (f"{_fmt(r['server_p50_ms'], 2)} / {_fmt(r['server_p99_ms'], 2)}"
                   if r["server_p50_ms"] is not None else "")
-        lines.append(
-            f"| {labels[r['target']]} | {load} | {r['sent']:,} | {100 * r['ok_share']:.1f}%"
-            f"{f' ({degraded:,} degraded)' if (degraded := r['degraded']) else ''} | {_fmt(r['throughput'])} "
-            f"| {_fmt(r['p50_ms'], 2)} | {_fmt(r['p90_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {_fmt(r['max_ms'], 1)} "
-            f"| {server} | {_fmt(r['server_cpu_ms_per_request'], 2) if r['target'] != 'null' else ''} "
-            f"| {r['server_cores']:.2f} / {r['client_cores']:.2f} / {r['other_cores']:.2f} |")
+        degraded = r["degraded"]
+        rows.append([labels[r["target"]], load, f"{r['sent']:,}",
+                     f"{100 * r['ok_share']:.1f}%" + (f" ({degraded:,} degraded)" if degraded else ""),
+                     _fmt(r["throughput"]), _fmt(r["p50_ms"], 2), _fmt(r["p90_ms"], 2), _fmt(r["p99_ms"], 2),
+                     _fmt(r["max_ms"], 1), server,
+                     _fmt(r["server_cpu_ms_per_request"], 2) if r["target"] != "null" else "",
+                     f"{r['server_cores']:.2f} / {r['client_cores']:.2f} / {r['other_cores']:.2f}"])
+    return rows
+
+
+def table(phases: list[dict], labels: dict[str, str]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in TABLE_ALIGN) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(phases, labels)]
     return "\n".join(lines)
 
 
@@ -627,22 +639,34 @@ def main() -> None:
                     help="keep the decisions the run logged (default: restore events.db as it was)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default <workdir>/bench_recommend.json)")
     args = ap.parse_args()
+    from results import Run
 
+    record = Run("bench_recommend")
     results = run(args)
     out = args.out or Path(results["config"]["workdir"]) / "bench_recommend.json"
     out.write_text(json.dumps(results, indent=2))
     s, m = results["summary"], results["machine"]
-    print(f"\n/recommend beside `feast serve`, {results['config']['workers']} worker process(es) each, "
-          f"{results['config']['online_store']}, "
-          f"{m['cpus']} CPUs shared with the load generator; {results['config']['duration_s']:g} s per phase; "
-          f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at the end\n")
+    title = (f"/recommend beside `feast serve`, {results['config']['workers']} worker process(es) each, "
+             f"{results['config']['online_store']}, "
+             f"{m['cpus']} CPUs shared with the load generator; {results['config']['duration_s']:g} s per phase; "
+             f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at the end")
+    most = (f"most answers per second (closed loop x{results['config']['concurrency']}): "
+            f"ours {s['ours_max_per_s']:,.1f} "
+            f"full recommendations/s vs Feast {s['feast_max_per_s']:,.1f} bare feature vectors/s "
+            f"-> ratio {s['ratio']:.2f}")
+    targets = "targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in s["targets"].items())
+    print(f"\n{title}\n")
     print(table(results["phases"], results["labels"]))
-    print(f"\nmost answers per second (closed loop x{results['config']['concurrency']}): "
-          f"ours {s['ours_max_per_s']:,.1f} "
-          f"full recommendations/s vs Feast {s['feast_max_per_s']:,.1f} bare feature vectors/s "
-          f"-> ratio {s['ratio']:.2f}")
-    print("targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in s["targets"].items()))
+    print(f"\n{most}")
+    print(targets)
     print(f"results: {out}")
+    record.figures.update({k: results[k] for k in ("config", "sanity", "phases", "summary")})
+    record.figures["config"] = {k: v for k, v in results["config"].items() if k != "workdir"}
+    record.figures["load_average"] = {"start": m["load_average_start"], "end": m["load_average_end"]}
+    record.table(title, TABLE_COLUMNS, table_rows(results["phases"], results["labels"]), align=TABLE_ALIGN)
+    record.note(most)
+    record.note(targets)
+    record.write()
 
 
 if __name__ == "__main__":

@@ -153,6 +153,9 @@ def main() -> None:
         print(json.dumps(ingest_only(csv_path, out_dir, args.chunksize)))
         return
 
+    from results import Run
+
+    run = Run("bench_santander_ingest")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
@@ -173,12 +176,19 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             if args.keep is None:
                 csv_path.unlink()
-    print(f"\n{'rows':>12} {'customers':>10} {'file MiB':>9} {'seconds':>8} {'CPU s':>7} {'rows/s':>10} "
-          f"{'RSS after imports MiB':>22} {'peak RSS MiB':>13}")
-    for r in results:
-        print(f"{r['rows']:>12,} {r['customers']:>10,} {r['file_mb']:>9,.0f} {r['seconds']:>8.1f} "
-              f"{r['cpu_seconds']:>7.1f} {r['rows_per_s']:>10,.0f} {r['rss_after_imports_mb']:>22,.0f} "
-              f"{r['peak_rss_mb']:>13,.0f}")
+    columns = ["rows", "customers", "file MiB", "seconds", "CPU s", "rows/s", "RSS after imports MiB",
+               "peak RSS MiB"]
+    rows = [[f"{r['rows']:,}", f"{r['customers']:,}", f"{r['file_mb']:,.0f}", f"{r['seconds']:.1f}",
+             f"{r['cpu_seconds']:.1f}", f"{r['rows_per_s']:,.0f}", f"{r['rss_after_imports_mb']:,.0f}",
+             f"{r['peak_rss_mb']:,.0f}"] for r in results]
+    widths = [12, 10, 9, 8, 7, 10, 22, 13]
+    print("\n" + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
+    for row in rows:
+        print(" ".join(f"{c:>{w}}" for c, w in zip(row, widths)))
+    run.figures["files"] = results
+    run.table(f"Santander adapter, chunks of {args.chunksize:,} rows, each file ingested in a fresh process",
+              columns, rows)
+    run.write()
 
 
 if __name__ == "__main__":

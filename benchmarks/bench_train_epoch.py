@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--lgb-products", type=int, default=2, help="LightGBM models to time (one per product)")
     ap.add_argument("--lgb-rounds", type=int, default=100)
     args = ap.parse_args()
+    from results import Run
+
+    run = Run("bench_train_epoch")
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         df, products = examples(Path(tmp), args.customers, args.months)
@@ -101,11 +104,20 @@ def main() -> None:
     rows.append((f"LightGBM {args.lgb_rounds} rounds x {len(products)} products (extrapolated)",
                  lgb_s / k * len(products)))
 
-    print(f"\n| what ({n:,} examples, 2 threads) | seconds | examples/s |\n|---|---:|---:|")
-    for name, s in rows:
-        print(f"| {name} | {s:.1f} | {n / s:,.0f} |")
-    print(f"\npeak RSS {rss_gb():.1f} GB; target: one epoch < 60 s -> "
-          f"{'met' if rows[0][1] < 60 else 'NOT met'} ({rows[0][1]:.1f} s at the configured batch size)")
+    what = f"what ({n:,} examples, 2 threads)"
+    table_rows = [[name, f"{s:.1f}", f"{n / s:,.0f}"] for name, s in rows]
+    print(f"\n| {what} | seconds | examples/s |\n|---|---:|---:|")
+    for row in table_rows:
+        print("| " + " | ".join(row) + " |")
+    verdict = (f"peak RSS {rss_gb():.1f} GB; target: one epoch < 60 s -> "
+               f"{'met' if rows[0][1] < 60 else 'NOT met'} ({rows[0][1]:.1f} s at the configured batch size)")
+    print(f"\n{verdict}")
+    run.figures.update({"examples": n, "numeric_features": len(nums), "categorical_features": len(cats),
+                        "seconds": dict(rows), "peak_rss_gb": rss_gb()})
+    run.table(f"One epoch, {args.customers:,} customers x {args.months} months", [what, "seconds", "examples/s"],
+              table_rows)
+    run.note(verdict)
+    run.write()
 
 
 if __name__ == "__main__":

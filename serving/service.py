@@ -93,7 +93,7 @@ class RequestContext(BaseModel):
     timestamp: Timestamp = None
 
 
-class _NoInputInLogs(logging.Filter):
+class NoInputInLogs(logging.Filter):
     """A request that fails validation is answered 400 naming the field; BentoML would also log its
     traceback, which quotes the request's values (customer ids among them). Keep one line instead."""
 
@@ -226,7 +226,7 @@ class Unavailable:
 @bentoml.service(name="nextbest", workers=1, traffic={"timeout": 30})
 class NextBest:
     def __init__(self) -> None:
-        logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoInputInLogs())
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(NoInputInLogs())
         watch_parent()  # a worker never outlives its server
         paths = Paths.from_workdir()
         # Each worker process draws its own random stream; all learn the same rewards in log order.

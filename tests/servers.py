@@ -54,13 +54,25 @@ def served(workdir: Path, env: dict | None = None, log_name: str = "server.log",
                 tree = psutil.Process(proc.pid).children(recursive=True)
             yield f"http://127.0.0.1:{port}", proc
         finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-            for child in tree:
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
+            kill_tree(proc, tree)
+
+
+def kill_tree(proc: subprocess.Popen, tree: list | None = None) -> None:
+    """Kills a server's process group and every worker in `tree` (default: its children now): BentoML
+    runs its workers in process groups of their own."""
+    import psutil
+
+    if tree is None:
+        tree = []
+        with contextlib.suppress(psutil.Error):
+            tree = psutil.Process(proc.pid).children(recursive=True)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    for child in tree:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def copy_workdir(src: Path, dst: Path) -> Path:

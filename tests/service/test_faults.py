@@ -24,7 +24,7 @@ import pytest
 
 from nextbest.cli.server import free_port, serve_command, serve_env
 from nextbest.settings import Paths
-from tests.servers import copy_workdir, served
+from tests.servers import copy_workdir, kill_tree, served
 
 pytestmark = pytest.mark.slow
 
@@ -108,18 +108,6 @@ def _not_ready_for(port: int, proc: subprocess.Popen, seconds: float = 90) -> st
     raise AssertionError("the service never said why it is not ready")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    tree = []
-    with contextlib.suppress(psutil.Error):
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    for child in tree:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-
-
 def test_a_bad_config_in_a_bento_is_not_ready_with_the_reason_and_no_restart_loop(workdir, tmp_path):
     from typer.testing import CliRunner
 
@@ -141,7 +129,7 @@ def test_a_bad_config_in_a_bento_is_not_ready_with_the_reason_and_no_restart_loo
         log = (wd.parent / f"bento-{port}.log").read_text()
         assert log.count("not serving:") == 1, log[-3000:]
     finally:
-        _stop(proc)
+        kill_tree(proc)
 
 
 def test_a_read_only_work_directory_is_never_ready(workdir, tmp_path):
@@ -162,7 +150,7 @@ def test_a_read_only_work_directory_is_never_ready(workdir, tmp_path):
                        timeout=10)
         assert r.status_code == 503
     finally:
-        _stop(proc)
+        kill_tree(proc)
         os.chmod(wd, 0o755)
 
 
@@ -270,7 +258,7 @@ def test_without_models_serve_can_wait_for_them(workdir, tmp_path):
             assert done.returncode == 0, done.stderr[-2000:]
         _until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).status_code == 200, 120)
     finally:
-        _stop(proc)
+        kill_tree(proc)
     reasons = [line.split("loading failed: ")[1] for line in (tmp_path / "wait.log").read_text().splitlines()
                if "loading failed: " in line]
     assert reasons and len(reasons) == len(set(reasons))  # each reason said once while waiting, not every retry

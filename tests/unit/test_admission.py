@@ -65,3 +65,27 @@ def test_the_service_application_has_admission_outermost(tmp_path, monkeypatch):
 
     app = NextBest.to_asgi()
     assert isinstance(app, Admission) and app.paths == {"/recommend", "/feedback", "/events"}
+
+
+def test_a_client_error_is_logged_at_info_naming_fields_not_values(tmp_path, monkeypatch):
+    import logging
+    import sys
+
+    from pydantic import BaseModel, ValidationError
+
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
+    from nextbest.serving.service import NoInputInLogs
+
+    class Body(BaseModel):
+        customer_id: str
+        k: int
+
+    try:
+        Body.model_validate({"customer_id": "C0000042-secret", "k": "many"})
+    except ValidationError:
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "%s %s failed", ("/recommend", "POST"),
+                                   sys.exc_info())
+    assert NoInputInLogs().filter(record)
+    assert record.levelno == logging.INFO and record.exc_info is None
+    line = record.getMessage()
+    assert "['k']" in line and "C0000042" not in line and "many" not in line

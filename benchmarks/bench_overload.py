@@ -1,0 +1,207 @@
+"""`POST /recommend` under overload: 2xx throughput at 8x the capacity's connections against the capacity
+measured in the same run, and how fast a shed request (429) is answered.
+
+    python benchmarks/bench_overload.py [--workdir .nextbest/bench-overload] [--customers 2000]
+                                        [--connections 8] [--factor 8] [--seconds 20]
+
+A real `nextbest serve` (one worker, shipped settings) on a quickstart work dir (built once if
+missing). The load generator is a closed loop of keep-alive HTTP/1.1 connections in its own
+process (asyncio, raw sockets: about 20 microseconds of client CPU per request), each sending the
+next request as soon as the answer arrives, without backing off on 429 (as `wrk` does).
+
+Phases, each after a 5 s warm-up: `--connections` connections (the capacity: 2xx per second), then
+`--factor` x as many. The same two phases run against the same work dir served with the shipped
+admission control, with it off and BentoML's own `max_concurrency` of 32 shedding instead, and
+with no limit at all (every request queues).
+
+Targets: at 8x the capacity's connections, 2xx throughput at least 0.9 x the capacity; p99 of a
+429 under 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from results import REPO, Run
+
+TARGET_RATIO = 0.9
+TARGET_429_P99_MS = 20.0
+
+
+def _request(customer: str) -> bytes:
+    body = json.dumps({"customer_id": customer, "channel": "mobile_app", "k": 3}).encode()
+    return (b"POST /recommend HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+async def _closed_loop(port: int, customers: list[str], connections: int, warmup: float, seconds: float) -> dict:
+    clock = time.perf_counter
+    requests = [_request(c) for c in customers]
+    by_status: dict[int, list[float]] = {}
+    errors = [0]
+    start = clock()
+    measure_from, until = start + warmup, start + warmup + seconds
+
+    async def connection(j: int) -> None:
+        reader = writer = None
+        rng = random.Random(j)
+        while clock() < until:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                sent = clock()
+                writer.write(requests[rng.randrange(len(requests))])
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                done = clock()
+                if sent >= measure_from and done <= until:
+                    by_status.setdefault(status, []).append(done - sent)
+                if b"connection: close" in head.lower():
+                    writer.close()
+                    reader = writer = None
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                errors[0] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                await asyncio.sleep(0.01)
+        if writer is not None:
+            writer.close()
+
+    cpu0 = os.times()
+    await asyncio.gather(*(connection(j) for j in range(connections)))
+    cpu1 = os.times()
+    out = {"connections": connections, "seconds": seconds, "errors": errors[0],
+           "client_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2)}
+    for status, lat in sorted(by_status.items()):
+        ms = np.asarray(lat) * 1000
+        out[str(status)] = {"count": len(ms), "per_s": round(len(ms) / seconds, 1),
+                            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return out
+
+
+def _load(spec: dict) -> dict:
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    return run(_closed_loop(**spec))
+
+
+def latest_customers(workdir: Path) -> list[str]:
+    import pandas as pd
+
+    h = pd.read_parquet(workdir / "features" / "customer_holdings.parquet", columns=["customer_id", "event_timestamp"])
+    return h[h.event_timestamp == h.event_timestamp.max()].customer_id.astype(str).tolist()
+
+
+def ensure_workdir(workdir: Path, customers: int) -> None:
+    if (workdir / "mlflow" / "mlflow.db").exists():
+        return
+    proc = subprocess.run([sys.executable, "-m", "nextbest.cli", "quickstart", "--customers", str(customers),
+                           "--months", "12", "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"quickstart failed:\n{proc.stderr[-3000:]}")
+
+
+def _phases(workdir: Path, env: dict, args, customers: list[str], pool: ProcessPoolExecutor) -> list[dict]:
+    from nextbest.cli.server import free_port, serve_command, serve_env, stop_server, wait_ready
+    from nextbest.settings import Paths
+
+    port = free_port()
+    paths = Paths(workdir)
+    with open(workdir / f"bench-overload-{port}.log", "w") as log:
+        proc = subprocess.Popen(serve_command(paths, port), env={**serve_env(paths), **env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_ready(port, proc)
+            out = []
+            for connections in (args.connections, args.connections * args.factor):
+                spec = {"port": port, "customers": customers, "connections": connections, "warmup": 5.0,
+                        "seconds": float(args.seconds)}
+                out.append(pool.submit(_load, spec).result())
+            return out
+        finally:
+            stop_server(proc)
+
+
+def _row(label: str, capacity: dict, overload: dict) -> tuple[list[str], dict]:
+    cap = capacity.get("200", {}).get("per_s", 0.0)
+    ok = overload.get("200", {}).get("per_s", 0.0)
+    shed = overload.get("429", {})
+    ratio = ok / cap if cap else 0.0
+    figures = {"capacity_per_s": cap, "overload_2xx_per_s": ok, "ratio": round(ratio, 3),
+               "overload_429_per_s": shed.get("per_s", 0.0), "p99_429_ms": shed.get("p99_ms"),
+               "p99_2xx_ms_capacity": capacity.get("200", {}).get("p99_ms"),
+               "p99_2xx_ms_overload": overload.get("200", {}).get("p99_ms")}
+    row = [label, f"{cap:.1f}", f"{ok:.1f}", f"{ratio:.2f}", f"{shed.get('per_s', 0.0):,.0f}",
+           f"{shed['p99_ms']:.1f}" if shed else "-", f"{figures['p99_2xx_ms_overload']:.0f}"
+           if figures["p99_2xx_ms_overload"] is not None else "-"]
+    return row, figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=REPO / ".nextbest" / "bench-overload")
+    ap.add_argument("--customers", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--factor", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--shipped-only", action="store_true", help="only the shipped server (no peers; no result file)")
+    args = ap.parse_args()
+    record = Run("bench_overload")
+    ensure_workdir(args.workdir, args.customers)
+    customers = latest_customers(args.workdir)
+    rows, raw = [], {}
+    with ProcessPoolExecutor(1) as pool:
+        bentoml_32 = json.dumps({"services": {"nextbest": {"traffic": {"timeout": 30, "max_concurrency": 32}}}})
+        for label, env in (("admission control (shipped)", {}),
+                           ("BentoML's max_concurrency 32", {"NEXTBEST_MAX_IN_FLIGHT": "100000",
+                                                             "BENTOML_CONFIG_OVERRIDES": bentoml_32}),
+                           ("no limit (queue everything)", {"NEXTBEST_MAX_IN_FLIGHT": "100000"})):
+            if args.shipped_only and env:
+                continue
+            capacity, overload = _phases(args.workdir, env, args, customers, pool)
+            row, figures = _row(label, capacity, overload)
+            rows.append(row)
+            raw[label] = {"capacity": capacity, "overload": overload}
+            record.figures[label] = figures
+            print(f"{label}: {json.dumps(figures)}", flush=True)
+    n, m = args.connections, args.connections * args.factor
+    title = f"POST /recommend, one worker: capacity at {n} connections, overload at {m}"
+    header = ["server", f"2xx/s at {n}", f"2xx/s at {m}", "ratio", "429/s", "p99 of a 429 (ms)", "p99 of a 2xx (ms)"]
+    record.table(title, header, rows)
+    shipped = record.figures["admission control (shipped)"]
+    met = shipped["ratio"] >= TARGET_RATIO and (shipped["p99_429_ms"] or 0) < TARGET_429_P99_MS
+    record.note(f"Targets: 2xx at {args.factor}x the connections at least {TARGET_RATIO} x the capacity, p99 of a 429 "
+                f"under {TARGET_429_P99_MS:g} ms: {'met' if met else 'not met'} (ratio {shipped['ratio']:.2f}, "
+                f"p99 of a 429 {shipped['p99_429_ms']} ms).")
+    record.figures["raw"] = raw
+    print("| " + " | ".join(header) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if not args.shipped_only:
+        record.write()
+
+
+if __name__ == "__main__":
+    main()
