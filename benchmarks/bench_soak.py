@@ -5,9 +5,10 @@ mixed in; per minute, the server's memory, open files and latency, and whether a
 
 A real `nextbest serve` (one worker) on a quickstart work dir (built once if missing). First the
 capacity: a closed loop of 8 connections for 15 s (2xx per second). Then an open loop at `--share`
-of it (requests sent on schedule whatever the answers, so a slow answer counts from its slot):
-each `/recommend` is followed by a `/feedback` on its first offer half of the time (accept 1 in 5,
-else reject) and a `/events` page view 1 time in 10.
+of it (requests sent on schedule whatever the answers, so a slow answer counts from its slot), for
+customers drawn at random on a random channel: each `/recommend` is followed by a `/feedback` on
+its first offer half of the time (accept 1 in 5, else reject) and a `/events` page view 1 time in
+10.
 
 Per minute: the resident memory of the server's processes (arbiter and worker), their open file
 descriptors, p50 and p99 of `/recommend`, and the answers by status. A trend is the least-squares
@@ -64,6 +65,9 @@ async def _capacity(url: str, customers: list[str], seconds: float = 15.0, conne
     return done[0] / seconds
 
 
+CHANNELS = ("mobile_app", "web", "email", "push", "sms")
+
+
 async def _soak(url: str, pid: int, customers: list[str], rate: float, minutes: int, seed: int) -> list[dict]:
     import aiohttp
 
@@ -74,8 +78,8 @@ async def _soak(url: str, pid: int, customers: list[str], rate: float, minutes: 
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=256)) as session:
         async def one(customer: str, scheduled: float, stats: dict) -> None:
             try:
-                async with session.post(f"{url}/recommend",
-                                        json={"customer_id": customer, "channel": "mobile_app", "k": 3}) as r:
+                body = {"customer_id": customer, "channel": rng.choice(CHANNELS), "k": 3}
+                async with session.post(f"{url}/recommend", json=body) as r:
                     answer = await r.json(content_type=None)
                     status = r.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
