@@ -24,12 +24,12 @@ def free_port() -> int:
 def serve_command(paths: Paths, port: int, host: str = "127.0.0.1") -> list[str]:
     bentoml = Path(sys.executable).with_name("bentoml")
     return [str(bentoml if bentoml.exists() else "bentoml"), "serve", "nextbest.serving.service:NextBest",
-            "--working-dir", str(paths.root), "--host", host, "--port", str(port)]
+            "--working-dir", str(paths.root.resolve()), "--host", host, "--port", str(port)]
 
 
 def serve_env(paths: Paths) -> dict[str, str]:
     env = dict(os.environ)
-    env[WORKDIR_ENV] = str(paths.root)
+    env[WORKDIR_ENV] = str(paths.root.resolve())  # BentoML changes into --working-dir: a relative path would move
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # One thread per BLAS/OpenMP pool: a decision is small matrix work, and extra threads only
     # spin against the API threads (measured: about half the CPU per decision with 1 thread).

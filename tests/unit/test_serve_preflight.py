@@ -102,3 +102,13 @@ def test_a_read_only_work_directory_is_one_line_for_every_command(clean_env):
         assert proc.returncode == 2 and "Traceback" not in out, out
         assert out.startswith("error:") and len(out.splitlines()) == 1, out
         assert f"directory {wd} is not writable" in " ".join(out.split()), out
+
+
+def test_the_server_gets_absolute_paths_from_a_relative_work_directory(clean_env):
+    from nextbest.cli.server import serve_command, serve_env
+    from nextbest.settings import Paths
+
+    paths = Paths(clean_env.relative_to(clean_env) / "wd")  # "wd", relative to the current directory
+    command = serve_command(paths, 3000)
+    assert command[command.index("--working-dir") + 1] == str(clean_env / "wd")
+    assert serve_env(paths)["NEXTBEST_HOME"] == str(clean_env / "wd")  # BentoML changes into the working dir
