@@ -65,5 +65,5 @@ def test_not_ready_without_models_says_why(client):
             break
         time.sleep(0.5)
     assert "not ready" in r.json()["error"] and "'nbp'" in r.json()["error"]
-    r = client.post("/feedback", json={"decision_id": "nope", "product_id": "p", "event": "accept"})
+    r = client.post("/feedback", json={"decision_id": "nope", "product_id": "mortgage", "event": "accept"})
     assert r.status_code == 404 and "unknown decision_id" in r.json()["error"]
