@@ -85,13 +85,11 @@ class StoreLink:
         self.fast_read = None
         self.error: str | None = "not connected yet"
         self._identity: tuple[int, int] | None = None
+        self._path = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _file_identity(self) -> tuple[int, int] | None:
-        from nextbest.feature_repo.store import sqlite_store_file
-
-        path = sqlite_store_file(self.paths)
+    def _file_identity(self, path) -> tuple[int, int] | None:
         if path is None:
             return None
         st = os.stat(path)  # FileNotFoundError when it is gone
@@ -110,12 +108,12 @@ class StoreLink:
             # The first read builds Feast's lazy state (~100 ms); pay it here, not in a request's budget.
             store.get_online_features(features=service, entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
             fast = fast_reader(store, service)
-            identity = self._file_identity()
+            identity = self._file_identity(path)
         except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
             self._down(f"{type(exc).__name__}: {exc}")
             return False
         was_down = self.store is None
-        self.service, self.fast_read, self._identity = service, fast, identity
+        self.service, self.fast_read, self._identity, self._path = service, fast, identity, path
         self.store, self.error = store, None
         if was_down:
             log.info("online store connected")
@@ -126,7 +124,7 @@ class StoreLink:
         if self.store is None or self._identity is None:
             return
         try:
-            same = self._file_identity() == self._identity
+            same = self._file_identity(self._path) == self._identity  # the path read at connect
         except OSError:
             same = False
         if not same:
