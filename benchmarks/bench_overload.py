@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nextbest.serving.admission import DEFAULT_MAX_IN_FLIGHT
 from results import REPO, Run
 
 TARGET_RATIO = 0.9
@@ -123,6 +125,33 @@ def ensure_workdir(workdir: Path, customers: int) -> None:
         sys.exit(f"quickstart failed:\n{proc.stderr[-3000:]}")
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its children (the BentoML worker)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _measure(pid: int, spec: dict, pool: ProcessPoolExecutor) -> dict:
+    """One load phase, with the server's CPU seconds over its measured window."""
+    future = pool.submit(_load, spec)
+    time.sleep(spec["warmup"])
+    cpu0 = _tree_cpu(pid)
+    time.sleep(spec["seconds"])
+    cpu1 = _tree_cpu(pid)
+    out = future.result()
+    out["server_cpu_s"] = round(cpu1 - cpu0, 2)
+    return out
+
+
 def _phases(workdir: Path, env: dict, args, customers: list[str], pool: ProcessPoolExecutor) -> list[dict]:
     from nextbest.cli.server import free_port, serve_command, serve_env, stop_server, wait_ready
     from nextbest.settings import Paths
@@ -138,10 +167,68 @@ def _phases(workdir: Path, env: dict, args, customers: list[str], pool: ProcessP
             for connections in (args.connections, args.connections * args.factor):
                 spec = {"port": port, "customers": customers, "connections": connections, "warmup": 5.0,
                         "seconds": float(args.seconds)}
-                out.append(pool.submit(_load, spec).result())
+                out.append(_measure(proc.pid, spec, pool))
             return out
         finally:
             stop_server(proc)
+
+
+FLOOR_APP = """
+import sys, uvicorn
+from nextbest.serving.admission import Admission
+
+async def never(scope, receive, send):
+    raise RuntimeError("the floor server admits nothing")
+
+uvicorn.run(Admission(never, ("/recommend",), limit=0), host="127.0.0.1", port=int(sys.argv[1]),
+            log_level="warning", server_header=False)
+"""
+
+
+def _shed_floor(args, customers: list[str], pool: ProcessPoolExecutor, shedding: int) -> dict:
+    """The cheapest a 429 can be in one Python process: the same admission layer alone under uvicorn (uvloop,
+    httptools, as the BentoML worker runs it), every request shed, `shedding` connections."""
+    from nextbest.cli.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    sys.exit("the floor server did not start")
+                time.sleep(0.1)
+        spec = {"port": port, "customers": customers, "connections": shedding, "warmup": 3.0,
+                "seconds": float(args.seconds)}
+        return _measure(proc.pid, spec, pool)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _bound(shipped: dict, floor: dict, shedding: int, seconds: float) -> dict:
+    """What the single worker's CPU allows: the decision cost from the capacity phase, the cost of a 429 in the
+    shipped server and in the floor server, and the best ratio any in-process shedding can reach when
+    `shedding` connections each get their 429 within the p99 target (so at least shedding / target per second)."""
+    cap, over = shipped["capacity"], shipped["overload"]
+    decisions = cap["200"]["count"]
+    per_decision = cap["server_cpu_s"] / decisions
+    worker_cores = cap["server_cpu_s"] / seconds
+    shed = over.get("429", {}).get("count", 0)
+    served = over.get("200", {}).get("count", 0)
+    per_429_shipped = (over["server_cpu_s"] - served * per_decision) / shed if shed else None
+    per_429_floor = floor["server_cpu_s"] / floor["429"]["count"]
+    min_rate = shedding / (TARGET_429_P99_MS / 1000)
+    return {"worker_cores_at_capacity": round(worker_cores, 2), "cpu_ms_per_decision": round(per_decision * 1000, 3),
+            "cpu_ms_per_429_shipped": round(per_429_shipped * 1000, 3) if per_429_shipped else None,
+            "cpu_ms_per_429_floor": round(per_429_floor * 1000, 3), "shedding_connections": shedding,
+            "min_429_per_s_at_target": round(min_rate), "floor_429_per_s": floor["429"]["per_s"],
+            "floor_p99_429_ms": floor["429"]["p99_ms"],
+            "best_ratio_in_process": round(1 - min_rate * per_429_floor / worker_cores, 3)}
 
 
 def _row(label: str, capacity: dict, overload: dict) -> tuple[list[str], dict]:
@@ -186,7 +273,12 @@ def main() -> None:
             raw[label] = {"capacity": capacity, "overload": overload}
             record.figures[label] = figures
             print(f"{label}: {json.dumps(figures)}", flush=True)
-    n, m = args.connections, args.connections * args.factor
+        n, m = args.connections, args.connections * args.factor
+        shedding = m - DEFAULT_MAX_IN_FLIGHT
+        floor = _shed_floor(args, customers, pool, shedding)
+    raw["shed floor"] = floor
+    record.figures["shed floor"] = bound = _bound(raw["admission control (shipped)"], floor, shedding, args.seconds)
+    print(f"shed floor: {json.dumps(bound)}", flush=True)
     title = f"POST /recommend, one worker: capacity at {n} connections, overload at {m}"
     header = ["server", f"2xx/s at {n}", f"2xx/s at {m}", "ratio", "429/s", "p99 of a 429 (ms)", "p99 of a 2xx (ms)"]
     record.table(title, header, rows)
@@ -195,6 +287,13 @@ def main() -> None:
     record.note(f"Targets: 2xx at {args.factor}x the connections at least {TARGET_RATIO} x the capacity, p99 of a 429 "
                 f"under {TARGET_429_P99_MS:g} ms: {'met' if met else 'not met'} (ratio {shipped['ratio']:.2f}, "
                 f"p99 of a 429 {shipped['p99_429_ms']} ms).")
+    record.note(f"Bound: a single worker at capacity uses {bound['worker_cores_at_capacity']} cores, "
+                f"{bound['cpu_ms_per_decision']} ms of CPU per decision. The cheapest 429 measured in one Python "
+                f"process (the admission layer alone under uvicorn) costs {bound['cpu_ms_per_429_floor']} ms "
+                f"(the shipped server: {bound['cpu_ms_per_429_shipped']} ms). {shedding} connections answered within "
+                f"{TARGET_429_P99_MS:g} ms make at least {bound['min_429_per_s_at_target']:,} 429s per second, so "
+                f"shedding in the deciding process leaves at most {bound['best_ratio_in_process']:.2f} x the "
+                "capacity for decisions.")
     record.figures["raw"] = raw
     print("| " + " | ".join(header) + " |")
     for row in rows:
