@@ -48,11 +48,21 @@ class MonthGrid:
         return np.nonzero(self.known)
 
 
+def snapshot_months(snapshot_dates) -> pd.DatetimeIndex:
+    """The sorted distinct snapshot dates: the months every customer gets a row for."""
+    return pd.DatetimeIndex(sorted(pd.to_datetime(pd.Series(snapshot_dates)).unique()))
+
+
 def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd.DataFrame,
-               products: list[str]) -> MonthGrid:
-    """Builds the holdings cube and the set of known customer-months."""
+               products: list[str], months: pd.DatetimeIndex | None = None) -> MonthGrid:
+    """Builds the holdings cube and the set of known customer-months.
+
+    Args:
+        months: the bank's snapshot dates, when `holdings` is only part of the bank; by default
+            those in `holdings`.
+    """
     cust_index = pd.Index(customers[CUSTOMER_ID].astype(str).unique(), name=CUSTOMER_ID)
-    months = pd.DatetimeIndex(sorted(pd.to_datetime(holdings[SNAPSHOT_DATE]).unique()))
+    months = snapshot_months(holdings[SNAPSHOT_DATE]) if months is None else months
     if len(months) == 0:
         raise SchemaError("holdings.parquet: no monthly snapshots, so there are no customer-month features to "
                           "build (contact-level data such as uci-bank-marketing feeds `nextbest campaign` instead)")
@@ -281,11 +291,14 @@ def offer_history(offers: pd.DataFrame | None, grid: MonthGrid) -> dict[str, np.
 
 # -- segments ----------------------------------------------------------------------------------
 
-def segments_features(base: pd.DataFrame, grid: MonthGrid, catalogue: Catalogue, cfg: SegmentsConfig) -> pd.DataFrame:
+def segments_features(base: pd.DataFrame, grid: MonthGrid, catalogue: Catalogue, cfg: SegmentsConfig,
+                      value_tiers: bool = True) -> pd.DataFrame:
     """Lifecycle state, rule-based segments, need flags and value tier at every snapshot.
 
     Args:
         base: profile, holdings and activity columns for the grid's rows, in the grid's row order.
+        value_tiers: rank the grid's customers into value tiers; without, `value_tier` is left to
+            the caller (it ranks within a month, so a partition of the bank cannot set it alone).
     """
     active_month = np.zeros(grid.known.shape, dtype=bool)
     c, m = grid.rows()
@@ -296,15 +309,15 @@ def segments_features(base: pd.DataFrame, grid: MonthGrid, catalogue: Catalogue,
                               cfg.lifecycle.dormant_months)
     margins = np.array([p.margin for p in catalogue.products])
     yearly_margin = (grid.held[c, m] * margins).sum(1)
-    cols = {"lifecycle": states[c, m], **segment_frame(base, cfg, yearly_margin)}
+    cols = {"lifecycle": states[c, m], **segment_frame(base, cfg, yearly_margin, value_tiers)}
     out = base[[CUSTOMER_ID, EVENT_TIMESTAMP]].copy()
     for k, v in cols.items():
         out[k] = v
     return out
 
 
-def build_feature_tables(raw: dict[str, pd.DataFrame], catalogue: Catalogue,
-                         segments: SegmentsConfig) -> dict[str, pd.DataFrame]:
+def build_feature_tables(raw: dict[str, pd.DataFrame], catalogue: Catalogue, segments: SegmentsConfig,
+                         months: pd.DatetimeIndex | None = None, value_tiers: bool = True) -> dict[str, pd.DataFrame]:
     """All feature views from the raw tables.
 
     Args:
@@ -312,13 +325,15 @@ def build_feature_tables(raw: dict[str, pd.DataFrame], catalogue: Catalogue,
             optionally `offers`).
         catalogue: the product catalogue (order of products, margins).
         segments: segment and lifecycle rules.
+        months: the bank's snapshot dates when `raw` holds a partition of its customers.
+        value_tiers: set `value_tier` (False for a partition: see `segments_features`).
 
     Returns:
         Feature view name -> DataFrame with `customer_id`, `event_timestamp` and features; all
         tables share the same rows in the same order.
     """
     products = catalogue.ids
-    grid = month_grid(raw["customers"], raw["holdings"], raw["interactions"], products)
+    grid = month_grid(raw["customers"], raw["holdings"], raw["interactions"], products, months)
     profile = profile_features(raw["customers"], grid)
     holdings = holdings_features(raw["holdings"], grid, products)
     activity = activity_features(raw["transactions"], raw["interactions"], raw.get("offers"), grid, products)
@@ -328,5 +343,5 @@ def build_feature_tables(raw: dict[str, pd.DataFrame], catalogue: Catalogue,
         PROFILE_VIEW: profile,
         HOLDINGS_VIEW: holdings,
         ACTIVITY_VIEW: activity,
-        SEGMENTS_VIEW: segments_features(base, grid, catalogue, segments),
+        SEGMENTS_VIEW: segments_features(base, grid, catalogue, segments, value_tiers),
     }

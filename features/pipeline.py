@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from nextbest.config import Catalogue, SegmentsConfig, load_segments
-from nextbest.features.build import build_feature_tables
-from nextbest.io import atomic_write_parquet, read_raw
+from nextbest.features.partitioned import BuildOptions, build_partitioned
 from nextbest.settings import Paths
 
 
-def build_features_to(paths: Paths, catalogue: Catalogue, segments: SegmentsConfig | None = None) -> dict[str, Path]:
+def build_features_to(paths: Paths, catalogue: Catalogue, segments: SegmentsConfig | None = None,
+                      options: BuildOptions = BuildOptions(), engine=None, progress=None) -> dict[str, Path]:
     """Validates the raw tables, builds every feature view and writes `features/<view>.parquet`.
 
+    The bank is built in as many parts by customer as keep memory under `options.memory_limit`.
     Nothing is written if any raw table fails validation.
     """
-    raw = read_raw(paths.raw, catalogue.ids)
-    tables = build_feature_tables(raw, catalogue, segments or load_segments())
-    return {name: atomic_write_parquet(df, paths.features / f"{name}.parquet") for name, df in tables.items()}
+    kwargs = {"progress": progress} if progress else {}
+    return build_partitioned(paths.raw, paths.features, catalogue, segments or load_segments(), options, engine,
+                             **kwargs)

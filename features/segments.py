@@ -85,18 +85,61 @@ def lifecycle_states(held: np.ndarray, active: np.ndarray, known: np.ndarray, ne
     return state
 
 
-def value_tier(margin: np.ndarray, months: np.ndarray, top_share: float) -> np.ndarray:
-    """"top" for the `top_share` of clients with the highest yearly margin in each month, else "rest"."""
-    out = np.full(len(margin), "rest", dtype=object)
+def _month_keys(months) -> np.ndarray:
+    """Snapshot dates (naive, tz-aware or Timestamps) as int64 nanoseconds since the epoch (UTC)."""
+    return pd.DatetimeIndex(months).asi8
+
+
+def margin_counts(margin: np.ndarray, months) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per month (ns since the epoch), the distinct positive yearly margins (as written, float32) and how many
+    clients have each."""
+    margin = np.asarray(margin, dtype=np.float32).astype(np.float64)
+    months = _month_keys(months)
+    out = {}
     for m in np.unique(months):
-        rows = np.flatnonzero((months == m) & (margin > 0))
-        if len(rows):
-            cut = np.quantile(margin[rows], 1 - top_share)
-            out[rows[margin[rows] >= cut]] = "top"
+        values = margin[(months == m) & (margin > 0)]
+        if len(values):
+            out[int(m)] = np.unique(values, return_counts=True)
     return out
 
 
-def segment_frame(base: pd.DataFrame, cfg: SegmentsConfig, margin: np.ndarray) -> dict[str, np.ndarray]:
+def tier_cuts(counts: list[dict], top_share: float) -> dict[int, float]:
+    """The yearly margin from which a client is "top" in each month, over margins counted in parts."""
+    merged: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for part in counts:
+        for m, vc in part.items():
+            merged.setdefault(m, []).append(vc)
+    cuts = {}
+    for m, parts in merged.items():
+        values = np.concatenate([v for v, _ in parts])
+        repeats = np.concatenate([c for _, c in parts])
+        cuts[m] = float(np.quantile(np.repeat(values, repeats), 1 - top_share))
+    return cuts
+
+
+def apply_tiers(margin: np.ndarray, months, cuts: dict[int, float]) -> np.ndarray:
+    """"top" where a client's yearly margin reaches its month's cut, else "rest"."""
+    margin = np.asarray(margin, dtype=np.float32).astype(np.float64)
+    cut = _cut_per_row(_month_keys(months), cuts)
+    return np.where((margin > 0) & (margin >= cut), "top", "rest").astype(object)
+
+
+def _cut_per_row(months: np.ndarray, cuts: dict[int, float]) -> np.ndarray:
+    if not len(months):
+        return np.zeros(0)
+    distinct, inverse = np.unique(months, return_inverse=True)
+    return np.array([cuts.get(int(m), np.inf) for m in distinct], dtype=np.float64)[inverse.reshape(-1)]
+
+
+def value_tier(margin: np.ndarray, months, top_share: float) -> np.ndarray:
+    """"top" for the `top_share` of clients with the highest yearly margin in each month, else "rest".
+
+    Margins are ranked as written (float32), so a bank built in partitions gets the same tiers."""
+    return apply_tiers(margin, months, tier_cuts([margin_counts(margin, months)], top_share))
+
+
+def segment_frame(base: pd.DataFrame, cfg: SegmentsConfig, margin: np.ndarray,
+                  value_tiers: bool = True) -> dict[str, np.ndarray]:
     """All segment columns for the rows of `base` (one customer-month per row)."""
     out: dict[str, np.ndarray] = {}
     for name, group in cfg.groups.items():
@@ -104,5 +147,7 @@ def segment_frame(base: pd.DataFrame, cfg: SegmentsConfig, margin: np.ndarray) -
     for name, rule in cfg.needs.items():
         out[f"need_{name}"] = evaluate_rule(base, rule, where=f"need {name!r}").astype(np.int64)
     out["yearly_margin"] = margin.astype(np.float32)
-    out["value_tier"] = value_tier(margin, base["event_timestamp"].to_numpy(), cfg.value_tier.top_share)
+    if value_tiers:
+        out["value_tier"] = value_tier(out["yearly_margin"], base["event_timestamp"].to_numpy(),
+                                       cfg.value_tier.top_share)
     return out

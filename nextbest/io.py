@@ -70,8 +70,9 @@ def atomic_write_parquet(table: pd.DataFrame | pa.Table, path: Path) -> Path:
 class StreamingParquetWriter:
     """Appends Arrow batches to several parquet files; all appear atomically on `commit()`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, compression: str = "snappy"):
         self.root = root
+        self.compression = compression
         self._writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = {}
 
     def write(self, name: str, table: pa.Table) -> None:
@@ -79,7 +80,7 @@ class StreamingParquetWriter:
             final = self.root / f"{name}.parquet"
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f".{final.name}.tmp")
-            self._writers[name] = (pq.ParquetWriter(tmp, table.schema), tmp, final)
+            self._writers[name] = (pq.ParquetWriter(tmp, table.schema, compression=self.compression), tmp, final)
         writer = self._writers[name][0]
         writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
 

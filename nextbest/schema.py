@@ -98,7 +98,7 @@ def _fail(source: str, column: str, row: int, value: object, why: str) -> Schema
 
 
 def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
-             products: list[str] | None = None) -> pd.DataFrame:
+             products: list[str] | None = None, row_offset: int = 0, unique: bool = True) -> pd.DataFrame:
     """Checks one table against the canonical schema and returns it unchanged.
 
     Args:
@@ -106,6 +106,9 @@ def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
         table: canonical table name (`customers`, `holdings`, ...).
         source: file name used in error messages.
         products: known product ids; product columns must hold one of them.
+        row_offset: the file row of `df`'s first row, when `df` is one chunk of a larger file.
+        unique: whether to check the table's unique key here (a chunked reader checks it over the
+            whole file instead).
 
     Raises:
         SchemaError: naming the file, column, row and offending value.
@@ -121,12 +124,12 @@ def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
             continue
         if not _KIND_CHECK[col.kind](s):
             bad = _first_bad_type(s, col.kind)
-            raise _fail(source, col.name, bad, s.iloc[bad] if bad >= 0 else None,
+            raise _fail(source, col.name, bad + row_offset if bad >= 0 else bad, s.iloc[bad] if bad >= 0 else None,
                         f"is not of type {col.kind} (column dtype {s.dtype})")
         nulls = s.isna().to_numpy()
         if not col.nullable and nulls.any():
             row = int(np.argmax(nulls))
-            raise _fail(source, col.name, row, None, "is missing but the column is required")
+            raise _fail(source, col.name, row + row_offset, None, "is missing but the column is required")
         allowed = col.allowed
         if col.name == "product_id" and products is not None:
             allowed = tuple(products)
@@ -134,19 +137,108 @@ def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
             bad_mask = ~s.isin(allowed).to_numpy() & ~nulls
             if bad_mask.any():
                 row = int(np.argmax(bad_mask))
-                raise _fail(source, col.name, row, s.iloc[row], f"is not one of {list(allowed)}")
+                raise _fail(source, col.name, row + row_offset, s.iloc[row], f"is not one of {list(allowed)}")
         if col.min_value is not None:
             bad_mask = (s.to_numpy(dtype=float, na_value=np.nan) < col.min_value)
             if bad_mask.any():
                 row = int(np.argmax(bad_mask))
-                raise _fail(source, col.name, row, s.iloc[row], f"is below the minimum {col.min_value}")
-    if schema.unique:
+                raise _fail(source, col.name, row + row_offset, s.iloc[row],
+                            f"is below the minimum {col.min_value}")
+    if schema.unique and unique:
         dup = df.duplicated(list(schema.unique)).to_numpy()
         if dup.any():
             row = int(np.argmax(dup))
-            key = tuple(df.iloc[row][list(schema.unique)])
-            raise SchemaError(f"{source}: column(s) {list(schema.unique)}, row {row}: duplicate key {key!r}")
+            raise duplicate_key(source, table, row + row_offset, df.iloc[row])
     return df
+
+
+def duplicate_key(source: str | Path, table: str, row: int, values: pd.Series) -> SchemaError:
+    """The error for a row whose unique key repeats an earlier row's."""
+    cols = list(SCHEMAS[table].unique)
+    key = tuple(values[cols])
+    return SchemaError(f"{source}: column(s) {cols}, row {row}: duplicate key {key!r}")
+
+
+def validate_arrow(table, name: str, source: str | Path = "<memory>", products: list[str] | None = None,
+                   row_offset: int = 0) -> None:
+    """`validate` for an Arrow table chunk without converting it to pandas when it is clean.
+
+    Every check runs on Arrow; only a chunk that fails one of them (or that Arrow cannot judge) goes
+    through `validate`, so the error is the same, naming file, column, row and value. Unique keys are
+    left to the caller (they span chunks).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    if _arrow_clean(table, SCHEMAS[name], products, pc, pt):
+        return
+    columns = {}
+    for column in table.column_names:
+        try:
+            columns[column] = table.column(column).to_pandas()
+        except (ArithmeticError, ValueError) as exc:  # e.g. a date outside what pandas represents
+            raise SchemaError(f"{source}: column '{column}', rows {row_offset}..{row_offset + len(table) - 1}: "
+                              f"{exc}") from None
+    validate(pd.DataFrame(columns), name, source=source, products=products, row_offset=row_offset, unique=False)
+
+
+_ARROW_KIND = {
+    "str": lambda t, pt: pt.is_string(t) or pt.is_large_string(t),
+    "float": lambda t, pt: pt.is_integer(t) or pt.is_floating(t),
+    "int": lambda t, pt: pt.is_integer(t),
+    "bool": lambda t, pt: pt.is_boolean(t),
+    "datetime": lambda t, pt: pt.is_timestamp(t),
+}
+
+
+def _arrow_clean(table, schema: TableSchema, products, pc, pt) -> bool:
+    """True when the chunk certainly passes every per-row check of `validate`."""
+    for col in schema.columns:
+        if col.name not in table.column_names:
+            return False
+        arr = table.column(col.name)
+        if pt.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        if not len(arr):
+            continue
+        if not _ARROW_KIND[col.kind](arr.type, pt):
+            return False
+        if arr.null_count and (not col.nullable or col.kind in ("int", "bool")):
+            return False  # pandas turns nulls in int/bool columns into float/object: let it judge
+        if pt.is_floating(arr.type) and not col.nullable and pc.any(pc.is_nan(arr)).as_py():
+            return False
+        allowed = tuple(products) if col.name == "product_id" and products is not None else col.allowed
+        if allowed is not None:
+            present = pc.unique(arr.drop_null())
+            if not pc.all(pc.is_in(present, value_set=pa_array(allowed))).as_py() and len(present):
+                return False
+        if col.min_value is not None:
+            low = pc.min(arr).as_py()
+            if low is not None and low < col.min_value:
+                return False
+        if pt.is_timestamp(arr.type) and arr.null_count < len(arr):
+            bounds = pc.min_max(pc.cast(arr, pa_timestamp_us(arr.type), safe=False))
+            if not (PANDAS_MIN_US <= bounds["min"].value <= PANDAS_MAX_US and
+                    PANDAS_MIN_US <= bounds["max"].value <= PANDAS_MAX_US):
+                return False
+    return True
+
+
+# The datetimes pandas represents (nanoseconds in int64), in microseconds.
+PANDAS_MIN_US = pd.Timestamp.min.value // 1000 + 1
+PANDAS_MAX_US = pd.Timestamp.max.value // 1000 - 1
+
+
+def pa_timestamp_us(t):
+    import pyarrow as pa
+
+    return pa.timestamp("us", tz=t.tz)
+
+
+def pa_array(values):
+    import pyarrow as pa
+
+    return pa.array(list(values), type=pa.string())
 
 
 def _first_bad_type(s: pd.Series, kind: str) -> int:

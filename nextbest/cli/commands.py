@@ -152,9 +152,21 @@ def ingest(
 
 
 @features_app.command("build")
-def features_build(workdir: Optional[Path] = WorkdirOpt):
-    """Validate raw/ and build the feature tables in features/."""
-    run_stage(do_features_build, workdir_paths(workdir))
+def features_build(
+    workdir: Optional[Path] = WorkdirOpt,
+    memory_limit: Optional[str] = typer.Option(
+        None, "--memory-limit", help="Memory the build may use, all workers together, e.g. 6GB (default: a quarter "
+        "of the machine's, at most 4 GiB). A bank too large for it is built in more parts by customer."),
+    parts: Optional[int] = typer.Option(None, "--parts", min=1, help="Build in exactly N parts by customer "
+                                        "(default: as many as --memory-limit needs)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parts built at once (default: 2, or 1 on "
+                                          "a one-core machine; with --engine spark, the cores of local mode)."),
+    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or spark."),
+    spark_master: Optional[str] = typer.Option(None, "--spark-master", help="With --engine spark: the cluster, "
+                                               "e.g. spark://host:7077 (default local[N], N = --workers)."),
+):
+    """Validate raw/ and build the feature tables in features/, in parts by customer within a memory limit."""
+    run_stage(do_features_build, workdir_paths(workdir), memory_limit, parts, workers, engine, spark_master)
 
 
 @features_app.command("apply")

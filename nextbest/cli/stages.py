@@ -56,12 +56,29 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
     return rows
 
 
-def do_features_build(paths: Paths) -> None:
+def do_features_build(paths: Paths, memory_limit: Optional[str] = None, parts: Optional[int] = None,
+                      workers: Optional[int] = None, engine: str = "local", spark_master: Optional[str] = None) -> None:
     from nextbest.config import load_catalogue
+    from nextbest.features.partitioned import BuildOptions, parse_bytes
     from nextbest.features.pipeline import build_features_to
 
+    try:
+        limit = parse_bytes(memory_limit) if memory_limit else None
+    except ValueError as exc:
+        raise StageError(f"--memory-limit: {exc}") from None
+    options = BuildOptions(memory_limit=limit, parts=parts, workers=workers)
+    runner = None
+    if engine == "spark":
+        from nextbest.features.spark import SparkEngine
+
+        runner = SparkEngine(spark_master, workers)
+    elif engine != "local":
+        raise StageError(f"--engine {engine!r}: expected local or spark")
+    elif spark_master:
+        raise StageError("--spark-master needs --engine spark")
     with stage("build feature tables"):
-        build_features_to(paths, load_catalogue())
+        build_features_to(paths, load_catalogue(), options=options, engine=runner,
+                          progress=lambda message: console.print(f"  [dim]{message}[/]"))
 
 
 def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None) -> list[str]:

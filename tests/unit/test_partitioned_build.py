@@ -1,0 +1,130 @@
+"""The feature build in parts by customer: the same tables as one whole build, errors that name the
+file's own row, and a memory limit that means more parts, never a failed build."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from nextbest.config import load_segments
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.features import partitioned
+from nextbest.features.build import SEGMENTS_VIEW, VIEWS, build_feature_tables
+from nextbest.features.partitioned import BuildOptions, build_partitioned, parse_bytes, partition_of, plan_parts
+from nextbest.schema import SchemaError
+from nextbest.settings import Paths
+
+KEYS = [CUSTOMER_ID, EVENT_TIMESTAMP]
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory, raw):
+    root = tmp_path_factory.mktemp("partitioned_raw")
+    for name, df in raw.items():
+        df.to_parquet(root / f"{name}.parquet", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(raw, catalogue):
+    """The tables of one in-memory build of the whole bank."""
+    return build_feature_tables(raw, catalogue, load_segments())
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(KEYS).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("parts,workers", [(1, 1), (3, 1), (5, 2)])
+def test_parts_build_the_same_tables_as_the_whole_bank(tmp_path, raw_dir, whole, catalogue, parts, workers):
+    out = build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
+                            BuildOptions(parts=parts, workers=workers), progress=lambda _: None)
+    assert sorted(out) == sorted(VIEWS)
+    tiers = None
+    for view in VIEWS:
+        got = pd.read_parquet(out[view])
+        if parts == 1:  # one part keeps the customers' order
+            pd.testing.assert_frame_equal(got, whole[view])
+        pd.testing.assert_frame_equal(_sorted(got), _sorted(whole[view]))
+        if view == SEGMENTS_VIEW:
+            tiers = got["value_tier"].value_counts()
+    # The value tier ranks the whole bank's clients in each month, not each part's.
+    assert tiers["top"] > 0 and tiers["rest"] > tiers["top"]
+    assert not list((tmp_path / "features").glob(".build-*")), "the work files are removed"
+
+
+def test_partition_is_stable_and_spreads_customers():
+    ids = pd.Series([f"C{i:07d}" for i in range(20_000)])
+    a, b = partition_of(ids, 7), partition_of(ids.to_numpy(), 7)
+    assert (a == b).all() and a.min() == 0 and a.max() == 6
+    counts = pd.Series(a).value_counts()
+    assert counts.min() > 0.8 * len(ids) / 7
+    assert (partition_of(ids, 1) == 0).all()
+
+
+def test_a_bad_value_names_the_files_own_row_across_chunks(tmp_path, raw, catalogue, monkeypatch):
+    monkeypatch.setattr(partitioned, "CHUNK_ROWS", 1000)
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for name, df in raw.items():
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+    bad = raw["transactions"].copy()
+    bad.loc[2345, "direction"] = "sideways"
+    bad.to_parquet(raw_dir / "transactions.parquet", index=False)
+    with pytest.raises(SchemaError, match=r"transactions.parquet: column 'direction', row 2345: value 'sideways'"):
+        build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(), BuildOptions(parts=3),
+                          progress=lambda _: None)
+    assert not any((tmp_path / "features").glob("*.parquet")), "nothing is written"
+
+
+def test_a_duplicate_key_in_another_chunk_and_part_is_found_with_its_row(tmp_path, raw, catalogue, monkeypatch):
+    monkeypatch.setattr(partitioned, "CHUNK_ROWS", 500)
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for name, df in raw.items():
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+    offers = raw["offers"].reset_index(drop=True)
+    assert len(offers) > 40
+    dup = offers.copy()
+    # Row 40 repeats row 3's offer id, for another customer: a different part, a later chunk.
+    dup.loc[len(dup) - 1, "offer_id"] = dup.loc[3, "offer_id"]
+    dup.to_parquet(raw_dir / "offers.parquet", index=False)
+    with pytest.raises(SchemaError, match=rf"offers.parquet: column\(s\) \['offer_id'\], row {len(dup) - 1}: "
+                                          rf"duplicate key \('{dup.loc[3, 'offer_id']}',\)"):
+        build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(), BuildOptions(parts=4),
+                          progress=lambda _: None)
+
+
+def test_a_smaller_memory_limit_means_more_parts_and_the_build_still_completes(tmp_path, raw_dir, whole, catalogue):
+    roomy = plan_parts(raw_dir, 64 * 2**30, workers=1)
+    tight = plan_parts(raw_dir, 200 * 2**20, workers=2)
+    assert roomy == 1 and tight > roomy
+    messages = []
+    out = build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
+                            BuildOptions(memory_limit=200 * 2**20, workers=2), progress=messages.append)
+    assert f"splitting the raw tables into {tight} part(s) by customer" in messages
+    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out[SEGMENTS_VIEW])), _sorted(whole[SEGMENTS_VIEW]))
+
+
+def test_memory_sizes_parse_or_say_what_is_expected():
+    assert parse_bytes("6GB") == 6 * 10**9
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("2g") == 2 * 2**30
+    assert parse_bytes("1000000") == 10**6
+    for bad in ("lots", "-1GB", "0", "6 parsecs"):
+        with pytest.raises(ValueError, match="expected a size such as 6GB"):
+            parse_bytes(bad)
+
+
+def test_the_cli_builds_in_parts(tmp_path, raw, catalogue):
+    from tests.servers import run_cli
+
+    paths = Paths.from_workdir(tmp_path).ensure()
+    for name, df in raw.items():
+        df.to_parquet(paths.raw / f"{name}.parquet", index=False)
+    proc = run_cli("features", "build", "--parts", "2", "--workers", "2", workdir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "building 2 part(s) on local" in proc.stderr
+    assert sorted(p.stem for p in paths.features.glob("*.parquet")) == sorted(VIEWS)
+    proc = run_cli("features", "build", "--memory-limit", "plenty", workdir=tmp_path)
+    assert proc.returncode == 2 and "--memory-limit: memory limit 'plenty'" in proc.stderr
