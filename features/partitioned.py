@@ -25,7 +25,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from functools import partial
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ from nextbest.schema import SCHEMAS, SchemaError, duplicate_key, validate_arrow
 log = logging.getLogger("nextbest.features")
 
 CHUNK_ROWS = 500_000
+# Rows of raw table one split task reads (whole row groups).
+SPLIT_UNIT_ROWS = 4_000_000
 # Peak bytes a part needs while it is built, per byte of its raw tables in pandas and per
 # customer-month of output (measured on the synthetic bank: 2.7 GB for 20,000 customers x 18
 # months, 0.92 GB of raw tables in pandas).
@@ -108,6 +111,7 @@ class RawSummary:
     parts: int
     tables: tuple[str, ...]
     rows: dict[str, int] = field(default_factory=dict)
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)
 
 
 def _open(raw_dir: Path, name: str) -> pq.ParquetFile | None:
@@ -164,61 +168,113 @@ def plan_parts(raw_dir: Path, memory_limit: int, workers: int) -> int:
     return max(1, math.ceil(need / per_worker))
 
 
-def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path,
-          memory_limit: int | None = None) -> RawSummary:
-    """Validates the raw tables chunk by chunk and writes each customer's rows into their part.
+@dataclass(frozen=True)
+class SplitUnit:
+    """Consecutive row groups of one raw table, split by one task."""
+
+    table: str
+    path: str
+    row_groups: tuple[int, ...]
+    first_row: int  # the file's row of the unit's first row
+    index: int  # the unit's place in its table: parts keep the file's order
+
+
+def split_units(raw_dir: Path, unit_rows: int | None = None) -> tuple[list[SplitUnit], dict[str, pa.Schema]]:
+    """The raw tables as units of about `unit_rows` rows (whole row groups), and each table's schema.
+
+    Raises:
+        SchemaError: a required table is missing or is not a parquet file.
+    """
+    unit_rows = unit_rows or SPLIT_UNIT_ROWS
+    units, schemas = [], {}
+    for name in RAW_TABLES:
+        pf = _open(raw_dir, name)
+        if pf is None:
+            continue
+        schemas[name] = pf.schema_arrow
+        groups: list[int] = []
+        first = rows = 0
+        for g in range(pf.metadata.num_row_groups):
+            groups.append(g)
+            rows += pf.metadata.row_group(g).num_rows
+            if rows - first >= unit_rows:
+                units.append(SplitUnit(name, str(raw_dir / f"{name}.parquet"), tuple(groups), first,
+                                       sum(u.table == name for u in units)))
+                groups, first = [], rows
+        if groups or not any(u.table == name for u in units):
+            units.append(SplitUnit(name, str(raw_dir / f"{name}.parquet"), tuple(groups), first,
+                                   sum(u.table == name for u in units)))
+    return units, schemas
+
+
+def split_unit(unit: SplitUnit, products: list[str], parts: int, parts_dir: Path) -> dict:
+    """Validates one unit chunk by chunk and writes each customer's rows into
+    `parts_dir/<part>/<table>/<unit>.parquet`.
+
+    Returns `{"rows": n, "months": [snapshot dates as ns]}`, or `{"error": message}` for data that breaks
+    the schema (the message names file, column and the file's row): an error is data, so that every
+    engine reports it the same way.
+    """
+    path = Path(unit.path)
+    writers: dict[int, pq.ParquetWriter] = {}
+    months: set[int] = set()
+    offset = unit.first_row
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        validate_arrow(schema.empty_table(), unit.table, source=path, products=products)  # columns, even if empty
+        for batch in (pf.iter_batches(batch_size=CHUNK_ROWS, row_groups=list(unit.row_groups))
+                      if unit.row_groups else ()):
+            table = pa.Table.from_batches([batch], schema=schema)
+            validate_arrow(table, unit.table, source=path, products=products, row_offset=offset)
+            offset += len(table)
+            if unit.table == "holdings":
+                months.update(pd.DatetimeIndex(pc.unique(table.column(SNAPSHOT_DATE)).to_pandas()).asi8.tolist())
+            part = _part_ids(table.column(CUSTOMER_ID), parts)
+            order = np.argsort(part, kind="stable")
+            bounds = np.searchsorted(part[order], np.arange(parts + 1))
+            table = table.take(pa.array(order))
+            for i in range(parts):
+                if bounds[i + 1] > bounds[i]:
+                    if i not in writers:
+                        target = parts_dir / str(i) / unit.table / f"{unit.index:05d}.parquet"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        writers[i] = pq.ParquetWriter(target, schema, compression=SPILL_COMPRESSION)
+                    writers[i].write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]))
+    except SchemaError as exc:
+        return {"error": str(exc)}
+    except (OSError, pa.ArrowInvalid) as exc:
+        return {"error": f"{path}: not a readable parquet file ({exc})"}
+    finally:
+        for w in writers.values():
+            w.close()
+    return {"rows": offset - unit.first_row, "months": sorted(months)}
+
+
+def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, memory_limit: int | None = None,
+          run: Callable | None = None) -> RawSummary:
+    """Validates the raw tables and writes each customer's rows into their part; `run(fn, items)` runs the
+    units (in order, by default here).
 
     Raises:
         SchemaError: a table is missing or breaks the schema (the message names file, column and the
-            file's row).
+            file's row; of several bad units, the first in file order).
     """
-    months: set = set()
-    rows: dict[str, int] = {}
-    tables = []
-    writers = StreamingParquetWriter(parts_dir, compression=SPILL_COMPRESSION)
-    try:
-        for name in RAW_TABLES:
-            pf = _open(raw_dir, name)
-            if pf is None:
-                continue
-            tables.append(name)
-            path = raw_dir / f"{name}.parquet"
-            schema = pf.schema_arrow
-            offset = 0
-            for batch in _batches(pf):
-                table = pa.Table.from_batches([batch], schema=schema)
-                validate_arrow(table, name, source=path, products=products, row_offset=offset)
-                offset += len(table)
-                if name == "holdings":
-                    months.update(pc.unique(table.column(SNAPSHOT_DATE)).to_pandas())
-                part = _part_ids(table.column(CUSTOMER_ID), parts)
-                order = np.argsort(part, kind="stable")
-                bounds = np.searchsorted(part[order], np.arange(parts + 1))
-                table = table.take(pa.array(order))
-                for i in range(parts):
-                    if bounds[i + 1] > bounds[i]:
-                        writers.write(f"{i}/{name}", table.slice(bounds[i], bounds[i + 1] - bounds[i]))
-            rows[name] = offset
-            empty = schema.empty_table()
-            for i in range(parts):  # every part holds every table, empty or not
-                writers.write(f"{i}/{name}", empty)
-            check_unique(path, name, memory_limit)
-        writers.commit()
-    except BaseException:
-        writers.abort()
-        raise
+    units, schemas = split_units(raw_dir)
+    run = run or (lambda fn, items: [fn(x) for x in items])
+    results = run(partial(split_unit, products=products, parts=parts, parts_dir=parts_dir), units)
+    for result in results:
+        if "error" in result:
+            raise SchemaError(result["error"])
+    for name in schemas:
+        check_unique(raw_dir / f"{name}.parquet", name, memory_limit)
+    months = sorted({m for r, u in zip(results, units) if u.table == "holdings" for m in r["months"]})
     if not months:
         raise SchemaError(f"{raw_dir / 'holdings.parquet'}: no monthly snapshots, so there are no customer-month "
                           "features to build (contact-level data such as uci-bank-marketing feeds `nextbest "
                           "campaign` instead)")
-    return RawSummary(snapshot_months(list(months)), parts, tuple(tables), rows)
-
-
-def _batches(pf: pq.ParquetFile) -> Iterable[pa.RecordBatch]:
-    if pf.metadata.num_rows == 0:
-        yield pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
-        return
-    yield from pf.iter_batches(batch_size=CHUNK_ROWS)
+    rows = {name: sum(r["rows"] for r, u in zip(results, units) if u.table == name) for name in schemas}
+    return RawSummary(snapshot_months(pd.to_datetime(months)), parts, tuple(schemas), rows, schemas)
 
 
 def check_unique(path: Path, table: str, memory_limit: int | None = None) -> None:
@@ -261,10 +317,17 @@ def _row(path: Path, row: int) -> pd.Series:
     raise IndexError(row)
 
 
-def build_part(parts_dir: Path, out_dir: Path, part: int, tables: tuple[str, ...], months: pd.DatetimeIndex,
+def _read_part(folder: Path, schema: pa.Schema) -> pd.DataFrame:
+    """One table of one part: its split units' files in file order, or none (an empty table)."""
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else schema.empty_table()
+    return table.to_pandas()
+
+
+def build_part(parts_dir: Path, out_dir: Path, part: int, schemas: dict[str, pa.Schema], months: pd.DatetimeIndex,
                catalogue: Catalogue, segments: SegmentsConfig) -> dict:
     """Builds one part's feature tables into `out_dir/<part>/<view>.parquet`; returns its margins' distribution."""
-    raw = {name: pd.read_parquet(parts_dir / str(part) / f"{name}.parquet") for name in tables}
+    raw = {name: _read_part(parts_dir / str(part) / name, schema) for name, schema in schemas.items()}
     built = build_feature_tables(raw, catalogue, segments, months=months, value_tiers=False)
     del raw
     seg = built[SEGMENTS_VIEW]
@@ -351,20 +414,25 @@ class LocalEngine:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
+    def map(self, fn: Callable, items: list) -> list:
+        """fn over items, in the pool when there is one; results in the items' order."""
+        if self._pool is None or len(items) == 1:
+            return [fn(x) for x in items]
+        return list(self._pool.map(fn, items))
+
     def build(self, work: Path, summary: RawSummary, catalogue: Catalogue, segments: SegmentsConfig,
               progress: Callable[[int, int], None]) -> list[dict]:
-        args = (work / "parts", work / "out")
+        task = partial(build_part, work / "parts", work / "out", schemas=summary.schemas, months=summary.months,
+                       catalogue=catalogue, segments=segments)
         if self._pool is None or summary.parts == 1:
             out = []
             for i in range(summary.parts):
-                out.append(build_part(*args, i, summary.tables, summary.months, catalogue, segments))
+                out.append(task(i))
                 progress(i + 1, summary.parts)
             return out
-        futures = [self._pool.submit(build_part, *args, i, summary.tables, summary.months, catalogue, segments)
-                   for i in range(summary.parts)]
         out = []
-        for i, f in enumerate(futures):
-            out.append(f.result())
+        for i, result in enumerate(self._pool.map(task, range(summary.parts))):
+            out.append(result)
             progress(i + 1, summary.parts)
         return out
 
@@ -382,7 +450,7 @@ def build_partitioned(raw_dir: Path, features_dir: Path, catalogue: Catalogue, s
     try:
         engine.start()
         progress(f"splitting the raw tables into {parts} part(s) by customer")
-        summary = split(raw_dir, catalogue.ids, parts, work / "parts", memory_limit)
+        summary = split(raw_dir, catalogue.ids, parts, work / "parts", memory_limit, run=engine.map)
         release_memory()
         progress(f"building {parts} part(s) on {engine.name} ({len(summary.months)} snapshots, "
                  f"{summary.rows.get('customers', 0):,} customers)")

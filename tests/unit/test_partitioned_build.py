@@ -62,19 +62,37 @@ def test_partition_is_stable_and_spreads_customers():
     assert (partition_of(ids, 1) == 0).all()
 
 
-def test_a_bad_value_names_the_files_own_row_across_chunks(tmp_path, raw, catalogue, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_value_names_the_files_own_row_across_chunks_and_units(tmp_path, raw, catalogue, monkeypatch, workers):
     monkeypatch.setattr(partitioned, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(partitioned, "SPLIT_UNIT_ROWS", 3000)  # several split tasks per table
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
     for name, df in raw.items():
-        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False, row_group_size=1500)
     bad = raw["transactions"].copy()
-    bad.loc[2345, "direction"] = "sideways"
-    bad.to_parquet(raw_dir / "transactions.parquet", index=False)
-    with pytest.raises(SchemaError, match=r"transactions.parquet: column 'direction', row 2345: value 'sideways'"):
-        build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(), BuildOptions(parts=3),
-                          progress=lambda _: None)
+    assert len(bad) > 10_000
+    bad.loc[7345, "direction"] = "sideways"
+    bad.loc[9000, "direction"] = "upwards"  # a later unit: the first bad row in file order is reported
+    bad.to_parquet(raw_dir / "transactions.parquet", index=False, row_group_size=1500)
+    with pytest.raises(SchemaError, match=r"transactions.parquet: column 'direction', row 7345: value 'sideways'"):
+        build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
+                          BuildOptions(parts=3, workers=workers), progress=lambda _: None)
     assert not any((tmp_path / "features").glob("*.parquet")), "nothing is written"
+
+
+def test_many_split_units_build_the_same_tables(tmp_path, raw, whole, catalogue, monkeypatch):
+    monkeypatch.setattr(partitioned, "SPLIT_UNIT_ROWS", 2000)
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for name, df in raw.items():
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False, row_group_size=1000)
+    units, _ = partitioned.split_units(raw_dir)
+    assert sum(u.table == "transactions" for u in units) > 5
+    out = build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
+                            BuildOptions(parts=1, workers=2), progress=lambda _: None)
+    for view in VIEWS:  # one part: the whole bank's order, whatever the number of split tasks
+        pd.testing.assert_frame_equal(pd.read_parquet(out[view]), whole[view])
 
 
 def test_a_duplicate_key_in_another_chunk_and_part_is_found_with_its_row(tmp_path, raw, catalogue, monkeypatch):
