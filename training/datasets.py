@@ -60,6 +60,10 @@ def churn_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: 
     })
 
 
+class LabelError(ValueError):
+    """The labels cannot train or measure a model (too few snapshots, one class, too few positives)."""
+
+
 @dataclass(frozen=True)
 class Split:
     train: pd.DataFrame
@@ -82,14 +86,45 @@ def chrono_split(df: pd.DataFrame, val_months: int = 1, test_months: int = 1,
     months = np.sort(df[time_col].unique())
     need = val_months + test_months + 1
     if len(months) < need:
-        raise ValueError(f"chronological split needs at least {need} snapshots with labels, got {len(months)}; "
-                         "generate more months (--months)")
+        held = ", ".join(pd.to_datetime(months).strftime("%Y-%m-%d")) or "none"
+        raise LabelError(f"the training set has {len(months)} snapshot(s) with labels ({held}); a chronological "
+                         f"split needs at least {need} (training, {val_months} validation, {test_months} test). A "
+                         "snapshot has a label once the months after it are in raw/holdings.parquet: load more "
+                         "monthly snapshots of the bank (with the synthetic bank: --months)")
     test_start = months[-test_months]
     val_start = months[-(test_months + val_months)]
     t = df[time_col]
     return Split(df[t < val_start].reset_index(drop=True),
                  df[(t >= val_start) & (t < test_start)].reset_index(drop=True),
                  df[t >= test_start].reset_index(drop=True))
+
+
+def check_labels(split: Split, task: str, min_positives: int = 10) -> None:
+    """Stops before training when a window's labels cannot train or measure a model.
+
+    Raises:
+        LabelError: a window with one class only, or a training or test window with fewer than
+            `min_positives` positives; the message says what the data holds and what to change.
+    """
+    what = {"churn": "clients who hold nothing within the horizon (churn)",
+            "nbp": "acquisitions of a product not held (next best product)"}[task]
+    advice = {"churn": "The churn label is derived from raw/holdings.parquet: a client churns when they hold no "
+                       "product in one of the following months. A bank whose clients all keep a product, or a "
+                       "window too short to see them leave, cannot train it: load more months or more clients.",
+              "nbp": "Acquisitions are read from raw/holdings.parquet: a product held this month and not the "
+                     "month before. Load more months or more clients, or a bank whose holdings change."}[task]
+    for name, df in (("training", split.train), ("validation", split.val), ("test", split.test)):
+        cols = label_columns(df)
+        y = df[cols].to_numpy(dtype=float) if cols else np.zeros((len(df), 0))
+        positives, cells = int(np.nansum(y)), y.size
+        months = ", ".join(sorted(pd.to_datetime(df[EVENT_TIMESTAMP]).dt.strftime("%Y-%m-%d").unique())) or "none"
+        needed = 1 if name == "validation" else min_positives
+        if cells == 0 or positives == 0 or positives == cells or positives < needed:
+            held = (f"{positives:,} positive(s) among {len(df):,} rows" if cells else "no rows")
+            kind = ("only one class" if cells and positives in (0, cells) else
+                    f"fewer than {needed} positives (min_positives in the task's config)")
+            raise LabelError(f"{task} labels: the {name} window ({months}) has {held}: {kind}, so a model can be "
+                             f"neither trained nor measured on {what}. {advice}")
 
 
 def label_columns(df: pd.DataFrame) -> list[str]:

@@ -28,7 +28,8 @@ from nextbest.io import read_raw
 from nextbest.settings import Paths
 from nextbest.training import evaluate as ev
 from nextbest.training import registry
-from nextbest.training.datasets import Split, chrono_split, churn_labels, label_columns, nbp_labels, target_mask
+from nextbest.training.datasets import (Split, check_labels, chrono_split, churn_labels, label_columns, nbp_labels,
+                                        target_mask)
 from nextbest.training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
                                       save_checkpoint)
 from nextbest.training.promotion import champion_metric, gate
@@ -162,6 +163,7 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
     stage(f"training set from Feast ({service}, {len(entity):,} rows)")
     df = training_frame(paths, entity, service)
     split = chrono_split(df, cfg.val_months, cfg.test_months)
+    check_labels(split, task, cfg.min_positives)
     labels = label_columns(df)
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
     categorical = [c for c in CATEGORICAL_FEATURES if c in features]

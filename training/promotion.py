@@ -53,7 +53,10 @@ def evaluate_metric(prep: Prepared, prob: np.ndarray) -> float:
 
 
 def gate(challenger: float, champion: float | None, margin: float, reason_if_none: str) -> tuple[bool, str]:
-    """Promotion decision: the challenger must beat the champion by at least `margin`."""
+    """Promotion decision: the challenger must beat the champion by at least `margin`; a challenger whose
+    metric is not a number (a test month it cannot be measured on) is never promoted."""
+    if challenger is None or not np.isfinite(challenger):
+        return False, f"not promoted: the challenger's test metric is {challenger} (not measurable on the test month)"
     if champion is None:
         if reason_if_none == "no champion yet":
             return True, "first model: no champion yet"

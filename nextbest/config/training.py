@@ -48,6 +48,10 @@ class TrainConfig(BaseModel):
                                     description="A challenger becomes champion only if its test metric beats the "
                                                 "champion's on the same month by at least this much.")
     baselines: bool = Field(default=True, description="Also fit LightGBM and the popularity baseline.")
+    min_positives: int = Field(
+        default=10, ge=1, description="Fewest positive labels the training and test windows must each hold (and "
+        "the validation window at least one): with fewer, training stops before it starts, saying what the data "
+        "holds.")
 
 
 def load_train_config(name: str, path: Path | None = None) -> TrainConfig:

@@ -19,6 +19,13 @@ def test_gate_promotes_only_a_better_challenger():
     assert promoted is False and "lacks" in reason
 
 
+def test_gate_never_promotes_a_challenger_it_cannot_measure():
+    for metric in (float("nan"), None, float("inf")):
+        promoted, reason = gate(metric, None, 0.0, "no champion yet")
+        assert promoted is False and "not measurable" in reason
+        assert gate(metric, 0.5, 0.0, "")[0] is False
+
+
 @pytest.fixture()
 def paths(tmp_path):
     return Paths.from_workdir(tmp_path).ensure()

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from nextbest.training.datasets import chrono_split, churn_labels, nbp_labels
+from nextbest.training.datasets import LabelError, check_labels, chrono_split, churn_labels, nbp_labels
 
 
 def _frame(months: int) -> pd.DataFrame:
@@ -20,9 +20,34 @@ def test_split_is_chronological_and_complete():
     assert len(split.train) + len(split.val) + len(split.test) == len(df)
 
 
-def test_split_needs_enough_months():
-    with pytest.raises(ValueError, match="at least 3 snapshots"):
+def test_split_needs_enough_months_and_speaks_of_the_data():
+    with pytest.raises(LabelError, match=r"has 2 snapshot\(s\) with labels \(2026-01-31, 2026-02-28\); a chronological "
+                                         r"split needs at least 3") as exc:
         chrono_split(_frame(2))
+    assert "raw/holdings.parquet" in str(exc.value)
+
+
+def _labelled(months: int, positives_per_month: list[int], rows: int = 100) -> pd.DataFrame:
+    dates = pd.date_range("2026-01-31", periods=months, freq="ME", tz="UTC")
+    frames = []
+    for d, pos in zip(dates, positives_per_month):
+        frames.append(pd.DataFrame({"customer_id": [f"C{i}" for i in range(rows)], "event_timestamp": d,
+                                    "label_churn": [1] * pos + [0] * (rows - pos)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_labels_with_one_class_or_too_few_positives_stop_before_training():
+    check_labels(chrono_split(_labelled(4, [30, 30, 5, 12])), "churn", min_positives=10)  # enough everywhere
+    with pytest.raises(LabelError) as exc:  # nobody ever leaves: the bank where every client keeps a product
+        check_labels(chrono_split(_labelled(4, [0, 0, 0, 0])), "churn", min_positives=10)
+    msg = str(exc.value)
+    assert msg.startswith("churn labels: the training window (2026-01-31, 2026-02-28) has 0 positive(s) among 200 "
+                          "rows: only one class") and "raw/holdings.parquet" in msg
+    with pytest.raises(LabelError, match=r"the test window \(2026-04-30\) has 4 positive\(s\) among 100 rows: fewer "
+                                         r"than 10 positives \(min_positives"):
+        check_labels(chrono_split(_labelled(4, [30, 30, 5, 4])), "churn", min_positives=10)
+    with pytest.raises(LabelError, match="the validation window"):
+        check_labels(chrono_split(_labelled(4, [30, 30, 0, 40])), "churn", min_positives=10)
 
 
 def test_nbp_labels_mark_only_new_products(raw, catalogue):
