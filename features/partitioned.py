@@ -277,8 +277,9 @@ def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, memor
     return RawSummary(snapshot_months(pd.to_datetime(months)), parts, tuple(schemas), rows, schemas)
 
 
-def check_unique(path: Path, table: str, memory_limit: int | None = None) -> None:
-    """Raises SchemaError naming the first row (in file order) whose unique key repeats an earlier row's."""
+def check_unique(path: Path, table: str, memory_limit: int | None = None, source: str | Path | None = None) -> None:
+    """Raises SchemaError naming the first row (in file order) whose unique key repeats an earlier row's
+    (and `source`, where the rows came from, instead of `path`)."""
     keys = list(SCHEMAS[table].unique)
     if not keys:
         return
@@ -298,7 +299,7 @@ def check_unique(path: Path, table: str, memory_limit: int | None = None) -> Non
     finally:
         con.close()
     values = _row(path, int(row))
-    raise duplicate_key(path, table, int(row), values)
+    raise duplicate_key(source or path, table, int(row), values)
 
 
 def _sql_path(path: Path) -> str:

@@ -51,6 +51,7 @@ class IngestReport:
         customers: rows of `customers.parquet`.
         snapshots: distinct monthly snapshots (Santander) or contact months (UCI).
         files: every file written, in the order they were committed.
+        notes: what else the user should know (a table the source lacks, columns ignored).
     """
 
     source: Path
@@ -62,6 +63,7 @@ class IngestReport:
     customers: int = 0
     snapshots: int = 0
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def reject(self, reason: str, count: int) -> None:
         if count:

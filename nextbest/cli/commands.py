@@ -121,19 +121,32 @@ def generate(
 
 @app.command()
 def ingest(
-    source: str = typer.Argument(..., help="santander or uci-bank-marketing"),
-    path: Path = typer.Option(..., "--path", help="The source file (train_ver2.csv[.zip] or "
-                              "bank-additional-full.csv)."),
-    chunksize: int = typer.Option(500_000, min=1000, help="Santander: rows parsed at a time (bounds memory)."),
+    source: str = typer.Argument(..., help="canonical, santander or uci-bank-marketing"),
+    path: Optional[Path] = typer.Option(None, "--path", help="santander / uci-bank-marketing: the source file "
+                                        "(train_ver2.csv[.zip] or bank-additional-full.csv)."),
+    from_: Optional[str] = typer.Option(None, "--from", help="canonical: a folder of <table>.parquet|.csv files, "
+                                        "or a database URL (postgresql://user@host:5432/bank; the password in "
+                                        "PGPASSWORD or ~/.pgpass rather than the URL)."),
+    table: Optional[list[str]] = typer.Option(None, "--table", help="canonical: TABLE=NAME, the source's name "
+                                              "for a canonical table (a file stem, or [schema.]table); repeatable."),
+    encoding: str = typer.Option("utf-8", help="canonical: the CSV files' text encoding."),
+    chunksize: int = typer.Option(500_000, min=1000, help="Rows read at a time (bounds memory)."),
     mapping: Optional[Path] = typer.Option(None, help="Santander: flag -> product mapping (default "
                                                       "configs/adapters/santander_products.yaml)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Map a real data set onto the canonical raw tables in raw/ (streamed, validated, atomic)."""
-    if source not in ("santander", "uci-bank-marketing"):
-        console.print(f"[red]error:[/] SOURCE must be 'santander' or 'uci-bank-marketing', got {source!r}")
+    """Load a bank's canonical tables, or map a real data set onto them, in raw/ (streamed, validated, atomic)."""
+    if source not in ("canonical", "santander", "uci-bank-marketing"):
+        console.print(f"[red]error:[/] SOURCE must be 'canonical', 'santander' or 'uci-bank-marketing', got {source!r}")
         raise typer.Exit(2)
-    report = run_stage(do_ingest, workdir_paths(workdir), source, path, chunksize, mapping)
+    if source == "canonical" and not from_:
+        console.print("[red]error:[/] ingest canonical needs --from FOLDER or --from DATABASE_URL")
+        raise typer.Exit(2)
+    if source != "canonical" and path is None:
+        console.print(f"[red]error:[/] ingest {source} needs --path FILE")
+        raise typer.Exit(2)
+    report = run_stage(do_ingest, workdir_paths(workdir), source, path, chunksize, mapping,
+                       from_=from_, tables=table, encoding=encoding)
     table = Table(title=f"ingest {source}: {report.source}")
     table.add_column("")
     table.add_column("rows", justify="right")
@@ -147,8 +160,19 @@ def ingest(
     table.add_row("customers", f"{report.customers:,}")
     table.add_row("snapshots / months", f"{report.snapshots:,}")
     console.print(table)
+    for note in report.notes:
+        console.print(f"  note: {note}")
     for f in report.files:
         console.print(f"  wrote {f}")
+    if source == "canonical":
+        from nextbest.config import load_train_config
+        from nextbest.features.adapters.canonical import what_the_data_supports
+
+        churn = load_train_config("churn")
+        console.print("  what the data supports:")
+        for line in what_the_data_supports(report.snapshots, churn.horizon_months, churn.val_months,
+                                           churn.test_months):
+            console.print(f"    {line}")
 
 
 @features_app.command("build")

@@ -102,12 +102,18 @@ def do_features_materialize(paths: Paths) -> int:
                              "sqlite|redis [--redis-url URL]`") from None
 
 
-def do_ingest(paths: Paths, source: str, path: Path, chunksize: int, mapping: Optional[Path] = None):
+def do_ingest(paths: Paths, source: str, path: Optional[Path], chunksize: int, mapping: Optional[Path] = None,
+              from_: Optional[str] = None, tables: Optional[list[str]] = None, encoding: str = "utf-8"):
     from nextbest.config import load_catalogue
 
     catalogue = load_catalogue()
-    with stage(f"ingest {source} from {path}"):
-        if source == "santander":
+    with stage(f"ingest {source} from {_shown(from_) if source == 'canonical' else path}"):
+        if source == "canonical":
+            from nextbest.features.adapters.canonical import ingest_canonical, parse_table_names
+
+            report = ingest_canonical(from_, paths.raw, catalogue, parse_table_names(tables), encoding=encoding,
+                                      chunksize=chunksize)
+        elif source == "santander":
             from nextbest.features.adapters.santander import ingest_santander, load_santander_mapping
 
             flags = load_santander_mapping(catalogue, mapping) if mapping else None
@@ -124,6 +130,18 @@ def do_ingest(paths: Paths, source: str, path: Path, chunksize: int, mapping: Op
         console.print(f"  removed {len(stale)} stale file(s) from truth/ and features/ (derived from the previous "
                       "raw tables); next: nextbest features build")
     return report
+
+
+def _shown(source: Optional[str]) -> str:
+    """A source for the screen: a database URL without its password."""
+    if source and "://" in source:
+        import sqlalchemy as sa
+
+        try:
+            return sa.engine.make_url(source).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return source
+    return str(source)
 
 
 def do_train(paths: Paths, task: str, config: Optional[Path]):

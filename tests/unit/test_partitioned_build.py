@@ -146,3 +146,21 @@ def test_the_cli_builds_in_parts(tmp_path, raw, catalogue):
     assert sorted(p.stem for p in paths.features.glob("*.parquet")) == sorted(VIEWS)
     proc = run_cli("features", "build", "--memory-limit", "plenty", workdir=tmp_path)
     assert proc.returncode == 2 and "--memory-limit: memory limit 'plenty'" in proc.stderr
+
+
+def test_parts_without_customers_are_built_as_empty(tmp_path):
+    from tests.unit.test_features import _catalogue, _tiny_bank
+
+    segments = load_segments()
+    segments.groups = {"balance_tier": segments.groups["balance_tier"]}
+    segments.needs = {"income": segments.needs["income"]}
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    bank = _tiny_bank()
+    for name, df in bank.items():
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+    whole = build_feature_tables(bank, _catalogue(), segments)
+    out = build_partitioned(raw_dir, tmp_path / "features", _catalogue(), segments, BuildOptions(parts=6),
+                            progress=lambda _: None)
+    for view in VIEWS:
+        pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out[view])), _sorted(whole[view]))
