@@ -125,6 +125,19 @@ print(f"retrieved {len(df):,} rows x {df.shape[1]} columns for {last.date()}")
 """
 
 
+def phases(log: str) -> dict:
+    """Seconds of the split, the parts' build and the join, as the command reports them."""
+    import re
+
+    out = {}
+    for key, pattern in (("split_s", r"split in ([0-9.]+) s"), ("build_s", r"built in ([0-9.]+) s"),
+                         ("join_s", r"joined in ([0-9.]+) s")):
+        match = re.search(pattern, log)
+        if match:
+            out[key] = float(match.group(1))
+    return out
+
+
 def growth_exponent(sizes: list[int], seconds: list[float]) -> float | None:
     if len(sizes) < 2:
         return None
@@ -154,16 +167,19 @@ def main() -> None:
             m = run_measured(nextbest("features", "build", "-w", str(work), "--engine", engine, "--memory-limit",
                                       args.memory_limit, "--workers", str(args.workers)), log)
             rows = feature_rows(work)
-            parts = next((line.split("into ")[1].split(" ")[0] for line in log.read_text().splitlines()
+            text = log.read_text()
+            parts = next((line.split("into ")[1].split(" ")[0] for line in text.splitlines()
                           if "splitting the raw tables into" in line), "?")
-            m.update(rows=rows, rows_per_s=round(rows / m["seconds"]), parts=parts)
+            m.update(rows=rows, rows_per_s=round(rows / m["seconds"]), parts=parts, **phases(text))
             figures["builds"].setdefault(engine, {})[str(customers)] = m
             print(f"  {m}", flush=True)
             rows_out.append([engine, f"{customers:,}", f"{rows:,}", str(parts), f"{m['seconds']:.0f}",
+                             *(f"{m[k]:.0f}" if k in m else "" for k in ("split_s", "build_s", "join_s")),
                              f"{m['peak_gb']:.2f}", f"{m['rows_per_s']:,}"])
     record.table(f"nextbest features build, {args.months} months, --memory-limit {args.memory_limit}, "
                  f"--workers {args.workers}, {os.cpu_count()} cores",
-                 ["engine", "customers", "rows", "parts", "seconds", "peak GB", "rows/s"], rows_out)
+                 ["engine", "customers", "rows", "parts", "seconds", "split s", "build s", "join s", "peak GB",
+                  "rows/s"], rows_out)
     for engine, by_size in figures["builds"].items():
         sizes = sorted(int(s) for s in by_size)
         figures.setdefault("growth_exponent", {})[engine] = exp = growth_exponent(

@@ -10,8 +10,8 @@ follows the size of a part, not of the bank; the number of parts follows from a 
 Three steps, each restartable from the files of the one before:
 
 1. `split`: the raw tables are read in chunks, validated (errors name the file's own row) and
-   written into `parts/<i>/<table>.parquet`; keys that must be unique are checked over each whole
-   file (DuckDB).
+   written into `parts/<i>/<table>/<unit>.parquet`; a unique key with the customer in it is checked
+   within each part, any other over the whole file.
 2. `build_part`: one part -> `out/<i>/<view>.parquet`, plus its margins' distribution.
 3. `join_parts`: the parts' tables -> `features/<view>.parquet`, all four replaced together.
 
@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -251,8 +252,7 @@ def split_unit(unit: SplitUnit, products: list[str], parts: int, parts_dir: Path
     return {"rows": offset - unit.first_row, "months": sorted(months)}
 
 
-def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, memory_limit: int | None = None,
-          run: Callable | None = None) -> RawSummary:
+def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, run: Callable | None = None) -> RawSummary:
     """Validates the raw tables and writes each customer's rows into their part; `run(fn, items)` runs the
     units (in order, by default here).
 
@@ -266,8 +266,9 @@ def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, memor
     for result in results:
         if "error" in result:
             raise SchemaError(result["error"])
-    for name in schemas:
-        check_unique(raw_dir / f"{name}.parquet", name, memory_limit)
+    for name in schemas:  # keys with the customer in them are checked within each part
+        if not customer_keyed(name):
+            check_unique(raw_dir / f"{name}.parquet", name)
     months = sorted({m for r, u in zip(results, units) if u.table == "holdings" for m in r["months"]})
     if not months:
         raise SchemaError(f"{raw_dir / 'holdings.parquet'}: no monthly snapshots, so there are no customer-month "
@@ -277,33 +278,52 @@ def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, memor
     return RawSummary(snapshot_months(pd.to_datetime(months)), parts, tuple(schemas), rows, schemas)
 
 
-def check_unique(path: Path, table: str, memory_limit: int | None = None, source: str | Path | None = None) -> None:
+def customer_keyed(table: str) -> bool:
+    """Whether the table's unique key includes the customer: every repeat of a key is then in one part."""
+    return CUSTOMER_ID in SCHEMAS[table].unique
+
+
+def check_unique(path: Path, table: str, source: str | Path | None = None) -> None:
     """Raises SchemaError naming the first row (in file order) whose unique key repeats an earlier row's
-    (and `source`, where the rows came from, instead of `path`)."""
+    (and `source`, where the rows came from, instead of `path`).
+
+    Reads the key columns in chunks and keeps one 64-bit hash per row (8 bytes a row); a repeated hash
+    is confirmed on the key's values before it is reported.
+    """
     keys = list(SCHEMAS[table].unique)
     if not keys:
         return
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.execute("SET threads = 2")
-        if memory_limit:  # DuckDB spills to disk beyond it
-            con.execute(f"SET memory_limit = '{max(min(memory_limit // 4, 2**30) // 2**20, 128)}MB'")
-        cols = ", ".join(f'"{k}"' for k in keys)
-        src = f"read_parquet('{_sql_path(path)}', file_row_number = true)"
-        if not con.execute(f"SELECT 1 FROM {src} GROUP BY {cols} HAVING count(*) > 1 LIMIT 1").fetchall():
-            return
-        row = con.execute(f"SELECT min(file_row_number) FROM (SELECT file_row_number, row_number() OVER "
-                          f"(PARTITION BY {cols} ORDER BY file_row_number) AS n FROM {src}) WHERE n > 1").fetchone()[0]
-    finally:
-        con.close()
-    values = _row(path, int(row))
-    raise duplicate_key(source or path, table, int(row), values)
+    pf = pq.ParquetFile(path)
+    hashes = [pd.util.hash_pandas_object(b.to_pandas(), index=False).to_numpy()
+              for b in pf.iter_batches(batch_size=CHUNK_ROWS, columns=keys)]
+    if not hashes:
+        return
+    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
+    repeated = values[counts > 1]
+    if len(repeated):
+        _raise_first_repeat(path, table, repeated_hashes=repeated, source=source)
 
 
-def _sql_path(path: Path) -> str:
-    return str(path).replace("'", "''")
+def _raise_first_repeat(path: Path, table: str, source: str | Path | None = None, repeated_hashes=None,
+                        repeated_keys: list[tuple] | None = None) -> None:
+    """Scans the file in order for the first row whose key (among the candidates) was seen before, and
+    raises the duplicate-key error for it."""
+    keys = list(SCHEMAS[table].unique)
+    seen: set = set()
+    offset = 0
+    candidates = set(repeated_keys or [])
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=keys):
+        df = batch.to_pandas()
+        if repeated_hashes is not None:
+            pick = np.isin(pd.util.hash_pandas_object(df, index=False).to_numpy(), repeated_hashes)
+        else:
+            pick = pd.MultiIndex.from_frame(df).isin(list(candidates))
+        for i in np.flatnonzero(pick):
+            key = tuple(df.iloc[i])
+            if key in seen:
+                raise duplicate_key(source or path, table, offset + int(i), _row(path, offset + int(i)))
+            seen.add(key)
+        offset += len(df)
 
 
 def _row(path: Path, row: int) -> pd.Series:
@@ -329,6 +349,12 @@ def build_part(parts_dir: Path, out_dir: Path, part: int, schemas: dict[str, pa.
                catalogue: Catalogue, segments: SegmentsConfig) -> dict:
     """Builds one part's feature tables into `out_dir/<part>/<view>.parquet`; returns its margins' distribution."""
     raw = {name: _read_part(parts_dir / str(part) / name, schema) for name, schema in schemas.items()}
+    for name, df in raw.items():
+        keys = list(SCHEMAS[name].unique)
+        if customer_keyed(name) and len(df):
+            dup = df.duplicated(keys).to_numpy()
+            if dup.any():  # the driver finds its row in the file
+                return {"duplicate": (name, tuple(df.iloc[int(np.argmax(dup))][keys]))}
     built = build_feature_tables(raw, catalogue, segments, months=months, value_tiers=False)
     del raw
     seg = built[SEGMENTS_VIEW]
@@ -339,7 +365,7 @@ def build_part(parts_dir: Path, out_dir: Path, part: int, schemas: dict[str, pa.
         pq.write_table(pa.Table.from_pandas(built.pop(view), preserve_index=False), target / f"{view}.parquet",
                        compression=SPILL_COMPRESSION)
     release_memory()
-    return counts
+    return {"counts": counts}
 
 
 def join_parts(out_dir: Path, parts: int, features_dir: Path, top_share: float, counts: list[dict]) -> dict[str, Path]:
@@ -449,16 +475,26 @@ def build_partitioned(raw_dir: Path, features_dir: Path, catalogue: Catalogue, s
     work = features_dir / f".build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
+        started = time.perf_counter()
         engine.start()
         progress(f"splitting the raw tables into {parts} part(s) by customer")
-        summary = split(raw_dir, catalogue.ids, parts, work / "parts", memory_limit, run=engine.map)
+        summary = split(raw_dir, catalogue.ids, parts, work / "parts", run=engine.map)
         release_memory()
+        split_s = time.perf_counter() - started
         progress(f"building {parts} part(s) on {engine.name} ({len(summary.months)} snapshots, "
-                 f"{summary.rows.get('customers', 0):,} customers)")
+                 f"{summary.rows.get('customers', 0):,} customers; split in {split_s:.1f} s)")
         counts = engine.build(work, summary, catalogue, segments,
                               lambda done, total: progress(f"built part {done} of {total}") if total > 1 else None)
-        progress("joining the parts")
-        return join_parts(work / "out", parts, features_dir, segments.value_tier.top_share, counts)
+        repeats = [r["duplicate"] for r in counts if "duplicate" in r]
+        for name in sorted({t for t, _ in repeats}):
+            _raise_first_repeat(raw_dir / f"{name}.parquet", name,
+                                repeated_keys=[key for t, key in repeats if t == name])
+        build_s = time.perf_counter() - started - split_s
+        progress(f"joining the parts (built in {build_s:.1f} s)")
+        out = join_parts(work / "out", parts, features_dir, segments.value_tier.top_share,
+                         [r["counts"] for r in counts])
+        progress(f"joined in {time.perf_counter() - started - split_s - build_s:.1f} s")
+        return out
     finally:
         engine.stop()
         if not options.keep_work:

@@ -164,3 +164,19 @@ def test_parts_without_customers_are_built_as_empty(tmp_path):
                             progress=lambda _: None)
     for view in VIEWS:
         pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out[view])), _sorted(whole[view]))
+
+
+@pytest.mark.parametrize("table", ["holdings", "customers"])
+def test_a_repeated_customer_key_is_found_in_its_part_and_named_with_its_file_row(tmp_path, raw, catalogue, table):
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for name, df in raw.items():
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+    rows = raw[table].reset_index(drop=True)
+    # Rows 40 and 41 become copies of rows 7 and 3 (row 40 is the first repeat in file order).
+    bad = pd.concat([rows.iloc[:40], rows.iloc[[7, 3]], rows.iloc[40:]], ignore_index=True)
+    bad.to_parquet(raw_dir / f"{table}.parquet", index=False)
+    with pytest.raises(SchemaError, match=rf"{table}.parquet: column\(s\) \[.*'customer_id'.*\], row 40: duplicate key"):
+        build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
+                          BuildOptions(parts=3, workers=2), progress=lambda _: None)
+    assert not any((tmp_path / "features").glob("*.parquet"))
