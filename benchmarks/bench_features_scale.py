@@ -138,8 +138,8 @@ def phases(log: str) -> dict:
     import re
 
     out = {}
-    for key, pattern in (("split_s", r"split in ([0-9.]+) s"), ("build_s", r"built in ([0-9.]+) s"),
-                         ("join_s", r"joined in ([0-9.]+) s")):
+    for key, pattern in (("split_s", r"split in\s+([0-9.]+)\s+s"), ("build_s", r"built in\s+([0-9.]+)\s+s"),
+                         ("join_s", r"joined in\s+([0-9.]+)\s+s")):
         match = re.search(pattern, log)
         if match:
             out[key] = float(match.group(1))

@@ -78,7 +78,7 @@ def do_features_build(paths: Paths, memory_limit: Optional[str] = None, parts: O
         raise StageError("--spark-master needs --engine spark")
     with stage("build feature tables"):
         build_features_to(paths, load_catalogue(), options=options, engine=runner,
-                          progress=lambda message: console.print(f"  [dim]{message}[/]"))
+                          progress=lambda message: console.print(f"  [dim]{message}[/]", soft_wrap=True))
 
 
 def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None) -> list[str]:
