@@ -176,7 +176,8 @@ def test_a_repeated_customer_key_is_found_in_its_part_and_named_with_its_file_ro
     # Rows 40 and 41 become copies of rows 7 and 3 (row 40 is the first repeat in file order).
     bad = pd.concat([rows.iloc[:40], rows.iloc[[7, 3]], rows.iloc[40:]], ignore_index=True)
     bad.to_parquet(raw_dir / f"{table}.parquet", index=False)
-    with pytest.raises(SchemaError, match=rf"{table}.parquet: column\(s\) \[.*'customer_id'.*\], row 40: duplicate key"):
+    expected = rf"{table}.parquet: column\(s\) \[.*'customer_id'.*\], row 40: duplicate key"
+    with pytest.raises(SchemaError, match=expected):
         build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
                           BuildOptions(parts=3, workers=2), progress=lambda _: None)
     assert not any((tmp_path / "features").glob("*.parquet"))
