@@ -219,7 +219,9 @@ def activity_features(transactions: pd.DataFrame, interactions: pd.DataFrame, of
     """Money flows over 30/90/180 days, spending by category, detected salary, digital engagement
     over 7/30 days, product-page views, service contacts over 90 days and offer history."""
     cols: dict[str, np.ndarray] = {}
-    tx = transactions.drop_duplicates("txn_id") if "txn_id" in transactions else transactions
+    # A transaction delivered twice counts once; the same reference on two customers' accounts (a
+    # transfer between them) counts for each.
+    tx = transactions.drop_duplicates([CUSTOMER_ID, "txn_id"]) if "txn_id" in transactions else transactions
     tx = tx.reset_index(drop=True)
     ev = _Events(tx, grid, "txn_date", known_col="posted_date")
     amount = tx["amount"].to_numpy(dtype=float)

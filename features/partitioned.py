@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,9 +161,11 @@ def plan_parts(raw_dir: Path, memory_limit: int, workers: int) -> int:
         raw_bytes += per_row * rows
         if name == "customers":
             customers = rows
-        if name == "holdings":
-            dates = pq.read_table(raw_dir / "holdings.parquet", columns=[SNAPSHOT_DATE]).column(0)
-            months = max(len(pa.compute.unique(dates)), 1)
+        if name == "holdings" and SNAPSHOT_DATE in pf.schema_arrow.names:  # else validation names it
+            seen: set = set()
+            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=[SNAPSHOT_DATE]):
+                seen.update(pc.unique(batch.column(0)).to_pylist())
+            months = max(len(seen), 1)
     need = RAW_FACTOR * raw_bytes + BYTES_PER_CUSTOMER_MONTH * customers * months
     workers = max(workers, 1)
     per_worker = max((memory_limit - PARENT_RESERVE - workers * WORKER_BASE) / workers, MIN_PART_BYTES)
@@ -210,27 +213,25 @@ def split_units(raw_dir: Path, unit_rows: int | None = None) -> tuple[list[Split
 
 def split_unit(unit: SplitUnit, products: list[str], parts: int, parts_dir: Path) -> dict:
     """Validates one unit chunk by chunk and writes each customer's rows into
-    `parts_dir/<part>/<table>/<unit>.parquet`.
+    `parts_dir/<part>/<table>/<unit>.parquet`. Timestamps are written naive UTC in nanoseconds, as
+    the build reads them.
 
     Returns `{"rows": n, "months": [snapshot dates as ns]}`, or `{"error": message}` for data that breaks
-    the schema (the message names file, column and the file's row): an error is data, so that every
-    engine reports it the same way.
+    the schema or cannot be read (the message names file, column and the file's row): an error is data,
+    so that every engine reports it the same way. Errors writing the work files are raised as they are.
     """
     path = Path(unit.path)
     writers: dict[int, pq.ParquetWriter] = {}
     months: set[int] = set()
     offset = unit.first_row
+    _allow_open_files(parts + 64)
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-        validate_arrow(schema.empty_table(), unit.table, source=path, products=products)  # columns, even if empty
-        for batch in (pf.iter_batches(batch_size=CHUNK_ROWS, row_groups=list(unit.row_groups))
-                      if unit.row_groups else ()):
-            table = pa.Table.from_batches([batch], schema=schema)
+        for table in _read_unit(unit, path):
             validate_arrow(table, unit.table, source=path, products=products, row_offset=offset)
+            table = _naive_ns(table)
             offset += len(table)
             if unit.table == "holdings":
-                months.update(pd.DatetimeIndex(pc.unique(table.column(SNAPSHOT_DATE)).to_pandas()).asi8.tolist())
+                months.update(pc.unique(table.column(SNAPSHOT_DATE)).cast(pa.int64()).to_pylist())
             part = _part_ids(table.column(CUSTOMER_ID), parts)
             order = np.argsort(part, kind="stable")
             bounds = np.searchsorted(part[order], np.arange(parts + 1))
@@ -240,16 +241,53 @@ def split_unit(unit: SplitUnit, products: list[str], parts: int, parts_dir: Path
                     if i not in writers:
                         target = parts_dir / str(i) / unit.table / f"{unit.index:05d}.parquet"
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        writers[i] = pq.ParquetWriter(target, schema, compression=SPILL_COMPRESSION)
+                        writers[i] = pq.ParquetWriter(target, table.schema, compression=SPILL_COMPRESSION)
                     writers[i].write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]))
     except SchemaError as exc:
         return {"error": str(exc)}
-    except (OSError, pa.ArrowInvalid) as exc:
-        return {"error": f"{path}: not a readable parquet file ({exc})"}
     finally:
         for w in writers.values():
             w.close()
     return {"rows": offset - unit.first_row, "months": sorted(months)}
+
+
+def _read_unit(unit: SplitUnit, path: Path):
+    """The unit's chunks as Arrow tables (the schema checked first, even for an empty file); a file that
+    cannot be read is a SchemaError naming it."""
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        yield schema.empty_table()  # columns and kinds, even for an empty file
+        batches = pf.iter_batches(batch_size=CHUNK_ROWS, row_groups=list(unit.row_groups)) if unit.row_groups else ()
+        for batch in batches:
+            yield pa.Table.from_batches([batch], schema=schema)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"{path}: not a readable parquet file ({exc})") from None
+
+
+def _naive_ns(table: pa.Table) -> pa.Table:
+    """Timestamp columns as naive UTC nanoseconds (validation has checked they fit). pandas' own metadata
+    is dropped when a column changes type: it would restore the old type when read back."""
+    changed = False
+    for i, field_ in enumerate(table.schema):
+        if pa.types.is_timestamp(field_.type) and (field_.type.tz is not None or field_.type.unit != "ns"):
+            table = table.set_column(i, field_.name, pc.cast(table.column(i), pa.timestamp("ns"), safe=False))
+            changed = True
+    return table.replace_schema_metadata(None) if changed else table
+
+
+def _allow_open_files(needed: int) -> None:
+    """A split task keeps one file open per part it writes: raise this process's limit to the hard
+    limit if needed, or say what to change."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise OSError(f"building in {needed - 64} parts needs {needed} open files per task, over this system's "
+                      f"limit of {hard}: give the build more memory (--memory-limit) or fewer parts (--parts)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else needed, hard))
 
 
 def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, run: Callable | None = None) -> RawSummary:
@@ -275,7 +313,8 @@ def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, run: 
                           "features to build (contact-level data such as uci-bank-marketing feeds `nextbest "
                           "campaign` instead)")
     rows = {name: sum(r["rows"] for r, u in zip(results, units) if u.table == name) for name in schemas}
-    return RawSummary(snapshot_months(pd.to_datetime(months)), parts, tuple(schemas), rows, schemas)
+    written = {name: _naive_ns(schema.empty_table()).schema for name, schema in schemas.items()}
+    return RawSummary(snapshot_months(pd.to_datetime(months)), parts, tuple(schemas), rows, written)
 
 
 def customer_keyed(table: str) -> bool:
@@ -401,6 +440,10 @@ def _reference_schema(out_dir: Path, parts: int, view: str, first: pa.Table) -> 
     return first.schema
 
 
+class BuildError(ValueError):
+    """A worker building parts died or failed (one line, with what to change)."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How the build runs. `memory_limit` in bytes bounds the whole build (all workers together)."""
@@ -483,8 +526,13 @@ def build_partitioned(raw_dir: Path, features_dir: Path, catalogue: Catalogue, s
         split_s = time.perf_counter() - started
         progress(f"building {parts} part(s) on {engine.name} ({len(summary.months)} snapshots, "
                  f"{summary.rows.get('customers', 0):,} customers; split in {split_s:.1f} s)")
-        counts = engine.build(work, summary, catalogue, segments,
-                              lambda done, total: progress(f"built part {done} of {total}") if total > 1 else None)
+        try:
+            counts = engine.build(work, summary, catalogue, segments,
+                                  lambda done, total: progress(f"built part {done} of {total}") if total > 1 else None)
+        except BrokenProcessPool:
+            raise BuildError(f"a worker building the {parts} part(s) died, most often killed by the system for "
+                             "memory: give the build less to hold at once (a lower --memory-limit makes more, "
+                             "smaller parts; or --workers 1)") from None
         repeats = [r["duplicate"] for r in counts if "duplicate" in r]
         for name in sorted({t for t, _ in repeats}):
             _raise_first_repeat(raw_dir / f"{name}.parquet", name,

@@ -20,7 +20,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from nextbest.config import Catalogue, SegmentsConfig
-from nextbest.features.partitioned import RawSummary, build_part
+from nextbest.features.partitioned import BuildError, RawSummary, build_part
 
 CONNECT_TIMEOUT_S = 5.0
 LOG_CONFIG = Path(__file__).with_name("spark_log4j2.properties")  # errors only, on stderr
@@ -93,7 +93,10 @@ class SparkEngine:
         if not items:
             return []
         sc = self.spark.sparkContext
-        return sc.parallelize(items, len(items)).map(fn).collect()
+        try:
+            return sc.parallelize(items, len(items)).map(fn).collect()
+        except Exception as exc:  # py4j: a task failed after Spark's retries
+            raise BuildError(f"Spark ({self.master}) failed a task: {_last_python_error(exc)}") from None
 
     def build(self, work: Path, summary: RawSummary, catalogue: Catalogue, segments: SegmentsConfig,
               progress: Callable[[int, int], None]) -> list[dict]:
@@ -102,6 +105,14 @@ class SparkEngine:
         out = self.map(task, list(range(summary.parts)))
         progress(summary.parts, summary.parts)
         return out
+
+
+def _last_python_error(exc: Exception) -> str:
+    """The Python exception line inside a Spark task failure's text, else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception")) and " " not in
+              line.split(":")[0]]
+    return (errors or lines or [type(exc).__name__])[-1][:300]
 
 
 def _stop_dead_context() -> None:

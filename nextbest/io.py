@@ -85,9 +85,12 @@ class StreamingParquetWriter:
         writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
 
     def commit(self) -> list[Path]:
-        out = []
-        for writer, tmp, final in self._writers.values():
+        """Closes every file, then renames them all into place (a file that fails to close, e.g. on a
+        full disk, leaves every earlier file as it was)."""
+        for writer, _, _ in self._writers.values():
             writer.close()
+        out = []
+        for _, tmp, final in self._writers.values():
             os.replace(tmp, final)
             out.append(final)
         self._writers.clear()

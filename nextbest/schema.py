@@ -122,14 +122,16 @@ def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
         s = df[col.name]
         if s.isna().all() and len(s) and col.nullable:
             continue
-        if not _KIND_CHECK[col.kind](s):
-            bad = _first_bad_type(s, col.kind)
-            raise _fail(source, col.name, bad + row_offset if bad >= 0 else bad, s.iloc[bad] if bad >= 0 else None,
-                        f"is not of type {col.kind} (column dtype {s.dtype})")
         nulls = s.isna().to_numpy()
         if not col.nullable and nulls.any():
             row = int(np.argmax(nulls))
             raise _fail(source, col.name, row + row_offset, None, "is missing but the column is required")
+        if not _KIND_CHECK[col.kind](s):
+            bad = _first_bad_type(s, col.kind)
+            if bad < 0:  # no single value to blame (an empty table, a column of a foreign type)
+                raise SchemaError(f"{source}: column '{col.name}' holds {s.dtype}, not {col.kind}")
+            raise _fail(source, col.name, bad + row_offset, s.iloc[bad], f"is not of type {col.kind} (column dtype "
+                        f"{s.dtype})")
         allowed = col.allowed
         if col.name == "product_id" and products is not None:
             allowed = tuple(products)
@@ -170,8 +172,11 @@ def validate_arrow(table, name: str, source: str | Path = "<memory>", products: 
     import pyarrow.compute as pc
     import pyarrow.types as pt
 
-    if _arrow_clean(table, SCHEMAS[name], products, pc, pt):
-        return
+    try:
+        if _arrow_clean(table, SCHEMAS[name], products, pc, pt):
+            return
+    except pa_errors() as _:  # a type Arrow's kernels do not handle: let pandas judge
+        pass
     columns = {}
     for column in table.column_names:
         try:
@@ -199,10 +204,10 @@ def _arrow_clean(table, schema: TableSchema, products, pc, pt) -> bool:
         arr = table.column(col.name)
         if pt.is_dictionary(arr.type):
             arr = arr.cast(arr.type.value_type)
+        if not _ARROW_KIND[col.kind](arr.type, pt) and not pt.is_null(arr.type):
+            return False
         if not len(arr):
             continue
-        if not _ARROW_KIND[col.kind](arr.type, pt):
-            return False
         if arr.null_count and (not col.nullable or col.kind in ("int", "bool")):
             return False  # pandas turns nulls in int/bool columns into float/object: let it judge
         if pt.is_floating(arr.type) and not col.nullable and pc.any(pc.is_nan(arr)).as_py():
@@ -233,6 +238,12 @@ def pa_timestamp_us(t):
     import pyarrow as pa
 
     return pa.timestamp("us", tz=t.tz)
+
+
+def pa_errors():
+    import pyarrow as pa
+
+    return (pa.ArrowException,)
 
 
 def pa_array(values):

@@ -160,10 +160,11 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
         entity = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], products)
     else:
         entity = churn_labels(raw["customers"], raw["holdings"], raw["interactions"], products, cfg.horizon_months)
+    # The labels are known before the features: a bank whose labels cannot train stops here.
+    check_labels(chrono_split(entity, cfg.val_months, cfg.test_months), task, cfg.min_positives)
     stage(f"training set from Feast ({service}, {len(entity):,} rows)")
     df = training_frame(paths, entity, service)
     split = chrono_split(df, cfg.val_months, cfg.test_months)
-    check_labels(split, task, cfg.min_positives)
     labels = label_columns(df)
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
     categorical = [c for c in CATEGORICAL_FEATURES if c in features]

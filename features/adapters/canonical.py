@@ -77,7 +77,13 @@ def _convert(s: pd.Series, kind: str, source: str, column: str, row_offset: int)
             .where(~missing, None).astype(object)
     if kind == "datetime":
         if pd.api.types.is_datetime64_any_dtype(s):
-            return s.dt.tz_convert("UTC").dt.tz_localize(None) if getattr(s.dt, "tz", None) else s
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None) if getattr(s.dt, "tz", None) else s
+            outside = s.notna() & ((s < pd.Timestamp.min) | (s > pd.Timestamp.max))  # beyond nanoseconds' range
+            if outside.any():
+                i = int(np.argmax(outside.to_numpy()))
+                raise SchemaError(f"{source}: column '{column}', row {row_offset + i}: value {s.iloc[i]} is outside "
+                                  f"{pd.Timestamp.min.date()}..{pd.Timestamp.max.date()}")
+            return s.astype("datetime64[ns]")
         parsed = pd.to_datetime(s.where(~missing), errors="coerce", utc=True, format="mixed")
         bad = parsed.isna() & ~missing
         if bad.any():
@@ -215,8 +221,10 @@ class _Database:
     def chunks(self, table: str) -> Iterator[pd.DataFrame]:
         schema, bare = self._split(table)
         t = self.sa.Table(bare, self.sa.MetaData(), schema=schema, autoload_with=self.conn)
+        # A server-side cursor: rows arrive chunk by chunk, not all at once.
+        conn = self.conn.execution_options(stream_results=True, max_row_buffer=self.chunksize)
         try:
-            yield from pd.read_sql_query(self.sa.select(t), self.conn, chunksize=self.chunksize)
+            yield from pd.read_sql_query(self.sa.select(t), conn, chunksize=self.chunksize)
         except self.sa.exc.SQLAlchemyError as exc:
             raise SchemaError(f"{self.locate(table)}: cannot be read ({_first_line(exc)})") from None
 
@@ -263,6 +271,9 @@ def ingest_canonical(source: str | Path, out_dir: Path, catalogue: Catalogue, ta
                     extra = [c for c in chunk.columns if c not in {c.name for c in SCHEMAS[table].columns}]
                     if extra:
                         report.notes.append(f"{table}: column(s) {extra} are not canonical: ignored")
+                missing = [c.name for c in SCHEMAS[table].columns if c.name not in chunk.columns]
+                if missing:
+                    raise SchemaError(f"{where}: missing column(s) {missing} (has {list(chunk.columns)})")
                 frame = coerce(chunk, table, str(where), offset)
                 validate(frame, table, source=where, products=catalogue.ids, row_offset=offset, unique=False)
                 writer.write(table, pa.Table.from_pandas(frame, schema=arrow_schema(table), preserve_index=False))

@@ -181,3 +181,18 @@ def test_a_repeated_customer_key_is_found_in_its_part_and_named_with_its_file_ro
         build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
                           BuildOptions(parts=3, workers=2), progress=lambda _: None)
     assert not any((tmp_path / "features").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("form", ["microseconds", "utc-aware"])
+def test_timestamps_in_other_units_or_zones_build_the_same_tables(tmp_path, raw, whole, catalogue, form):
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for name, df in raw.items():
+        df = df.copy()
+        for col in df.select_dtypes("datetime").columns:  # as DuckDB, Spark or another zone-aware tool writes
+            df[col] = df[col].astype("datetime64[us]") if form == "microseconds" else df[col].dt.tz_localize("UTC")
+        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
+    out = build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(), BuildOptions(parts=3),
+                            progress=lambda _: None)
+    for view in VIEWS:
+        pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out[view])), _sorted(whole[view]))
