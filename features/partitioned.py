@@ -111,7 +111,6 @@ class RawSummary:
 
     months: pd.DatetimeIndex
     parts: int
-    tables: tuple[str, ...]
     rows: dict[str, int] = field(default_factory=dict)
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
 
@@ -314,7 +313,7 @@ def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, run: 
                           "campaign` instead)")
     rows = {name: sum(r["rows"] for r, u in zip(results, units) if u.table == name) for name in schemas}
     written = {name: _naive_ns(schema.empty_table()).schema for name, schema in schemas.items()}
-    return RawSummary(snapshot_months(pd.to_datetime(months)), parts, tuple(schemas), rows, written)
+    return RawSummary(snapshot_months(pd.to_datetime(months)), parts, rows, written)
 
 
 def customer_keyed(table: str) -> bool:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.types as pt
 
 from nextbest.constants import CHANNELS, STATUSES
 
@@ -169,13 +172,10 @@ def validate_arrow(table, name: str, source: str | Path = "<memory>", products: 
     through `validate`, so the error is the same, naming file, column, row and value. Unique keys are
     left to the caller (they span chunks).
     """
-    import pyarrow.compute as pc
-    import pyarrow.types as pt
-
     try:
-        if _arrow_clean(table, SCHEMAS[name], products, pc, pt):
+        if _arrow_clean(table, SCHEMAS[name], products):
             return
-    except pa_errors() as _:  # a type Arrow's kernels do not handle: let pandas judge
+    except pa.ArrowException:  # a type Arrow's kernels do not handle: let pandas judge
         pass
     columns = {}
     for column in table.column_names:
@@ -188,15 +188,15 @@ def validate_arrow(table, name: str, source: str | Path = "<memory>", products: 
 
 
 _ARROW_KIND = {
-    "str": lambda t, pt: pt.is_string(t) or pt.is_large_string(t),
-    "float": lambda t, pt: pt.is_integer(t) or pt.is_floating(t),
-    "int": lambda t, pt: pt.is_integer(t),
-    "bool": lambda t, pt: pt.is_boolean(t),
-    "datetime": lambda t, pt: pt.is_timestamp(t),
+    "str": lambda t: pt.is_string(t) or pt.is_large_string(t),
+    "float": lambda t: pt.is_integer(t) or pt.is_floating(t),
+    "int": pt.is_integer,
+    "bool": pt.is_boolean,
+    "datetime": pt.is_timestamp,
 }
 
 
-def _arrow_clean(table, schema: TableSchema, products, pc, pt) -> bool:
+def _arrow_clean(table, schema: TableSchema, products) -> bool:
     """True when the chunk certainly passes every per-row check of `validate`."""
     for col in schema.columns:
         if col.name not in table.column_names:
@@ -204,7 +204,7 @@ def _arrow_clean(table, schema: TableSchema, products, pc, pt) -> bool:
         arr = table.column(col.name)
         if pt.is_dictionary(arr.type):
             arr = arr.cast(arr.type.value_type)
-        if not _ARROW_KIND[col.kind](arr.type, pt) and not pt.is_null(arr.type):
+        if not _ARROW_KIND[col.kind](arr.type) and not pt.is_null(arr.type):
             return False
         if not len(arr):
             continue
@@ -215,14 +215,15 @@ def _arrow_clean(table, schema: TableSchema, products, pc, pt) -> bool:
         allowed = tuple(products) if col.name == "product_id" and products is not None else col.allowed
         if allowed is not None:
             present = pc.unique(arr.drop_null())
-            if not pc.all(pc.is_in(present, value_set=pa_array(allowed))).as_py() and len(present):
+            known = pa.array(list(allowed), type=pa.string())
+            if len(present) and not pc.all(pc.is_in(present, value_set=known)).as_py():
                 return False
         if col.min_value is not None:
             low = pc.min(arr).as_py()
             if low is not None and low < col.min_value:
                 return False
         if pt.is_timestamp(arr.type) and arr.null_count < len(arr):
-            bounds = pc.min_max(pc.cast(arr, pa_timestamp_us(arr.type), safe=False))
+            bounds = pc.min_max(pc.cast(arr, pa.timestamp("us", tz=arr.type.tz), safe=False))
             if not (PANDAS_MIN_US <= bounds["min"].value <= PANDAS_MAX_US and
                     PANDAS_MIN_US <= bounds["max"].value <= PANDAS_MAX_US):
                 return False
@@ -232,24 +233,6 @@ def _arrow_clean(table, schema: TableSchema, products, pc, pt) -> bool:
 # The datetimes pandas represents (nanoseconds in int64), in microseconds.
 PANDAS_MIN_US = pd.Timestamp.min.value // 1000 + 1
 PANDAS_MAX_US = pd.Timestamp.max.value // 1000 - 1
-
-
-def pa_timestamp_us(t):
-    import pyarrow as pa
-
-    return pa.timestamp("us", tz=t.tz)
-
-
-def pa_errors():
-    import pyarrow as pa
-
-    return (pa.ArrowException,)
-
-
-def pa_array(values):
-    import pyarrow as pa
-
-    return pa.array(list(values), type=pa.string())
 
 
 def _first_bad_type(s: pd.Series, kind: str) -> int:
