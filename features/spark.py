@@ -20,7 +20,8 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from nextbest.config import Catalogue, SegmentsConfig
-from nextbest.features.partitioned import BuildError, RawSummary, build_part
+from nextbest.features.partitioned import BuildError, build_part
+from nextbest.features.split import RawSummary
 
 CONNECT_TIMEOUT_S = 5.0
 LOG_CONFIG = Path(__file__).with_name("spark_log4j2.properties")  # errors only, on stderr
@@ -45,6 +46,14 @@ def check_master(master: str) -> None:
     raise SparkUnavailable(f"Spark master {master} cannot be reached ({reason})")
 
 
+def require_pyspark(what: str) -> None:
+    """Raises SparkUnavailable, saying what to install, when pyspark is missing."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise SparkUnavailable(f"{what} needs pyspark: pip install 'nextbest[spark]' (and Java 17 or newer)") from None
+
+
 class SparkEngine:
     """Runs the split units and the parts as Spark tasks, one task per unit or part."""
 
@@ -59,11 +68,9 @@ class SparkEngine:
     def start(self) -> None:
         if self.spark is not None:
             return
-        try:
-            from pyspark.sql import SparkSession
-        except ImportError:
-            raise SparkUnavailable("--engine spark needs pyspark: pip install 'nextbest[spark]' (and Java 17 or "
-                                   "newer)") from None
+        require_pyspark("--engine spark")
+        from pyspark.sql import SparkSession
+
         check_master(self.master)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this interpreter
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

@@ -11,6 +11,8 @@ CUSTOMER_ID = "customer_id"
 SNAPSHOT_DATE = "snapshot_date"
 PRODUCT_ID = "product_id"
 EVENT_TIMESTAMP = "event_timestamp"
+# Footer key of a feature file: its rows per customer part, in file order (JSON list), as the build wrote them.
+FEATURE_PARTS_KEY = "nextbest.parts"
 
 # Defaults shared by the CLI, training and serving.
 DEFAULT_SEED = 42

@@ -84,10 +84,12 @@ class StreamingParquetWriter:
         writer = self._writers[name][0]
         writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
 
-    def commit(self) -> list[Path]:
-        """Closes every file, then renames them all into place (a file that fails to close, e.g. on a
-        full disk, leaves every earlier file as it was)."""
-        for writer, _, _ in self._writers.values():
+    def commit(self, metadata: dict[str, dict[str, str]] | None = None) -> list[Path]:
+        """Closes every file (with `metadata[name]` added to its footer), then renames them all into place
+        (a file that fails to close, e.g. on a full disk, leaves every earlier file as it was)."""
+        for name, (writer, _, _) in self._writers.items():
+            if metadata and name in metadata:
+                writer.add_key_value_metadata(metadata[name])
             writer.close()
         out = []
         for _, tmp, final in self._writers.values():

@@ -8,9 +8,10 @@ import pytest
 
 from nextbest.config import load_segments
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
-from nextbest.features import partitioned
+from nextbest.features import split
 from nextbest.features.build import SEGMENTS_VIEW, VIEWS, build_feature_tables
-from nextbest.features.partitioned import BuildOptions, build_partitioned, parse_bytes, partition_of, plan_parts
+from nextbest.features.partitioned import BuildOptions, build_partitioned, parse_bytes, plan_parts
+from nextbest.features.split import partition_of
 from nextbest.schema import SchemaError
 from nextbest.settings import Paths
 
@@ -64,8 +65,8 @@ def test_partition_is_stable_and_spreads_customers():
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_bad_value_names_the_files_own_row_across_chunks_and_units(tmp_path, raw, catalogue, monkeypatch, workers):
-    monkeypatch.setattr(partitioned, "CHUNK_ROWS", 1000)
-    monkeypatch.setattr(partitioned, "SPLIT_UNIT_ROWS", 3000)  # several split tasks per table
+    monkeypatch.setattr(split, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(split, "SPLIT_UNIT_ROWS", 3000)  # several split tasks per table
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
     for name, df in raw.items():
@@ -82,12 +83,12 @@ def test_a_bad_value_names_the_files_own_row_across_chunks_and_units(tmp_path, r
 
 
 def test_many_split_units_build_the_same_tables(tmp_path, raw, whole, catalogue, monkeypatch):
-    monkeypatch.setattr(partitioned, "SPLIT_UNIT_ROWS", 2000)
+    monkeypatch.setattr(split, "SPLIT_UNIT_ROWS", 2000)
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
     for name, df in raw.items():
         df.to_parquet(raw_dir / f"{name}.parquet", index=False, row_group_size=1000)
-    units, _ = partitioned.split_units(raw_dir)
+    units, _ = split.split_units(raw_dir)
     assert sum(u.table == "transactions" for u in units) > 5
     out = build_partitioned(raw_dir, tmp_path / "features", catalogue, load_segments(),
                             BuildOptions(parts=1, workers=2), progress=lambda _: None)
@@ -96,7 +97,7 @@ def test_many_split_units_build_the_same_tables(tmp_path, raw, whole, catalogue,
 
 
 def test_a_duplicate_key_in_another_chunk_and_part_is_found_with_its_row(tmp_path, raw, catalogue, monkeypatch):
-    monkeypatch.setattr(partitioned, "CHUNK_ROWS", 500)
+    monkeypatch.setattr(split, "CHUNK_ROWS", 500)
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
     for name, df in raw.items():
