@@ -228,7 +228,7 @@ def main() -> None:
                       for k, v in steps.items()]
                      + [["total", f"{total:.0f}", f"{max(v['peak_gb'] for v in steps.values()):.2f}", ""]])
         retrieval = steps["training set, last month, nbp"]
-        record.note(f"The training set's retrieval through Feast (DuckDB offline store, one call) peaked at "
+        record.note(f"The training set's retrieval (`training_frame`, as `nextbest train` runs it) peaked at "
                     f"{retrieval['peak_gb']:.2f} GB, against the build's bound of {BUILD_TARGET_GB:g} GB: "
                     f"{'within' if retrieval['peak_gb'] < BUILD_TARGET_GB else 'over'} it.")
         met = total < PIPELINE_TARGET_S and not failed

@@ -25,12 +25,19 @@ def _feast_type(dtype) -> object:
     return String
 
 
-def feature_view(view: str, sample: pd.DataFrame, entity: Entity, features_dir: Path) -> FeatureView:
-    """A feature view over `features/<view>.parquet` whose schema follows the table's columns."""
+def feature_view(view: str, sample: pd.DataFrame, entity: Entity, features_dir: Path,
+                 offline_store: str = "duckdb") -> FeatureView:
+    """A feature view over `features/<view>.parquet` whose schema follows the table's columns; its
+    source is a file for the DuckDB offline store, a Spark query over the same file for Spark's."""
     fields = [Field(name=c, dtype=_feast_type(sample[c].dtype))
               for c in sample.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP)]
-    return FeatureView(name=view, entities=[entity], ttl=SNAPSHOT_TTL, schema=fields,
-                       source=file_source(features_dir, view), online=True)
+    if offline_store == "spark":
+        from nextbest.feature_repo.offline import spark_source
+
+        source = spark_source(features_dir, view, list(sample.columns))
+    else:
+        source = file_source(features_dir, view)
+    return FeatureView(name=view, entities=[entity], ttl=SNAPSHOT_TTL, schema=fields, source=source, online=True)
 
 
 def request_context_view() -> OnDemandFeatureView:

@@ -26,6 +26,7 @@ from nextbest.constants import EVENT_TIMESTAMP, REALTIME_VIEW
 from nextbest.feature_repo.entities import customer_entity
 from nextbest.feature_repo.feature_services import feature_services
 from nextbest.feature_repo.features import empty_realtime_table, feature_view, realtime_view, request_context_view
+from nextbest.feature_repo.offline import OfflineStoreChoice, current_offline_store, with_offline_store
 from nextbest.feature_repo.online_store import STORE_TYPE, RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
 from nextbest.feature_repo.redis_store import (DEFAULT_REDIS_URL, REDIS_PASSWORD_ENV, OnlineStoreUnavailable,
                                                RedisTarget, redis_target)
@@ -137,12 +138,15 @@ def sqlite_store_file(paths: Paths) -> Path | None:
     return path if path.is_absolute() else paths.feast / path
 
 
-def write_store_config(paths: Paths, choice: OnlineStoreChoice | None = None) -> Path:
+def write_store_config(paths: Paths, choice: OnlineStoreChoice | None = None,
+                       offline: OfflineStoreChoice | None = None) -> Path:
     """Writes `<workdir>/feast/feature_store.yaml` from the template in `feature_repo/` for the
-    chosen online store (default: the work directory's current one, else SQLite)."""
+    chosen online and offline stores (default: the work directory's current ones, else SQLite and DuckDB)."""
     choice = choice or current_online_store(paths) or OnlineStoreChoice()
+    offline = offline or current_offline_store(paths) or OfflineStoreChoice()
     text = (Path(__file__).resolve().parent / _TEMPLATES[choice.kind]).read_text().replace(
         "${WORKDIR}", str(paths.root))
+    text = with_offline_store(text, offline)
     if choice.redis is not None:
         text = text.replace("${REDIS_CONNECTION_STRING}", choice.redis.connection_string)
     paths.feast.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,8 @@ def open_store(paths: Paths):
     return FeatureStore(repo_path=str(paths.feast))
 
 
-def apply(paths: Paths, online_store: OnlineStoreChoice | None = None) -> list[str]:
+def apply(paths: Paths, online_store: OnlineStoreChoice | None = None,
+          offline_store: OfflineStoreChoice | None = None) -> list[str]:
     """Registers entity, feature views and feature services; returns the applied object names.
 
     Args:
@@ -168,8 +173,11 @@ def apply(paths: Paths, online_store: OnlineStoreChoice | None = None) -> list[s
         online_store: the online store to record in `feast/feature_store.yaml` (default: the
             one already there, else SQLite). Switching stores leaves the new one empty until
             the next `materialize`.
+        offline_store: the offline store that serves training sets (default: the one already
+            there, else DuckDB); its sources read the same feature files.
     """
-    write_store_config(paths, online_store)
+    offline_store = offline_store or current_offline_store(paths) or OfflineStoreChoice()
+    write_store_config(paths, online_store, offline_store)
     store = open_store(paths)
     entity = customer_entity()
     views = {}
@@ -179,7 +187,7 @@ def apply(paths: Paths, online_store: OnlineStoreChoice | None = None) -> list[s
             raise FileNotFoundError(f"{path}: not found; run `nextbest features build` first")
         # The schema comes from the first rows; reading the whole table would cost gigabytes.
         sample = pa.Table.from_batches([next(pq.ParquetFile(path).iter_batches(batch_size=1000))]).to_pandas()
-        views[view] = feature_view(view, sample, entity, paths.features)
+        views[view] = feature_view(view, sample, entity, paths.features, offline_store.kind)
     context = request_context_view()
     services = feature_services(views, context)
     realtime_file = paths.features / f"{REALTIME_VIEW}.parquet"

@@ -248,10 +248,12 @@ def churn_section(paths: Paths, features: pd.DataFrame, churn, cfg: MonitoringCo
     from nextbest.training.datasets import LABEL_PREFIX, churn_labels
 
     model, meta = churn
-    horizon = load_train_config("churn").horizon_months
+    train_cfg = load_train_config("churn")
+    horizon = train_cfg.horizon_months
+    table = train_cfg.label.definition == "table"
     ts = D.naive_times(features[EVENT_TIMESTAMP])
     months = np.sort(ts.unique())
-    if len(months) <= horizon:
+    if len(months) <= horizon and not table:
         return {"status": f"no matured month: churn needs {horizon} months after a snapshot, the data has "
                           f"{len(months)} snapshots"}
     for name in ("customers", "holdings"):
@@ -261,10 +263,24 @@ def churn_section(paths: Paths, features: pd.DataFrame, churn, cfg: MonitoringCo
     holdings = pd.read_parquet(paths.raw / "holdings.parquet", columns=[CUSTOMER_ID, SNAPSHOT_DATE, PRODUCT_ID])
     no_events = pd.DataFrame({CUSTOMER_ID: pd.Series([], dtype=str),
                               "event_date": pd.Series([], dtype="datetime64[ns]")})
-    labels = churn_labels(customers, holdings, no_events, load_catalogue().ids, horizon)
     label = f"{LABEL_PREFIX}churn"
-    matured = pd.Timestamp(months[len(months) - 1 - horizon])
-    label_ts = D.naive_times(labels[EVENT_TIMESTAMP])
+    if table:  # the bank's own labels: the latest labelled snapshot is the matured one
+        from nextbest.config.training import label_table_path
+        from nextbest.features.build import snapshot_months
+        from nextbest.training.label_table import read_label_table
+
+        labels = read_label_table(label_table_path(train_cfg), customers[CUSTOMER_ID],
+                                  snapshot_months(holdings[SNAPSHOT_DATE]), report=lambda _: None)
+        label_ts = D.naive_times(labels[EVENT_TIMESTAMP])
+        labelled = np.intersect1d(label_ts.unique(), months)
+        if not len(labelled):
+            return {"status": "no snapshot of the features has a label in the bank's label table"}
+        matured = pd.Timestamp(labelled[-1])
+    else:
+        closed = train_cfg.label.products if train_cfg.label.definition == "product_closed" else None
+        labels = churn_labels(customers, holdings, no_events, load_catalogue().ids, horizon, closed=closed)
+        matured = pd.Timestamp(months[len(months) - 1 - horizon])
+        label_ts = D.naive_times(labels[EVENT_TIMESTAMP])
     at = labels[(label_ts == matured).to_numpy()]
     rows = features[(ts == matured).to_numpy()].merge(
         at[[CUSTOMER_ID, label]], on=CUSTOMER_ID)

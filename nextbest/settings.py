@@ -147,6 +147,11 @@ class Paths:
         return self.mlflow / "artifacts"
 
     @property
+    def baselines(self) -> Path:
+        """LightGBM baselines' test scores per training set, so that re-evaluating does not refit them."""
+        return self.root / "baselines"
+
+    @property
     def models(self) -> Path:
         """Local cache of registered model artifacts, filled by serving."""
         return self.root / "models"

@@ -39,15 +39,30 @@ def nbp_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd
 
 
 def churn_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd.DataFrame,
-                 products: list[str], horizon: int = 3) -> pd.DataFrame:
-    """One row per client-month with `horizon` months observed after it: `label_churn` (int8)."""
+                 products: list[str], horizon: int = 3, closed: list[str] | None = None) -> pd.DataFrame:
+    """One row per client-month with `horizon` months observed after it: `label_churn` (int8).
+
+    By default a client churns when they hold no product in one of the next `horizon` months. With
+    `closed` (products; empty for any), the rows are clients holding one of those products, and one
+    churns when a product of those they hold is no longer held in one of the next `horizon` months.
+    """
     grid = month_grid(customers, holdings, interactions, products)
-    client = grid.held.any(2)  # [n_customers, n_months]
+    if closed is None:
+        watched = None
+        client = grid.held.any(2)  # [n_customers, n_months]
+    else:
+        cols = [products.index(p) for p in closed] if closed else list(range(len(products)))
+        watched = grid.held[:, :, cols]  # [n_customers, n_months, n_watched]
+        client = watched.any(2)
     n_months = client.shape[1]
     rows_c, rows_m, labels = [], [], []
     for m in range(n_months - horizon):
         c = np.flatnonzero(client[:, m])
-        gone = (~client[c, m + 1:m + 1 + horizon]).any(1)
+        if watched is None:
+            gone = (~client[c, m + 1:m + 1 + horizon]).any(1)
+        else:  # a product held now is missing in some month of the horizon
+            now = watched[c, m][:, None, :]
+            gone = (now & ~watched[c, m + 1:m + 1 + horizon]).any((1, 2))
         rows_c.append(c)
         rows_m.append(np.full(len(c), m))
         labels.append(gone)
@@ -69,6 +84,7 @@ class Split:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
+    kind: str = "chronological"  # or "random": too few snapshots for a split by time
 
     @property
     def months(self) -> dict[str, list[str]]:
@@ -99,20 +115,61 @@ def chrono_split(df: pd.DataFrame, val_months: int = 1, test_months: int = 1,
                  df[t >= test_start].reset_index(drop=True))
 
 
-def check_labels(split: Split, task: str, min_positives: int = 10) -> None:
+RANDOM_SHARES = (0.15, 0.15)  # validation and test shares of the customers in a random split
+
+
+def training_split(df: pd.DataFrame, val_months: int = 1, test_months: int = 1, seed: int = 42) -> Split:
+    """The chronological split when the labels span enough snapshots, else a random split by customer
+    (`random_split`): a one-off extract with a label can still train, and says so (`Split.kind`)."""
+    if df[EVENT_TIMESTAMP].nunique() >= val_months + test_months + 1:
+        return chrono_split(df, val_months, test_months)
+    return random_split(df, seed)
+
+
+def random_split(df: pd.DataFrame, seed: int = 42, shares: tuple[float, float] = RANDOM_SHARES) -> Split:
+    """Customers drawn at random into validation and test (shares), the rest training, stratified by
+    whether the customer has any positive label; all of a customer's rows go to one side."""
+    if df.empty:
+        raise LabelError("the training set has no labelled rows")
+    labels = label_columns(df)
+    positive = (df[labels].to_numpy(dtype=float).max(1) > 0) if labels else np.zeros(len(df), bool)
+    per_customer = pd.Series(positive, index=df[CUSTOMER_ID].to_numpy()).groupby(level=0).max().sort_index()
+    rng = np.random.default_rng(seed)
+    side = pd.Series("train", index=per_customer.index, dtype=object)
+    for value in (False, True):
+        ids = rng.permutation(per_customer.index[per_customer.to_numpy() == value].to_numpy())
+        n_val, n_test = (int(round(len(ids) * share)) for share in shares)
+        side[ids[:n_test]] = "test"
+        side[ids[n_test:n_test + n_val]] = "val"
+    where = side.reindex(df[CUSTOMER_ID].to_numpy()).to_numpy()
+    parts = [df[where == name].reset_index(drop=True) for name in ("train", "val", "test")]
+    return Split(*parts, kind="random")
+
+
+def check_labels(split: Split, task: str, min_positives: int = 10, definition: str | None = None) -> None:
     """Stops before training when a window's labels cannot train or measure a model.
 
     Raises:
         LabelError: a window with one class only, or a training or test window with fewer than
             `min_positives` positives; the message says what the data holds and what to change.
     """
-    what = {"churn": "clients who hold nothing within the horizon (churn)",
-            "nbp": "acquisitions of a product not held (next best product)"}[task]
-    advice = {"churn": "The churn label is derived from raw/holdings.parquet: a client churns when they hold no "
-                       "product in one of the following months. A bank whose clients all keep a product, or a "
-                       "window too short to see them leave, cannot train it: load more months or more clients.",
+    key = task if task == "nbp" else f"churn:{definition or 'holds_nothing'}"
+    what = {"churn:holds_nothing": "clients who hold nothing within the horizon (churn)",
+            "churn:product_closed": "clients who close a watched product within the horizon (churn)",
+            "churn:table": "churn as the bank's label table gives it",
+            "nbp": "acquisitions of a product not held (next best product)"}[key]
+    advice = {"churn:holds_nothing": "The churn label is derived from raw/holdings.parquet: a client churns when "
+                                     "they hold no product in one of the following months. A bank whose clients "
+                                     "all keep a product, or a window too short to see them leave, cannot train "
+                                     "it: load more months or more clients, or define churn otherwise (label in "
+                                     "configs/churn.yaml: product_closed, or the bank's own label table).",
+              "churn:product_closed": "The churn label is derived from raw/holdings.parquet: a client churns when a "
+                                      "product of label.products that they hold is closed in one of the following "
+                                      "months. Load more months or more clients, or watch other products.",
+              "churn:table": "The labels come from label.table in configs/churn.yaml: give it more rows of both "
+                             "classes in each window (the last months are validation and test).",
               "nbp": "Acquisitions are read from raw/holdings.parquet: a product held this month and not the "
-                     "month before. Load more months or more clients, or a bank whose holdings change."}[task]
+                     "month before. Load more months or more clients, or a bank whose holdings change."}[key]
     for name, df in (("training", split.train), ("validation", split.val), ("test", split.test)):
         cols = label_columns(df)
         y = df[cols].to_numpy(dtype=float) if cols else np.zeros((len(df), 0))

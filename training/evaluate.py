@@ -1,16 +1,21 @@
 """Side-by-side evaluation on one test month: the PyTorch model, baselines, LightGBM, the oracle.
 
 Pure functions over arrays and frames, plus plot helpers that return matplotlib figures; the
-pipeline logs their output to MLflow.
+pipeline logs their output to MLflow. `cached_scores` keeps a baseline's scores per training set.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from nextbest.io import atomic_write
 from nextbest.training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
 from nextbest.training.models import Preprocessor
 
@@ -224,3 +229,29 @@ def plot_bars(values: dict[str, dict[str, float]], title: str, ylabel: str):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def cached_scores(cache: Path | None, name: str, key: list, fit: Callable[[], np.ndarray], keep: int = 4) -> np.ndarray:
+    """`fit()`, or the scores kept in `cache/<name>-<hash of key>.npy` by an earlier call with the same key; the
+    `keep` most recently used files per name are kept."""
+    if cache is None:
+        return fit()
+    path = cache / f"{name}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.npy"
+    if path.exists():
+        try:
+            scores = np.load(path, allow_pickle=False)
+            path.touch()
+            return scores
+        except (OSError, ValueError):  # a damaged file: fit again
+            pass
+    scores = fit()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(scores), allow_pickle=False)
+
+    atomic_write(path, write)
+    kept = sorted(cache.glob(f"{name}-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[keep:]:
+        old.unlink(missing_ok=True)
+    return scores

@@ -28,8 +28,9 @@ from nextbest.io import read_raw
 from nextbest.settings import Paths
 from nextbest.training import evaluate as ev
 from nextbest.training import registry
-from nextbest.training.datasets import (Split, check_labels, chrono_split, churn_labels, label_columns, nbp_labels,
-                                        target_mask)
+from nextbest.training.datasets import (RANDOM_SHARES, Split, check_labels, label_columns, nbp_labels, target_mask,
+                                        training_split)
+from nextbest.training.label_table import churn_entity
 from nextbest.training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
                                       save_checkpoint)
 from nextbest.training.promotion import champion_metric, gate
@@ -63,6 +64,10 @@ class Prepared:
         return self.numeric + self.categorical
 
     @cached_property
+    def data_hash(self) -> str:
+        return data_hash(self.df)
+
+    @cached_property
     def catalogue(self):
         """The product catalogue whose eligibility rules the nbp mask applies (read once)."""
         return load_catalogue()
@@ -92,7 +97,7 @@ class Prepared:
         meta = json.loads((directory / "prepared.json").read_text())
         df = pd.read_parquet(directory / "frame.parquet")
         truth = pd.read_parquet(directory / "truth.parquet") if (directory / "truth.parquet").exists() else None
-        return cls(meta["task"], meta["products"], df, chrono_split(df, cfg.val_months, cfg.test_months),
+        return cls(meta["task"], meta["products"], df, training_split(df, cfg.val_months, cfg.test_months, cfg.seed),
                    meta["numeric"], meta["categorical"], truth)
 
 
@@ -118,12 +123,12 @@ class TrainResult:
 
 
 def training_frame(paths: Paths, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
-    """Point-in-time training set from Feast: the entity frame joined with the service's features."""
+    """Point-in-time training set from Feast: the entity frame joined with the service's features, one
+    group of customer parts at a time (`feature_repo.retrieval`), so memory follows the group."""
+    from nextbest.feature_repo.retrieval import historical_features
     from nextbest.feature_repo.store import open_store
 
-    store = open_store(paths)
-    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(feature_service))
-    df = job.to_df()
+    df = historical_features(open_store(paths), entity_df, feature_service)
     return df.sort_values([EVENT_TIMESTAMP, CUSTOMER_ID]).reset_index(drop=True)
 
 
@@ -159,12 +164,19 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
     if task == "nbp":
         entity = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], products)
     else:
-        entity = churn_labels(raw["customers"], raw["holdings"], raw["interactions"], products, cfg.horizon_months)
+        entity = churn_entity(raw, products, cfg, stage)  # as configs/churn.yaml defines churn
     # The labels are known before the features: a bank whose labels cannot train stops here.
-    check_labels(chrono_split(entity, cfg.val_months, cfg.test_months), task, cfg.min_positives)
+    labelled = training_split(entity, cfg.val_months, cfg.test_months, cfg.seed)
+    if labelled.kind == "random":
+        stage(f"WARNING: the labels span {entity[EVENT_TIMESTAMP].nunique()} snapshot(s), fewer than the "
+              f"{cfg.val_months + cfg.test_months + 1} a split by time needs: the customers are split at random "
+              f"({1 - sum(RANDOM_SHARES):.0%} training, {RANDOM_SHARES[0]:.0%} validation, "
+              f"{RANDOM_SHARES[1]:.0%} test, stratified by label), so the test figures say how the model ranks "
+              "other customers of the same months, not how it will do on a later month (MLflow: split = random)")
+    check_labels(labelled, task, cfg.min_positives, cfg.label.definition if task == "churn" else None)
     stage(f"training set from Feast ({service}, {len(entity):,} rows)")
     df = training_frame(paths, entity, service)
-    split = chrono_split(df, cfg.val_months, cfg.test_months)
+    split = training_split(df, cfg.val_months, cfg.test_months, cfg.seed)
     labels = label_columns(df)
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
     categorical = [c for c in CATEGORICAL_FEATURES if c in features]
@@ -174,15 +186,23 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
 
 
 def evaluate(prep: Prepared, model: TabularNet | Ensemble, meta: ModelMeta, cfg: TrainConfig,
-             baselines: bool = True) -> Evaluation:
-    """The model beside the baselines and the oracle on the test month."""
+             baselines: bool = True, cache: Path | None = None) -> Evaluation:
+    """The model beside the baselines and the oracle on the test month; LightGBM's test scores are kept
+    in `cache` per training set and reused (`nextbest evaluate` does not refit it)."""
     prob = predict_proba(model, meta, prep.split.test)
     if prep.task == "nbp":
-        return _evaluate_nbp(prep, prob, cfg, baselines)
-    return _evaluate_churn(prep, prob.ravel(), cfg, baselines)
+        return _evaluate_nbp(prep, prob, cfg, baselines, cache)
+    return _evaluate_churn(prep, prob.ravel(), cfg, baselines, cache)
 
 
-def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool) -> Evaluation:
+def _lightgbm(prep: Prepared, cfg: TrainConfig, cache: Path | None, fit: Callable[[], np.ndarray]) -> np.ndarray:
+    """`fit()`'s test scores, or those kept for the same training set, split, inputs and seed."""
+    key = [prep.task, prep.data_hash, prep.split.kind, prep.split.months, prep.numeric, prep.categorical, cfg.seed]
+    return ev.cached_scores(cache, f"lightgbm-{prep.task}", key, fit)
+
+
+def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool,
+                  cache: Path | None = None) -> Evaluation:
     split, products = prep.split, prep.products
     label_cols = [f"label_{p}" for p in products]
 
@@ -195,8 +215,13 @@ def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines:
     scores = {"test": prob}
     if baselines:
         scores["popularity"] = np.broadcast_to(ev.popularity_scores(y_tr, m_tr, seg_tr, seg_te), y_te.shape)
-        x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric, prep.categorical)
-        scores["lightgbm"] = ev.lightgbm_nbp(x_tr, y_tr, m_tr, x_va, y_va, m_va, x_te, cats, seed=cfg.seed)
+
+        def fit() -> np.ndarray:
+            x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric,
+                                                        prep.categorical)
+            return ev.lightgbm_nbp(x_tr, y_tr, m_tr, x_va, y_va, m_va, x_te, cats, seed=cfg.seed)
+
+        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit)
     oracle = _align(split.test, prep.truth, products)
     if oracle is not None:
         scores["oracle"] = oracle
@@ -222,18 +247,25 @@ def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines:
     return Evaluation(metrics, details, figures)
 
 
-def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool) -> Evaluation:
+def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool,
+                    cache: Path | None = None) -> Evaluation:
     split = prep.split
     y_te = split.test["label_churn"].to_numpy(dtype=float)
     scores = {"test": prob}
     if baselines:
-        x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric, prep.categorical)
-        scores["lightgbm"] = ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
-                                                split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
+
+        def fit() -> np.ndarray:
+            x_tr, x_va, x_te, cats = ev.lightgbm_inputs(split.train, split.val, split.test, prep.numeric,
+                                                        prep.categorical)
+            return ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
+                                      split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
+
+        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit)
     # The label's event, holding nothing, has a true monthly probability `p_gone` (churning, or every
     # held product closing); banks simulated before it was recorded have only the churn hazard.
     column = "p_gone" if prep.truth is not None and "p_gone" in prep.truth.columns else "p_churn"
-    oracle = _align(split.test, prep.truth, [column])
+    # The truth is that of holding nothing: for churn defined otherwise there is no oracle.
+    oracle = _align(split.test, prep.truth, [column]) if cfg.label.definition == "holds_nothing" else None
     if oracle is not None:
         # A monthly probability; over the horizon it compounds (same ranking, comparable scale).
         scores["oracle"] = 1 - (1 - oracle.ravel()) ** cfg.horizon_months
@@ -303,7 +335,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         meta.extra["member_best_epochs"] = result.member_epochs
 
     stage("evaluating beside popularity, LightGBM and the oracle" if cfg.baselines else "evaluating")
-    evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines)
+    evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines, cache=paths.baselines)
     evaluation.metrics["val_metric"] = result.best_val
     challenger_metric = evaluation.metrics[gate_metric]
     champion_version, champion_score, why = champion_metric(paths, prep, model_name)
@@ -314,10 +346,11 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     with mlflow.start_run(experiment_id=exp, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.log_params({**cfg.model_dump(exclude={"hidden"}), "hidden": ",".join(map(str, cfg.hidden)),
                            "feature_service": service, "n_features": len(prep.features),
-                           "train_rows": len(split.train),
+                           "train_rows": len(split.train), "split": split.kind,
                            "effective_batch_size": effective_batch_size(cfg, len(train_data)),
-                           "data_hash": data_hash(prep.df)})
-        mlflow.set_tags({"feature_service": service, "task": task, "test_month": ",".join(split.months["test"])})
+                           "data_hash": prep.data_hash})
+        mlflow.set_tags({"feature_service": service, "task": task, "test_month": ",".join(split.months["test"]),
+                         "split": split.kind})
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -357,7 +390,7 @@ def evaluate_registered(paths: Paths, task: str, cfg: TrainConfig, version: str 
     model, meta = from_checkpoint(registry.fetch_version(paths, model_name, version).local_dir)
     prep = prepare(paths, task, cfg, stage)
     stage(f"evaluating {model_name} v{version} beside the baselines")
-    evaluation = evaluate(prep, model, meta, cfg, baselines=cfg.baselines)
+    evaluation = evaluate(prep, model, meta, cfg, baselines=cfg.baselines, cache=paths.baselines)
     mlflow = registry.tracking(paths)
     with mlflow.start_run(experiment_id=registry.experiment_id(paths, task), run_name=f"evaluate-{task}-v{version}"):
         mlflow.set_tags({"evaluation_of": f"{model_name}/{version}", "test_month": ",".join(prep.split.months["test"])})

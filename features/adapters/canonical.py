@@ -57,7 +57,7 @@ def coerce(df: pd.DataFrame, table: str, source: str, row_offset: int) -> pd.Dat
         if col.name not in df.columns:
             continue  # `validate` names every missing column at once
         s = df[col.name]
-        out[col.name] = _convert(s, col.kind, source, col.name, row_offset)
+        out[col.name] = convert_column(s, col.kind, source, col.name, row_offset)
     return pd.DataFrame(out)
 
 
@@ -65,7 +65,9 @@ def _bad(source: str, column: str, row: int, value, kind: str) -> SchemaError:
     return SchemaError(f"{source}: column '{column}', row {row}: value {value!r} is not of type {kind}")
 
 
-def _convert(s: pd.Series, kind: str, source: str, column: str, row_offset: int) -> pd.Series:
+def convert_column(s: pd.Series, kind: str, source: str, column: str, row_offset: int) -> pd.Series:
+    """One column converted to its kind (`str`, `datetime` as naive UTC, `float`, `int`, `bool`); an unparseable
+    value is a SchemaError naming the source, column, row (`row_offset` + its place) and value."""
     s = s.reset_index(drop=True)
     text = s.dtype == object or pd.api.types.is_string_dtype(s)
     missing = s.isna() | (s.astype(str).str.strip().isin(NA_TOKENS) if text else False)
@@ -147,10 +149,11 @@ class _Files:
             except (OSError, pa.ArrowInvalid) as exc:
                 raise SchemaError(f"{path}: not a readable parquet file ({exc})") from None
             return
-        yield from _csv_chunks(path, self.encoding, self.chunksize)
+        yield from csv_chunks(path, self.encoding, self.chunksize)
 
 
-def _csv_chunks(path: Path, encoding: str, chunksize: int) -> Iterator[pd.DataFrame]:
+def csv_chunks(path: Path, encoding: str, chunksize: int) -> Iterator[pd.DataFrame]:
+    """A CSV file as chunks of text columns; an undecodable byte, an empty or malformed file is a SchemaError."""
     try:
         for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, chunksize=chunksize):
             yield chunk
@@ -241,7 +244,7 @@ def ingest_canonical(source: str | Path, out_dir: Path, catalogue: Catalogue, ta
         SchemaError: a required table is missing, a value breaks the schema, or the source cannot be read;
             `raw/` is then left as it was.
     """
-    from nextbest.features.partitioned import check_unique
+    from nextbest.features.split import check_unique
 
     names = table_names or {}
     reader = _Database(str(source), names, chunksize) if is_database_url(str(source)) else \
@@ -308,7 +311,8 @@ def ingest_canonical(source: str | Path, out_dir: Path, catalogue: Catalogue, ta
 
 def what_the_data_supports(snapshots: int, horizon_months: int = 3, val_months: int = 1,
                            test_months: int = 1) -> list[str]:
-    """What `snapshots` monthly snapshots can train, with the chronological split the models use."""
+    """What `snapshots` monthly snapshots can train: a split by time, a random split (one or two labelled
+    snapshots), or nothing."""
     need = val_months + test_months + 1
     lines = []
     for task, lost in (("nbp (next best product)", 1), (f"churn ({horizon_months}-month horizon)", horizon_months)):
@@ -316,7 +320,13 @@ def what_the_data_supports(snapshots: int, horizon_months: int = 3, val_months: 
         if labelled >= need:
             lines.append(f"{task}: {labelled} labelled snapshot(s), enough for the chronological split "
                          f"({need} needed)")
+        elif labelled:
+            lines.append(f"{task}: {labelled} labelled snapshot(s), fewer than the {need} a split by time needs: "
+                         f"training splits the customers at random instead (test figures then say nothing of a "
+                         f"later month); load at least {need + lost} monthly snapshots (the data has {snapshots}) "
+                         "for a split by time")
         else:
             lines.append(f"{task}: {labelled} labelled snapshot(s), {need} needed: load at least {need + lost} "
-                         f"monthly snapshots (the data has {snapshots})")
+                         f"monthly snapshots (the data has {snapshots})"
+                         + ("; or give churn labels of your own (label in configs/churn.yaml)" if lost > 1 else ""))
     return lines

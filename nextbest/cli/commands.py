@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nextbest.cli.common import (WorkdirOpt, check_task, console, os_error, print_error, run_stage, stage,
+from nextbest.cli.common import (WorkdirOpt, check_task, console, print_error, run_stage, stage,
                                  workdir_paths)
 from nextbest.cli.registry import registry_app
 from nextbest.cli.render import command_path, metrics_table
@@ -202,9 +202,14 @@ def features_apply(
     redis_url: Optional[str] = typer.Option(
         None, "--redis-url", help="Redis for --online-store redis: redis://HOST:PORT/DB (env NEXTBEST_REDIS_URL; "
         "default redis://localhost:6379/0). A password goes in env NEXTBEST_REDIS_PASSWORD, never in the URL."),
+    offline_store: Optional[str] = typer.Option(
+        None, "--offline-store", help="Offline store for training sets: duckdb or spark (Feast's Spark store over "
+        "the same files; default: the work dir's current one, else duckdb)."),
+    spark_master: Optional[str] = typer.Option(
+        None, "--spark-master", help="Spark master for --offline-store spark (default local[2])."),
 ):
-    """Register entities, feature views and feature services in the Feast registry, and choose the online store."""
-    names = run_stage(do_features_apply, workdir_paths(workdir), online_store, redis_url)
+    """Register entities, feature views and feature services in the Feast registry, and choose the stores."""
+    names = run_stage(do_features_apply, workdir_paths(workdir), online_store, redis_url, offline_store, spark_master)
     console.print("  applied: " + ", ".join(names))
 
 
@@ -395,31 +400,3 @@ def quickstart(
           else f"{command_path('mlflow')} ui --backend-store-uri {paths.mlflow_uri} --port 5000")
     console.print(f"  MLflow UI: {ui}", highlight=False, soft_wrap=True)
     console.print(f"  report:    {report['files']['html']}", highlight=False, soft_wrap=True)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    _quiet_third_party()
-    try:
-        app()
-    except OSError as exc:  # a read-only directory, a file where a folder should be, a full disk
-        print_error(os_error(exc))
-        sys.exit(2)
-
-
-def _quiet_third_party() -> None:
-    """Keeps the terminal to our own progress lines: libraries' warnings and INFO chatter are not for
-    users. Set NEXTBEST_VERBOSE=1 to see them."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    if os.environ.get("NEXTBEST_VERBOSE"):
-        return
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    warnings.simplefilter("ignore")
-    # Some libraries reset the warning filters on import; routing warnings to a silenced logger holds.
-    logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.ERROR)
-    for name in ("mlflow", "feast", "alembic", "evidently", "lightgbm"):
-        logging.getLogger(name).setLevel(logging.WARNING)

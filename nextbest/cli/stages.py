@@ -81,13 +81,21 @@ def do_features_build(paths: Paths, memory_limit: Optional[str] = None, parts: O
                           progress=lambda message: console.print(f"  [dim]{message}[/]", soft_wrap=True))
 
 
-def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None) -> list[str]:
+def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None,
+                      offline_store: Optional[str] = None, spark_master: Optional[str] = None) -> list[str]:
+    from nextbest.feature_repo.offline import current_offline_store, resolve_offline_store
     from nextbest.feature_repo.store import apply, current_online_store, resolve_online_store
 
     # Flags, else the environment, else the work dir's current store: re-applying never switches silently.
     choice = resolve_online_store(online_store, redis_url, os.environ, lambda: current_online_store(paths))
-    with stage(f"feast apply (registry in feast/registry.db, {choice.describe()})"):
-        return apply(paths, choice)
+    offline = resolve_offline_store(offline_store, spark_master, current_offline_store(paths))
+    if offline.kind == "spark":
+        from nextbest.features.spark import check_master, require_pyspark
+
+        require_pyspark("--offline-store spark")
+        check_master(offline.spark_master)
+    with stage(f"feast apply (registry in feast/registry.db, {choice.describe()}, {offline.describe()})"):
+        return apply(paths, choice, offline)
 
 
 def do_features_materialize(paths: Paths) -> int:

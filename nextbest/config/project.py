@@ -54,6 +54,6 @@ def validate_all() -> dict[str, Path]:
     bandit = load_bandit(catalogue=catalogue)
     load_rules(catalogue=catalogue, bandit=bandit)
     for task in ("nbp", "churn", "campaign"):
-        load_train_config(task)
+        load_train_config(task, catalogue=catalogue)
     load_monitoring()
     return {name: config_file(name) for name in CONFIG_NAMES}

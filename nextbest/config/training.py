@@ -6,10 +6,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nextbest.config.loading import validated
+from nextbest.config.loading import ConfigError, validated
 from nextbest.settings import config_file
+
+
+class ChurnLabel(BaseModel):
+    """What counts as churn (`label:` in `configs/churn.yaml`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    definition: Literal["holds_nothing", "product_closed", "table"] = Field(
+        default="holds_nothing",
+        description="holds_nothing: a client holds no product in one of the next horizon_months (the lifecycle "
+                    "state `former`). product_closed: a client holding one of `products` no longer holds it in "
+                    "one of the next horizon_months. table: the bank's own labels, read from `table`.")
+    products: list[str] = Field(default_factory=list,
+                                description="product_closed: the products whose closing counts (empty: any product).")
+    table: Path | None = Field(
+        default=None, description="table: a parquet or CSV file with customer_id, snapshot_date and label (0/1); "
+                                  "a relative path is read from the project folder (else the current directory).")
+
+    @model_validator(mode="after")
+    def _fields_of_the_definition(self) -> "ChurnLabel":
+        if self.definition == "table" and self.table is None:
+            raise ValueError("definition 'table' needs `table`, the file of labels")
+        if self.definition != "table" and self.table is not None:
+            raise ValueError(f"`table` goes with definition 'table', not {self.definition!r}")
+        if self.definition != "product_closed" and self.products:
+            raise ValueError(f"`products` goes with definition 'product_closed', not {self.definition!r}")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -42,6 +69,7 @@ class TrainConfig(BaseModel):
                                       "their logits (one artifact; `tune` scores single networks).")
     seed: int = 42
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
+    label: ChurnLabel = Field(default_factory=ChurnLabel, description="Churn only: what counts as churn.")
     val_months: int = Field(default=1, ge=1)
     test_months: int = Field(default=1, ge=1)
     promotion_margin: float = Field(default=0.0, ge=0,
@@ -54,6 +82,24 @@ class TrainConfig(BaseModel):
         "holds.")
 
 
-def load_train_config(name: str, path: Path | None = None) -> TrainConfig:
-    """Loads `configs/<name>.yaml` (name is `nbp` or `churn`)."""
-    return validated(TrainConfig, path or config_file(f"{name}.yaml"))
+def load_train_config(name: str, path: Path | None = None, catalogue=None) -> TrainConfig:
+    """Loads `configs/<name>.yaml` (name is `nbp` or `churn`); with the catalogue, checks the products
+    the churn label names."""
+    path = path or config_file(f"{name}.yaml")
+    cfg = validated(TrainConfig, path)
+    if catalogue is not None:
+        unknown = [p for p in cfg.label.products if p not in catalogue.ids]
+        if unknown:
+            raise ConfigError(f"{path}: field label.products: unknown product(s) {unknown} (not in products.yaml)")
+    return cfg
+
+
+def label_table_path(cfg: TrainConfig) -> Path | None:
+    """The churn label table, a relative path read from the project folder (else the current directory)."""
+    from nextbest.settings import find_project
+
+    table = cfg.label.table
+    if table is None:
+        return None
+    table = Path(table).expanduser()
+    return table if table.is_absolute() else (find_project() or Path.cwd()) / table

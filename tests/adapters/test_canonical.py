@@ -110,6 +110,10 @@ def test_what_the_data_supports_speaks_of_snapshots():
     assert one[0].startswith("nbp (next best product): 0 labelled snapshot(s), 3 needed: load at least 4")
     assert "churn (3-month horizon): 0 labelled snapshot(s), 3 needed: load at least 6" in one[1]
     assert all("enough" in line for line in what_the_data_supports(12, horizon_months=3))
+    two = what_the_data_supports(3, horizon_months=3)
+    assert two[0].startswith("nbp (next best product): 2 labelled snapshot(s), fewer than the 3 a split by time "
+                             "needs: training splits the customers at random instead")
+    assert "or give churn labels of your own" in two[1]
 
 
 @pytest.mark.slow

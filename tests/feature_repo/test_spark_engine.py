@@ -39,9 +39,9 @@ def raw_dir(tmp_path_factory, raw):
 
 def test_spark_writes_the_same_tables_as_the_embedded_engine(tmp_path, raw_dir, catalogue, spark_engine,
                                                              monkeypatch):
-    from nextbest.features import partitioned
+    from nextbest.features import split
 
-    monkeypatch.setattr(partitioned, "SPLIT_UNIT_ROWS", 8000)
+    monkeypatch.setattr(split, "SPLIT_UNIT_ROWS", 8000)
     options = BuildOptions(parts=3, workers=2)
     local = build_partitioned(raw_dir, tmp_path / "local", catalogue, load_segments(), options,
                               progress=lambda _: None)
@@ -53,6 +53,45 @@ def test_spark_writes_the_same_tables_as_the_embedded_engine(tmp_path, raw_dir, 
         a, b = pd.read_parquet(local[view]), pd.read_parquet(spark[view])
         assert len(a) > 10_000
         pd.testing.assert_frame_equal(a, b)  # row for row, in the same order
+
+
+def test_feasts_spark_offline_store_serves_the_training_set_of_spark_built_tables(tmp_path, raw_dir, catalogue,
+                                                                                  spark_engine):
+    """Spark builds the tables, Feast's Spark offline store joins the training set: the same rows and values
+    as the DuckDB offline store over the same files."""
+    from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE
+    from nextbest.feature_repo import store as feast_store
+    from nextbest.feature_repo.offline import OfflineStoreChoice, current_offline_store
+    from nextbest.feature_repo.retrieval import historical_features
+    from nextbest.settings import Paths
+
+    stores = {}
+    for kind in ("spark", "duckdb"):
+        paths = Paths.from_workdir(tmp_path / kind).ensure()
+        build_partitioned(raw_dir, paths.features, catalogue, load_segments(), BuildOptions(parts=3, workers=2),
+                          engine=spark_engine if kind == "spark" else None, progress=lambda _: None)
+        choice = OfflineStoreChoice(kind, "local[2]" if kind == "spark" else None)
+        feast_store.apply(paths, offline_store=choice)
+        assert current_offline_store(paths) == choice
+        stores[kind] = feast_store.open_store(paths)
+    holdings = pd.read_parquet(tmp_path / "duckdb" / "features" / "customer_holdings.parquet",
+                               columns=[CUSTOMER_ID, EVENT_TIMESTAMP])
+    entity = holdings.sample(400, random_state=3).reset_index(drop=True)
+    entity[EVENT_TIMESTAMP] = pd.to_datetime(entity[EVENT_TIMESTAMP], utc=True) + pd.Timedelta(days=3)
+    entity["label"] = range(len(entity))
+    assert stores["spark"].config.offline_store.type == "spark"
+    assert stores["duckdb"].config.offline_store.type == "duckdb"
+    got = {kind: historical_features(store, entity, NBP_FEATURE_SERVICE) for kind, store in stores.items()}
+
+    def normal(df):
+        df = df.copy()
+        df[EVENT_TIMESTAMP] = pd.to_datetime(df[EVENT_TIMESTAMP], utc=True)
+        return df.sort_values("label").reset_index(drop=True)
+
+    spark, duck = normal(got["spark"]), normal(got["duckdb"])
+    assert list(spark.columns) == list(duck.columns)
+    assert spark.notna().sum().sum() > 0.9 * spark.size
+    pd.testing.assert_frame_equal(spark, duck, check_dtype=False)
 
 
 def test_bad_data_is_the_same_one_line_error_on_spark(tmp_path, raw, catalogue, spark_engine):

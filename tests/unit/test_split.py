@@ -68,3 +68,23 @@ def test_churn_labels_leave_horizon_months_unlabelled(raw, catalogue):
     last = raw["holdings"].snapshot_date.max()
     assert labels.event_timestamp.max().tz_localize(None) == last - pd.offsets.MonthEnd(3)
     assert 0 < labels.label_churn.mean() < 0.2
+
+
+def test_one_or_two_snapshots_fall_back_to_a_random_split_by_customer_stratified_by_label():
+    from nextbest.training.datasets import training_split
+
+    df = _labelled(2, [100, 60], rows=1000)  # 1,000 customers over two snapshots
+    split = training_split(df, val_months=1, test_months=1, seed=7)
+    assert split.kind == "random"
+    sides = [set(part.customer_id) for part in (split.train, split.val, split.test)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert len(split.train) + len(split.val) + len(split.test) == len(df)
+    assert all(part.groupby("customer_id").size().eq(2).all() for part in (split.train, split.val, split.test))
+    positive = df.groupby("customer_id").label_churn.max()
+    for part, share in ((split.val, 0.15), (split.test, 0.15)):
+        ids = part.customer_id.unique()
+        assert len(ids) == pytest.approx(1000 * share, abs=2)
+        assert positive[ids].sum() == pytest.approx(positive.sum() * share, abs=1)  # stratified
+    again = training_split(df, seed=7)
+    assert again.test.equals(split.test)
+    assert training_split(_labelled(3, [30, 30, 30])).kind == "chronological"

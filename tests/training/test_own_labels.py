@@ -1,0 +1,56 @@
+"""A bank's own churn labels from a one-off extract: one snapshot, a random split said out loud, a champion."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from nextbest.config import TrainConfig
+from nextbest.config.training import ChurnLabel
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.feature_repo import store as feast_store
+from nextbest.io import read_raw
+from nextbest.settings import Paths
+from nextbest.training import registry
+from nextbest.training.datasets import churn_labels
+from nextbest.training.pipeline import train_model
+
+FAST = dict(hidden=[32], max_epochs=3, patience=2, batch_size=256, ensemble=1, min_positives=3)
+
+
+def test_a_one_snapshot_label_table_trains_a_champion_on_a_random_split(feast_bank, tmp_path, catalogue):
+    paths = Paths.from_workdir(tmp_path / "work").ensure()
+    for folder in ("raw", "features"):
+        shutil.copytree(feast_bank.root / folder, paths.root / folder, dirs_exist_ok=True)
+    feast_store.apply(paths)
+    raw = read_raw(paths.raw, catalogue.ids, tables=("customers", "holdings", "interactions"))
+    derived = churn_labels(raw["customers"], raw["holdings"], raw["interactions"], catalogue.ids, 3)
+    month = sorted(derived[EVENT_TIMESTAMP].unique())[1]
+    extract = derived[derived[EVENT_TIMESTAMP] == month]
+    assert extract["label_churn"].sum() >= 20, "the bank should have churners that month"
+    table = pd.DataFrame({"customer_id": extract[CUSTOMER_ID],
+                          # a mid-month extract: it learns from the month end before it
+                          "snapshot_date": (extract[EVENT_TIMESTAMP].dt.tz_localize(None)
+                                            + pd.Timedelta(days=12)).dt.strftime("%Y-%m-%d"),
+                          "label": np.where(extract["label_churn"] == 1, "yes", "no")})
+    table = pd.concat([table, pd.DataFrame({"customer_id": ["NOT_A_CUSTOMER"], "snapshot_date": ["2026-01-15"],
+                                            "label": ["no"]})])
+    path = tmp_path / "churn_labels.csv"
+    table.to_csv(path, index=False)
+
+    said = []
+    cfg = TrainConfig(**FAST, label=ChurnLabel(definition="table", table=path))
+    result = train_model(paths, "churn", cfg, on_stage=said.append)
+
+    assert any(line.startswith("WARNING: the labels span 1 snapshot(s)") and "split at random" in line
+               for line in said), said
+    assert any("1 of " in line and "name customers not in raw/customers.parquet: left out" in line for line in said)
+    assert result.promoted and registry.alias_version(paths, "churn") == result.version
+    assert set(result.months["test"]) == {pd.Timestamp(month).strftime("%Y-%m-%d")}
+    assert sum(result.rows.values()) == len(extract)
+    assert 0.5 < result.metrics["test_roc_auc"] <= 1.0
+    run = mlflow.MlflowClient(registry.tracking(paths).get_tracking_uri()).get_run(result.run_id)
+    assert run.data.tags["split"] == "random" and run.data.params["split"] == "random"
