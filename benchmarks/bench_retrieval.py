@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, NBP_FEATURE_SERVICE
-from nextbest.feature_repo.retrieval import historical_features
+from nextbest.feature_repo.retrieval import historical_features, in_time_order
 from nextbest.feature_repo.store import open_store
 from nextbest.settings import Paths
 method, work, snapshots = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -49,7 +49,7 @@ if method == "feast":
     df = store.get_historical_features(entity_df=entity, features=service).to_df()
 else:
     df = historical_features(store, entity, NBP_FEATURE_SERVICE)
-df = df.sort_values([EVENT_TIMESTAMP, CUSTOMER_ID]).reset_index(drop=True)
+df = in_time_order(df)  # as training orders it: a sort unless the rows come in order
 digest = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
 print(json.dumps({"rows": len(df), "columns": df.shape[1], "hash": digest}))
 """

@@ -125,11 +125,10 @@ class TrainResult:
 def training_frame(paths: Paths, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
     """Point-in-time training set from Feast: the entity frame joined with the service's features, one
     group of customer parts at a time (`feature_repo.retrieval`), so memory follows the group."""
-    from nextbest.feature_repo.retrieval import historical_features
+    from nextbest.feature_repo.retrieval import historical_features, in_time_order
     from nextbest.feature_repo.store import open_store
 
-    df = historical_features(open_store(paths), entity_df, feature_service)
-    return df.sort_values([EVENT_TIMESTAMP, CUSTOMER_ID]).reset_index(drop=True)
+    return in_time_order(historical_features(open_store(paths), entity_df, feature_service))
 
 
 def data_hash(df: pd.DataFrame) -> str:

@@ -60,7 +60,9 @@ def _utc(t) -> pd.Timestamp:
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    return df.sort_values([EVENT_TIMESTAMP, CUSTOMER_ID], kind="stable").reset_index(drop=True)
+    """By time, customer and then the labels: an entity row may repeat a (customer, time), as here."""
+    labels = [c for c in df.columns if c.startswith("label_")]
+    return df.sort_values([EVENT_TIMESTAMP, CUSTOMER_ID, *labels], kind="stable").reset_index(drop=True)
 
 
 def test_every_feature_file_records_its_parts(parted):
