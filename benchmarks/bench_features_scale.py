@@ -235,10 +235,7 @@ def main() -> None:
         record.note(f"Target: build + apply + materialise + retrieval under {PIPELINE_TARGET_S / 60:.0f} min: "
                     f"{'met' if met else 'not met'} ({total / 60:.1f} min{', with a failed step' if failed else ''}).")
     record.figures.update(figures)
-    for table in record.tables:
-        for line in table["notes"]:
-            print(line)
-    print(f"result: {record.write()}")
+    record.finish()
 
 
 if __name__ == "__main__":

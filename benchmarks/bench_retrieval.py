@@ -107,10 +107,7 @@ def main() -> None:
         met = ours["peak_gb"] < BUILD_TARGET_GB
         record.note(f"Target: retrieval within the build's bound of {BUILD_TARGET_GB:g} GB at {args.customers:,} "
                     f"customers: {'met' if met else 'not met'} ({ours['peak_gb']:.2f} GB).")
-    for table in record.tables:
-        for line in table["notes"]:
-            print(line)
-    print(f"result: {record.write()}")
+    record.finish()
 
 
 if __name__ == "__main__":

@@ -151,3 +151,10 @@ class Run:
         path.chmod(0o644)
         print(f"result: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}", flush=True)
         return path
+
+    def finish(self, results: Path = RESULTS) -> Path:
+        """Prints the lines that conclude every table, then writes the result file."""
+        for table in self.tables:
+            for line in table["notes"]:
+                print(line)
+        return self.write(results)
