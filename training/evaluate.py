@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
 from nextbest.io import atomic_write
 from nextbest.training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
 from nextbest.training.models import Preprocessor
@@ -255,3 +256,22 @@ def cached_scores(cache: Path | None, name: str, key: list, fit: Callable[[], np
     for old in kept[keep:]:
         old.unlink(missing_ok=True)
     return scores
+
+
+def load_truth(truth_dir: Path, name: str) -> pd.DataFrame | None:
+    """The simulator's truth table `truth/<name>.parquet` keyed by customer and UTC time (None without one)."""
+    path = truth_dir / f"{name}.parquet"
+    if not path.exists():
+        return None
+    df = pd.read_parquet(path)
+    df[EVENT_TIMESTAMP] = pd.to_datetime(df.pop("snapshot_date")).dt.tz_localize("UTC")
+    return df
+
+
+def align_truth(df: pd.DataFrame, truth: pd.DataFrame | None, columns: list[str]) -> np.ndarray | None:
+    """The truth's `columns` for `df`'s rows, or None when some row has none (the oracle then stays out)."""
+    if truth is None:
+        return None
+    merged = df[[CUSTOMER_ID, EVENT_TIMESTAMP]].merge(truth, on=[CUSTOMER_ID, EVENT_TIMESTAMP], how="left")
+    values = merged[columns].to_numpy(dtype=float)
+    return None if np.isnan(values).any() else values

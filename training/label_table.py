@@ -100,9 +100,9 @@ def churn_entity(raw: dict[str, pd.DataFrame], products: list[str], cfg, stage: 
         from nextbest.features.build import snapshot_months
 
         path = label_table_path(cfg)
-        stage(f"churn labels from {path}")
+        stage(f"labels (from {path})")
         return read_label_table(path, raw["customers"][CUSTOMER_ID], snapshot_months(raw["holdings"][SNAPSHOT_DATE]),
-                                report=stage)
+                                report=lambda line: stage(f"WARNING: {line}"))
     closed = label.products if label.definition == "product_closed" else None
     return churn_labels(raw["customers"], raw["holdings"], raw["interactions"], products, cfg.horizon_months,
                         closed=closed)

@@ -34,6 +34,7 @@ from nextbest.training.label_table import churn_entity
 from nextbest.training.models import (Ensemble, ModelMeta, Preprocessor, TabularNet, from_checkpoint, predict_proba,
                                       save_checkpoint)
 from nextbest.training.promotion import champion_metric, gate
+from nextbest.training.timing import StageClock, slug
 from nextbest.training.train import (TaskData, World, churn_task, effective_batch_size, fit_ensemble, fit_temperature,
                                      nbp_task, predict_logits)
 
@@ -120,6 +121,7 @@ class TrainResult:
     promoted: bool
     promotion_reason: str
     history: list[dict[str, float]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def training_frame(paths: Paths, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
@@ -135,30 +137,14 @@ def data_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
-def _truth(paths: Paths, name: str) -> pd.DataFrame | None:
-    path = paths.truth / f"{name}.parquet"
-    if not path.exists():
-        return None
-    df = pd.read_parquet(path)
-    df[EVENT_TIMESTAMP] = pd.to_datetime(df.pop("snapshot_date")).dt.tz_localize("UTC")
-    return df
-
-
-def _align(df: pd.DataFrame, truth: pd.DataFrame | None, columns: list[str]) -> np.ndarray | None:
-    if truth is None:
-        return None
-    merged = df[[CUSTOMER_ID, EVENT_TIMESTAMP]].merge(truth, on=[CUSTOMER_ID, EVENT_TIMESTAMP], how="left")
-    values = merged[columns].to_numpy(dtype=float)
-    return None if np.isnan(values).any() else values
-
-
 def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) -> Prepared:
     """Labels from the holdings, features from Feast by FeatureService, chronological split."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     service = TASKS[task][0]
     products = load_catalogue().ids
-    stage("labels from holdings")
+    if task == "nbp" or cfg.label.definition != "table":
+        stage("labels (from raw/holdings.parquet)")
     raw = read_raw(paths.raw, products, tables=("customers", "holdings", "interactions"))
     if task == "nbp":
         entity = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], products)
@@ -173,14 +159,14 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
               f"{RANDOM_SHARES[1]:.0%} test, stratified by label), so the test figures say how the model ranks "
               "other customers of the same months, not how it will do on a later month (MLflow: split = random)")
     check_labels(labelled, task, cfg.min_positives, cfg.label.definition if task == "churn" else None)
-    stage(f"training set from Feast ({service}, {len(entity):,} rows)")
+    stage(f"training set (from Feast: {service}, {len(entity):,} rows)")
     df = training_frame(paths, entity, service)
     split = training_split(df, cfg.val_months, cfg.test_months, cfg.seed)
     labels = label_columns(df)
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
     categorical = [c for c in CATEGORICAL_FEATURES if c in features]
     numeric = [c for c in features if c not in categorical]
-    truth = _truth(paths, "acquisition" if task == "nbp" else "churn")
+    truth = ev.load_truth(paths.truth, "acquisition" if task == "nbp" else "churn")
     return Prepared(task, products, df, split, numeric, categorical, truth)
 
 
@@ -194,16 +180,22 @@ def evaluate(prep: Prepared, model: TabularNet | Ensemble, meta: ModelMeta, cfg:
     return _evaluate_churn(prep, prob.ravel(), cfg, baselines, cache)
 
 
-def _lightgbm(prep: Prepared, cfg: TrainConfig, cache: Path | None, fit: Callable[[], np.ndarray]) -> np.ndarray:
-    """`fit()`'s test scores, or those kept for the same training set, split, inputs and seed."""
+def _lightgbm(prep: Prepared, cfg: TrainConfig, cache: Path | None, fit: Callable[[], np.ndarray],
+              seconds: dict[str, float]) -> np.ndarray:
+    """`fit()`'s test scores, or those kept for the same training set, split, inputs and seed; `seconds`
+    gets the time it took, under `LightGBM baseline`."""
+    started = time.perf_counter()
     key = [prep.task, prep.data_hash, prep.split.kind, prep.split.months, prep.numeric, prep.categorical, cfg.seed]
-    return ev.cached_scores(cache, f"lightgbm-{prep.task}", key, fit)
+    scores = ev.cached_scores(cache, f"lightgbm-{prep.task}", key, fit)
+    seconds["LightGBM baseline"] = round(time.perf_counter() - started, 2)
+    return scores
 
 
 def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines: bool,
                   cache: Path | None = None) -> Evaluation:
     split, products = prep.split, prep.products
     label_cols = [f"label_{p}" for p in products]
+    seconds: dict[str, float] = {}
 
     def arrays(df):
         return df[label_cols].to_numpy(dtype=float), prep.mask(df)
@@ -220,8 +212,8 @@ def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines:
                                                         prep.categorical)
             return ev.lightgbm_nbp(x_tr, y_tr, m_tr, x_va, y_va, m_va, x_te, cats, seed=cfg.seed)
 
-        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit)
-    oracle = _align(split.test, prep.truth, products)
+        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit, seconds)
+    oracle = ev.align_truth(split.test, prep.truth, products)
     if oracle is not None:
         scores["oracle"] = oracle
     result = ev.evaluate_rankers(ev.NbpEvaluation(y_te, m_te, scores, products, seg_te))
@@ -242,7 +234,8 @@ def _evaluate_nbp(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baselines:
     if result.per_segment_map:
         figures["per_segment_map.png"] = ev.plot_bars(result.per_segment_map, f"MAP@7 per {SEGMENT_COLUMN} segment",
                                                       "MAP@7")
-    details = {"per_product_auc": result.per_product_auc, "per_segment_map_at_7": result.per_segment_map}
+    details = {"per_product_auc": result.per_product_auc, "per_segment_map_at_7": result.per_segment_map,
+               "seconds": seconds}
     return Evaluation(metrics, details, figures)
 
 
@@ -251,6 +244,7 @@ def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baseline
     split = prep.split
     y_te = split.test["label_churn"].to_numpy(dtype=float)
     scores = {"test": prob}
+    seconds: dict[str, float] = {}
     if baselines:
 
         def fit() -> np.ndarray:
@@ -259,12 +253,12 @@ def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baseline
             return ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
                                       split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
 
-        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit)
+        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit, seconds)
     # The label's event, holding nothing, has a true monthly probability `p_gone` (churning, or every
     # held product closing); banks simulated before it was recorded have only the churn hazard.
     column = "p_gone" if prep.truth is not None and "p_gone" in prep.truth.columns else "p_churn"
     # The truth is that of holding nothing: for churn defined otherwise there is no oracle.
-    oracle = _align(split.test, prep.truth, [column]) if cfg.label.definition == "holds_nothing" else None
+    oracle = ev.align_truth(split.test, prep.truth, [column]) if cfg.label.definition == "holds_nothing" else None
     if oracle is not None:
         # A monthly probability; over the horizon it compounds (same ranking, comparable scale).
         scores["oracle"] = 1 - (1 - oracle.ravel()) ** cfg.horizon_months
@@ -279,7 +273,8 @@ def _evaluate_churn(prep: Prepared, prob: np.ndarray, cfg: TrainConfig, baseline
         "gains_lift.png": ev.plot_gains({n: ev.gains_table(y_te, s) for n, s in scores.items()}, "churn"),
         "calibration.png": ev.plot_calibration({n: ev.calibration_table(y_te, s) for n, s in scores.items()}, "churn"),
     }
-    details = {"calibration": {n: ev.calibration_table(y_te, s).to_dict(orient="list") for n, s in scores.items()}}
+    details = {"calibration": {n: ev.calibration_table(y_te, s).to_dict(orient="list") for n, s in scores.items()},
+               "seconds": seconds}
     return Evaluation(metrics, details, figures)
 
 
@@ -312,11 +307,12 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     Under torchrun (`world` set) every process trains; only rank 0 evaluates, logs and registers,
     the others return None.
     """
-    stage = on_stage or log.info
+    stage = StageClock(on_stage or log.info)
     started = time.perf_counter()
     service, model_name, gate_metric = TASKS[task]
     prep = prepared or prepare(paths, task, cfg, stage)
     split, products = prep.split, prep.products
+    stage("model inputs")
     pre = Preprocessor.fit(split.train, prep.numeric, prep.categorical, cfg.numeric_encoding, cfg.piecewise_bins)
     outputs = products if task == "nbp" else ["churn"]
     meta = ModelMeta(task=task, feature_service=service, preprocessor=pre, outputs=outputs,
@@ -324,7 +320,8 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
                      members=cfg.ensemble)
     train_data, val_data = prep.task_data(split.train, pre), prep.task_data(split.val, pre)
 
-    stage(f"training {task} ({len(split.train):,} train / {len(split.val):,} val / {len(split.test):,} test rows)")
+    stage(f"networks (training {task}: {len(split.train):,} train / {len(split.val):,} val / "
+          f"{len(split.test):,} test rows)")
     result = fit_ensemble(task, meta, train_data, val_data, cfg, on_epoch=on_epoch, world=world)
     if world is not None and world.rank != 0:
         return None
@@ -333,13 +330,13 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     if result.member_epochs:
         meta.extra["member_best_epochs"] = result.member_epochs
 
-    stage("evaluating beside popularity, LightGBM and the oracle" if cfg.baselines else "evaluating")
+    stage("evaluation (beside popularity, LightGBM and the oracle)" if cfg.baselines else "evaluation")
     evaluation = evaluate(prep, result.model, meta, cfg, baselines=cfg.baselines, cache=paths.baselines)
     evaluation.metrics["val_metric"] = result.best_val
     challenger_metric = evaluation.metrics[gate_metric]
     champion_version, champion_score, why = champion_metric(paths, prep, model_name)
 
-    stage("logging to MLflow and registering")
+    stage("MLflow logging and registry")
     mlflow = registry.tracking(paths)
     exp = registry.experiment_id(paths, task)
     with mlflow.start_run(experiment_id=exp, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
@@ -361,6 +358,8 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         if champion_score is not None:
             evaluation.metrics[f"champion_{gate_metric}"] = champion_score
         _log_evaluation(mlflow, evaluation)
+        seconds = {**stage.seconds(), **evaluation.details.get("seconds", {})}
+        mlflow.log_metrics({f"seconds_{slug(k)}": v for k, v in seconds.items()})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / registry.MODEL_ARTIFACT_PATH, result.model, meta)
             example_prob = predict_proba(result.model, meta, split.test.head(5))
@@ -374,7 +373,8 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     client.set_model_version_tag(model_name, version, "gate", reason)
     return TrainResult(task, run_id, version, evaluation.metrics, split.months,
                        {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-                       time.perf_counter() - started, promoted, reason, result.history)
+                       time.perf_counter() - started, promoted, reason, result.history,
+                       {**stage.seconds(), **evaluation.details.get("seconds", {})})
 
 
 def evaluate_registered(paths: Paths, task: str, cfg: TrainConfig, version: str | None = None,

@@ -170,11 +170,18 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
             progress.update(bar, completed=epoch + 1,
                             info=f"{net}epoch {epoch + 1} loss {m['train_loss']:.4f} val {m['val_metric']:.4f}")
 
-        result = train_model(paths, task, cfg, on_epoch=on_epoch,
-                             on_stage=lambda s: progress.update(bar, info=s))
+        def on_stage(message: str) -> None:
+            if message.startswith("WARNING:"):  # stays on screen, above the progress bar
+                progress.console.print(f"[yellow]{message}[/]", highlight=False)
+            else:
+                progress.update(bar, info=message)
+
+        result = train_model(paths, task, cfg, on_epoch=on_epoch, on_stage=on_stage)
     alias = "champion" if result.promoted else "challenger"
     console.print(f"[green]✓[/] train {task}: version {result.version} registered as {alias} "
                   f"[dim]({time.perf_counter() - started:.1f}s; {result.promotion_reason})[/]")
+    console.print("  [dim]seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()) + "[/]",
+                  highlight=False)
     console.print(metrics_table(f"{task}: test month {', '.join(result.months['test'])}", result.metrics))
     return result
 

@@ -7,6 +7,7 @@ import shutil
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 from nextbest.config import TrainConfig
 from nextbest.config.training import ChurnLabel
@@ -49,8 +50,15 @@ def test_a_one_snapshot_label_table_trains_a_champion_on_a_random_split(feast_ba
                for line in said), said
     assert any("1 of " in line and "name customers not in raw/customers.parquet: left out" in line for line in said)
     assert result.promoted and registry.alias_version(paths, "churn") == result.version
+    assert {"labels", "training set", "model inputs", "networks", "evaluation", "MLflow logging and registry",
+            "LightGBM baseline"} <= set(result.stage_seconds)
+    assert all(v >= 0 for v in result.stage_seconds.values())
+    stages = sum(v for k, v in result.stage_seconds.items() if k != "LightGBM baseline")  # within evaluation
+    assert result.stage_seconds["LightGBM baseline"] <= result.stage_seconds["evaluation"]
+    assert stages == pytest.approx(result.seconds, abs=1.0)
     assert set(result.months["test"]) == {pd.Timestamp(month).strftime("%Y-%m-%d")}
     assert sum(result.rows.values()) == len(extract)
     assert 0.5 < result.metrics["test_roc_auc"] <= 1.0
     run = mlflow.MlflowClient(registry.tracking(paths).get_tracking_uri()).get_run(result.run_id)
     assert run.data.tags["split"] == "random" and run.data.params["split"] == "random"
+    assert run.data.metrics["seconds_networks"] == result.stage_seconds["networks"]
