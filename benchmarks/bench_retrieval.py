@@ -56,12 +56,10 @@ print(json.dumps({"rows": len(df), "columns": df.shape[1], "hash": digest}))
 
 
 def has_parts(work) -> bool:
-    import pyarrow.parquet as pq
-
-    from nextbest.constants import FEATURE_PARTS_KEY
+    from nextbest.feature_repo.retrieval import part_rows
 
     path = work / "features" / "customer_profile.parquet"
-    return path.exists() and FEATURE_PARTS_KEY.encode() in (pq.ParquetFile(path).metadata.metadata or {})
+    return path.exists() and part_rows(path) is not None
 
 
 def main() -> None:

@@ -250,10 +250,10 @@ def churn_section(paths: Paths, features: pd.DataFrame, churn, cfg: MonitoringCo
     model, meta = churn
     train_cfg = load_train_config("churn")
     horizon = train_cfg.horizon_months
-    table = train_cfg.label.definition == "table"
+    own_labels = train_cfg.label.definition == "table"
     ts = D.naive_times(features[EVENT_TIMESTAMP])
     months = np.sort(ts.unique())
-    if len(months) <= horizon and not table:
+    if len(months) <= horizon and not own_labels:
         return {"status": f"no matured month: churn needs {horizon} months after a snapshot, the data has "
                           f"{len(months)} snapshots"}
     for name in ("customers", "holdings"):
@@ -264,7 +264,7 @@ def churn_section(paths: Paths, features: pd.DataFrame, churn, cfg: MonitoringCo
     no_events = pd.DataFrame({CUSTOMER_ID: pd.Series([], dtype=str),
                               "event_date": pd.Series([], dtype="datetime64[ns]")})
     label = f"{LABEL_PREFIX}churn"
-    if table:  # the bank's own labels: the latest labelled snapshot is the matured one
+    if own_labels:  # the bank's own labels: the latest labelled snapshot is the matured one
         from nextbest.config.training import label_table_path
         from nextbest.features.build import snapshot_months
         from nextbest.training.label_table import read_label_table

@@ -127,21 +127,28 @@ def training_split(df: pd.DataFrame, val_months: int = 1, test_months: int = 1, 
 
 
 def random_split(df: pd.DataFrame, seed: int = 42, shares: tuple[float, float] = RANDOM_SHARES) -> Split:
-    """Customers drawn at random into validation and test (shares), the rest training, stratified by
-    whether the customer has any positive label; all of a customer's rows go to one side."""
+    """Customers into validation and test (shares), the rest training, stratified by whether the customer
+    has any positive label; all of a customer's rows go to one side.
+
+    Within each class, customers are ordered by a hash of their id and the seed, and the first ones go
+    to test, then validation: a customer keeps their side when others are added or removed (only those
+    at a boundary move), so a champion is not scored on customers it was trained on.
+    """
     if df.empty:
         raise LabelError("the training set has no labelled rows")
     labels = label_columns(df)
     positive = (df[labels].to_numpy(dtype=float).max(1) > 0) if labels else np.zeros(len(df), bool)
-    per_customer = pd.Series(positive, index=df[CUSTOMER_ID].to_numpy()).groupby(level=0).max().sort_index()
-    rng = np.random.default_rng(seed)
+    per_customer = pd.Series(positive, index=df[CUSTOMER_ID].astype(str).to_numpy()).groupby(level=0).max()
+    ids = per_customer.index.to_numpy(dtype=object)
+    draw = pd.util.hash_array(ids, hash_key=f"{seed:016d}"[-16:])
     side = pd.Series("train", index=per_customer.index, dtype=object)
     for value in (False, True):
-        ids = rng.permutation(per_customer.index[per_customer.to_numpy() == value].to_numpy())
-        n_val, n_test = (int(round(len(ids) * share)) for share in shares)
-        side[ids[:n_test]] = "test"
-        side[ids[n_test:n_test + n_val]] = "val"
-    where = side.reindex(df[CUSTOMER_ID].to_numpy()).to_numpy()
+        members = np.flatnonzero(per_customer.to_numpy() == value)
+        ordered = ids[members[np.lexsort((ids[members].astype(str), draw[members]))]]
+        n_val, n_test = (int(round(len(ordered) * share)) for share in shares)
+        side[ordered[:n_test]] = "test"
+        side[ordered[n_test:n_test + n_val]] = "val"
+    where = side.reindex(df[CUSTOMER_ID].astype(str).to_numpy()).to_numpy()
     parts = [df[where == name].reset_index(drop=True) for name in ("train", "val", "test")]
     return Split(*parts, kind="random")
 
@@ -167,7 +174,8 @@ def check_labels(split: Split, task: str, min_positives: int = 10, definition: s
                                       "product of label.products that they hold is closed in one of the following "
                                       "months. Load more months or more clients, or watch other products.",
               "churn:table": "The labels come from label.table in configs/churn.yaml: give it more rows of both "
-                             "classes in each window (the last months are validation and test).",
+                             "classes in each window (by time, the last months are validation and test; with too "
+                             "few months, customers drawn at random).",
               "nbp": "Acquisitions are read from raw/holdings.parquet: a product held this month and not the "
                      "month before. Load more months or more clients, or a bank whose holdings change."}[key]
     for name, df in (("training", split.train), ("validation", split.val), ("test", split.test)):

@@ -232,6 +232,10 @@ def plot_bars(values: dict[str, dict[str, float]], title: str, ylabel: str):
     return fig
 
 
+# Part of every kept baseline's key: a change to how the baselines are fitted (parameters, rounds) bumps it.
+BASELINE_VERSION = 1
+
+
 def cached_scores(cache: Path | None, name: str, key: list, fit: Callable[[], np.ndarray], keep: int = 4) -> np.ndarray:
     """`fit()`, or the scores kept in `cache/<name>-<hash of key>.npy` by an earlier call with the same key; the
     `keep` most recently used files per name are kept."""
@@ -251,10 +255,13 @@ def cached_scores(cache: Path | None, name: str, key: list, fit: Callable[[], np
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(scores), allow_pickle=False)
 
-    atomic_write(path, write)
-    kept = sorted(cache.glob(f"{name}-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in kept[keep:]:
-        old.unlink(missing_ok=True)
+    try:
+        atomic_write(path, write)
+        kept = sorted(cache.glob(f"{name}-*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:  # a full disk or a read-only folder: the scores are used, just not kept
+        pass
     return scores
 
 

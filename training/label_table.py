@@ -3,9 +3,9 @@
 
 Each label is joined with the features of the latest bank snapshot at or before its date (what the
 bank knew then), so a row dated mid-month learns from the month end before it. Rows whose customer
-is not in `raw/customers.parquet`, or dated before the first snapshot, cannot be joined: they are
-counted, reported and left out. Anything that cannot be read as a label is an error naming the
-file, column, row and value.
+is not in `raw/customers.parquet`, or dated before the first snapshot or more than 31 days after
+the last, cannot be joined: they are counted, reported and left out. Anything that cannot be read
+as a label is an error naming the file, column, row and value.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from nextbest.schema import SchemaError
 from nextbest.training.datasets import LABEL_PREFIX, churn_labels
 
 COLUMNS = {CUSTOMER_ID: "str", SNAPSHOT_DATE: "datetime", "label": "bool"}
+STALE_AFTER = pd.Timedelta(days=31)  # the feature views' TTL: a label later than this sees no features
 
 
 def read_label_table(path: Path, customers: pd.Series, snapshots: pd.DatetimeIndex,
@@ -51,17 +52,22 @@ def read_label_table(path: Path, customers: pd.Series, snapshots: pd.DatetimeInd
                           f"{df[SNAPSHOT_DATE].iloc[i].date()}: one label per customer and date")
     known = df[CUSTOMER_ID].isin(set(customers.astype(str))).to_numpy()
     months = pd.DatetimeIndex(snapshots).sort_values()
-    at = np.searchsorted(months.values, df[SNAPSHOT_DATE].to_numpy(dtype="datetime64[ns]"), side="right") - 1
+    dates = df[SNAPSHOT_DATE].to_numpy(dtype="datetime64[ns]")
+    at = np.searchsorted(months.values, dates, side="right") - 1
     early = at < 0
+    # Past the last snapshot by more than a month, the features it would learn from are stale.
+    late = dates > (months[-1] + STALE_AFTER).to_datetime64() if len(months) else early
+    first, last = (months[0].date(), months[-1].date()) if len(months) else ("none", "none")
     for count, why, mask in ((int((~known).sum()), "name customers not in raw/customers.parquet", ~known),
-                             (int((known & early).sum()), f"are dated before the bank's first snapshot "
-                                                          f"({months[0].date() if len(months) else 'none'})",
-                              known & early)):
+                             (int((known & early).sum()), f"are dated before the bank's first snapshot ({first})",
+                              known & early),
+                             (int((known & late).sum()), f"are dated more than {STALE_AFTER.days} days after the "
+                                                         f"bank's last snapshot ({last})", known & late)):
         if count:
             i = int(np.argmax(mask))
             report(f"{path}: {count:,} of {len(df):,} label rows {why}: left out (first: row {i}, customer_id "
                    f"{df[CUSTOMER_ID].iloc[i]!r}, snapshot_date {df[SNAPSHOT_DATE].iloc[i].date()})")
-    keep = known & ~early
+    keep = known & ~early & ~late
     if not keep.any():
         raise SchemaError(f"{path}: none of its {len(df):,} label rows names a customer of the bank at or after its "
                           "first snapshot, so there is nothing to train on")
@@ -100,7 +106,7 @@ def churn_entity(raw: dict[str, pd.DataFrame], products: list[str], cfg, stage: 
         from nextbest.features.build import snapshot_months
 
         path = label_table_path(cfg)
-        stage(f"labels (from {path})")
+        stage(f"labels (from {path})")  # the same stage as reading the raw tables before it
         return read_label_table(path, raw["customers"][CUSTOMER_ID], snapshot_months(raw["holdings"][SNAPSHOT_DATE]),
                                 report=lambda line: stage(f"WARNING: {line}"))
     closed = label.products if label.definition == "product_closed" else None

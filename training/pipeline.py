@@ -143,8 +143,7 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info) 
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     service = TASKS[task][0]
     products = load_catalogue().ids
-    if task == "nbp" or cfg.label.definition != "table":
-        stage("labels (from raw/holdings.parquet)")
+    stage("labels (from raw/holdings.parquet)" if task == "nbp" or cfg.label.definition != "table" else "labels")
     raw = read_raw(paths.raw, products, tables=("customers", "holdings", "interactions"))
     if task == "nbp":
         entity = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], products)
@@ -185,7 +184,13 @@ def _lightgbm(prep: Prepared, cfg: TrainConfig, cache: Path | None, fit: Callabl
     """`fit()`'s test scores, or those kept for the same training set, split, inputs and seed; `seconds`
     gets the time it took, under `LightGBM baseline`."""
     started = time.perf_counter()
-    key = [prep.task, prep.data_hash, prep.split.kind, prep.split.months, prep.numeric, prep.categorical, cfg.seed]
+    import lightgbm
+
+    # Everything the baseline's scores depend on: the rows and their split, the inputs, the products and
+    # their eligibility (the nbp masks), the seed and the LightGBM release.
+    key = [prep.task, prep.data_hash, prep.split.kind, prep.split.months, prep.numeric, prep.categorical,
+           prep.products, prep.catalogue.model_dump(mode="json") if prep.task == "nbp" else None, cfg.seed,
+           lightgbm.__version__, ev.BASELINE_VERSION]
     scores = ev.cached_scores(cache, f"lightgbm-{prep.task}", key, fit)
     seconds["LightGBM baseline"] = round(time.perf_counter() - started, 2)
     return scores
@@ -358,8 +363,6 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         if champion_score is not None:
             evaluation.metrics[f"champion_{gate_metric}"] = champion_score
         _log_evaluation(mlflow, evaluation)
-        seconds = {**stage.seconds(), **evaluation.details.get("seconds", {})}
-        mlflow.log_metrics({f"seconds_{slug(k)}": v for k, v in seconds.items()})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / registry.MODEL_ARTIFACT_PATH, result.model, meta)
             example_prob = predict_proba(result.model, meta, split.test.head(5))
@@ -371,10 +374,12 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     if promoted:
         registry.promote(paths, model_name, version, reason)
     client.set_model_version_tag(model_name, version, "gate", reason)
+    # Logged once every stage has ended (the LightGBM baseline is part of the evaluation's time).
+    seconds = {**stage.seconds(), **evaluation.details.get("seconds", {})}
+    client.log_batch(run_id, metrics=[Metric(f"seconds_{slug(k)}", v, now, 0) for k, v in seconds.items()])
     return TrainResult(task, run_id, version, evaluation.metrics, split.months,
                        {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-                       time.perf_counter() - started, promoted, reason, result.history,
-                       {**stage.seconds(), **evaluation.details.get("seconds", {})})
+                       time.perf_counter() - started, promoted, reason, result.history, seconds)
 
 
 def evaluate_registered(paths: Paths, task: str, cfg: TrainConfig, version: str | None = None,

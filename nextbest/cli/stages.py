@@ -155,10 +155,10 @@ def _shown(source: Optional[str]) -> str:
 def do_train(paths: Paths, task: str, config: Optional[Path]):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from nextbest.config import load_train_config
+    from nextbest.config import load_catalogue, load_train_config
     from nextbest.training.pipeline import train_model
 
-    cfg = load_train_config(task, config)
+    cfg = load_train_config(task, config, catalogue=load_catalogue())
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -180,8 +180,11 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
     alias = "champion" if result.promoted else "challenger"
     console.print(f"[green]✓[/] train {task}: version {result.version} registered as {alias} "
                   f"[dim]({time.perf_counter() - started:.1f}s; {result.promotion_reason})[/]")
-    console.print("  [dim]seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()) + "[/]",
-                  highlight=False)
+    seconds = dict(result.stage_seconds)
+    baseline = seconds.pop("LightGBM baseline", None)
+    shown = [f"{k} {v:.1f}" + (f" (LightGBM baseline {baseline:.1f})" if k == "evaluation" and baseline is not None
+                               else "") for k, v in seconds.items()]
+    console.print("  [dim]seconds: " + ", ".join(shown) + "[/]", highlight=False)
     console.print(metrics_table(f"{task}: test month {', '.join(result.months['test'])}", result.metrics))
     return result
 

@@ -63,17 +63,19 @@ def _table(tmp_path, rows, name="labels.csv") -> object:
 
 def test_a_label_table_learns_from_the_snapshot_at_or_before_its_date(tmp_path):
     path = _table(tmp_path, [["A", "2026-03-31", 1], ["B", "2026-03-15", "0"], ["C", "2026-04-30", "yes"],
-                             ["ZZ", "2026-03-31", 1], ["A", "2025-12-31", 0]])
+                             ["ZZ", "2026-03-31", 1], ["A", "2025-12-31", 0], ["B", "2026-09-30", 1]])
     reported = []
     got = read_label_table(path, pd.Series(["A", "B", "C"]), MONTHS, report=reported.append)
     assert got[CUSTOMER_ID].tolist() == ["A", "B", "C"]
     assert [t.date().isoformat() for t in got[EVENT_TIMESTAMP]] == ["2026-03-31", "2026-02-28", "2026-04-30"]
     assert str(got[EVENT_TIMESTAMP].dt.tz) == "UTC"
     assert got["label_churn"].tolist() == [1, 0, 1]
-    assert len(reported) == 2
-    assert "1 of 5 label rows name customers not in raw/customers.parquet: left out (first: row 3, customer_id 'ZZ'" \
+    assert len(reported) == 3
+    assert "1 of 6 label rows name customers not in raw/customers.parquet: left out (first: row 3, customer_id 'ZZ'" \
         in reported[0]
-    assert "1 of 5 label rows are dated before the bank's first snapshot (2026-01-31)" in reported[1]
+    assert "1 of 6 label rows are dated before the bank's first snapshot (2026-01-31)" in reported[1]
+    assert "1 of 6 label rows are dated more than 31 days after the bank's last snapshot (2026-06-30): left out " \
+           "(first: row 5" in reported[2]
 
 
 @pytest.mark.parametrize("rows, match", [

@@ -88,3 +88,17 @@ def test_one_or_two_snapshots_fall_back_to_a_random_split_by_customer_stratified
     again = training_split(df, seed=7)
     assert again.test.equals(split.test)
     assert training_split(_labelled(3, [30, 30, 30])).kind == "chronological"
+
+
+def test_a_customer_keeps_their_side_when_others_join():
+    from nextbest.training.datasets import random_split
+
+    df = _labelled(1, [100], rows=1000)
+    before = random_split(df, seed=3)
+    grown = pd.concat([df, pd.DataFrame({"customer_id": [f"N{i}" for i in range(20)],
+                                         "event_timestamp": df.event_timestamp.iloc[0], "label_churn": 0})])
+    after = random_split(grown, seed=3)
+    moved = sum(len(set(a.customer_id) - set(b.customer_id))
+                for a, b in ((before.train, after.train), (before.val, after.val), (before.test, after.test)))
+    assert moved <= 6  # only customers at a boundary of the negatives' order move
+    assert set(random_split(df, seed=4).test.customer_id) != set(before.test.customer_id)
