@@ -26,9 +26,10 @@ def _feast_type(dtype) -> object:
 
 
 def feature_view(view: str, sample: pd.DataFrame, entity: Entity, features_dir: Path,
-                 offline_store: str = "duckdb") -> FeatureView:
+                 offline_store: str = "duckdb", ttl: timedelta | None = SNAPSHOT_TTL) -> FeatureView:
     """A feature view over `features/<view>.parquet` whose schema follows the table's columns; its
-    source is a file for the DuckDB offline store, a Spark query over the same file for Spark's."""
+    source is a file for the DuckDB offline store, a Spark query over the same file for Spark's. A
+    row is valid for `ttl` after its timestamp (None: until the customer's next row)."""
     fields = [Field(name=c, dtype=_feast_type(sample[c].dtype))
               for c in sample.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP)]
     if offline_store == "spark":
@@ -37,7 +38,7 @@ def feature_view(view: str, sample: pd.DataFrame, entity: Entity, features_dir: 
         source = spark_source(features_dir, view, list(sample.columns))
     else:
         source = file_source(features_dir, view)
-    return FeatureView(name=view, entities=[entity], ttl=SNAPSHOT_TTL, schema=fields, source=source, online=True)
+    return FeatureView(name=view, entities=[entity], ttl=ttl or timedelta(0), schema=fields, source=source, online=True)
 
 
 def request_context_view() -> OnDemandFeatureView:

@@ -18,7 +18,6 @@ files, or files without the part counts) goes through Feast's `get_historical_fe
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, FEATURE_PARTS_KEY
-from nextbest.features.split import partition_of
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
+from nextbest.features.split import part_rows, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +48,6 @@ class ViewSource:
     features: list[str]
     timestamp_field: str
     ttl: timedelta | None
-
-
-def part_rows(path: Path) -> list[int] | None:
-    """The rows of each customer part, in file order, as `features build` recorded them (None if absent)."""
-    try:
-        meta = pq.ParquetFile(path).metadata
-    except (OSError, pa.ArrowInvalid):
-        return None
-    raw = (meta.metadata or {}).get(FEATURE_PARTS_KEY.encode())
-    if raw is None:
-        return None
-    try:
-        rows = [int(n) for n in json.loads(raw)]
-    except (ValueError, TypeError):  # a damaged footer: the file is joined whole, through Feast
-        return None
-    return rows if sum(rows) == meta.num_rows else None
 
 
 def service_sources(store, service: str) -> list[ViewSource] | None:

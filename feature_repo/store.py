@@ -24,12 +24,13 @@ import pyarrow.parquet as pq
 
 from nextbest.constants import EVENT_TIMESTAMP, REALTIME_VIEW
 from nextbest.feature_repo.entities import customer_entity
-from nextbest.feature_repo.feature_services import feature_services
+from nextbest.feature_repo.feature_services import add_bank_views, bank_services, bank_view_names, feature_services
 from nextbest.feature_repo.features import empty_realtime_table, feature_view, realtime_view, request_context_view
 from nextbest.feature_repo.offline import OfflineStoreChoice, current_offline_store, with_offline_store
 from nextbest.feature_repo.online_store import STORE_TYPE, RowSqliteOnlineStore, RowSqliteOnlineStoreConfig
 from nextbest.feature_repo.redis_store import (DEFAULT_REDIS_URL, REDIS_PASSWORD_ENV, OnlineStoreUnavailable,
                                                RedisTarget, redis_target)
+from nextbest.feature_repo.versions import write_record
 from nextbest.features.build import PROFILE_VIEW, VIEWS
 from nextbest.io import atomic_write_parquet
 from nextbest.settings import Paths
@@ -190,12 +191,15 @@ def apply(paths: Paths, online_store: OnlineStoreChoice | None = None,
         views[view] = feature_view(view, sample, entity, paths.features, offline_store.kind)
     context = request_context_view()
     services = feature_services(views, context)
+    record = add_bank_views(paths, store, entity, offline_store.kind, views)
+    services += bank_services(views, record.versions)
     realtime_file = paths.features / f"{REALTIME_VIEW}.parquet"
     if not realtime_file.exists():
         atomic_write_parquet(empty_realtime_table(), realtime_file)
     realtime = realtime_view(entity, paths.features)
     with _reachable(store):  # Redis is only contacted when a view is removed
         store.apply([entity, *views.values(), realtime, context, *services])
+    write_record(paths, record)
     return [entity.name, *views, realtime.name, context.name, *(s.name for s in services)]
 
 
@@ -313,7 +317,7 @@ def _write_latest(store, paths: Paths, end_ts: pd.Timestamp, write) -> int:
     """Writes each view's latest row per customer within its TTL before `end_ts` with
     `write(feature_view, batches) -> rows`, and records the interval in the registry."""
     rows = 0
-    for view in VIEWS:
+    for view in (*VIEWS, *bank_view_names(store)):
         fv = store.get_feature_view(view)
         start = end_ts - fv.ttl if fv.ttl else pd.Timestamp(0, tz="UTC")
         join_keys = [c.name for c in fv.entity_columns]
@@ -370,7 +374,7 @@ def _feast_materialize(store, paths: Paths, end_ts: pd.Timestamp) -> int:
     start = end_ts - timedelta(days=1)
     store.materialize(start_date=start.to_pydatetime(), end_date=(end_ts + timedelta(seconds=1)).to_pydatetime())
     rows = 0
-    for view in VIEWS:
+    for view in (*VIEWS, *bank_view_names(store)):
         t = pq.read_table(paths.features / f"{view}.parquet", columns=[EVENT_TIMESTAMP]).column(0).to_pandas()
         rows += int(((t > start) & (t <= end_ts)).sum())
     return rows

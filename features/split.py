@@ -6,6 +6,7 @@ each part when the part is built; any other key over the whole file, by a chunke
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import partial
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nextbest.constants import CUSTOMER_ID, SNAPSHOT_DATE
+from nextbest.constants import CUSTOMER_ID, FEATURE_PARTS_KEY, SNAPSHOT_DATE
 from nextbest.features.build import snapshot_months
 from nextbest.io import RAW_TABLES
 from nextbest.schema import SCHEMAS, SchemaError, duplicate_key, validate_arrow
@@ -35,6 +36,22 @@ def partition_of(customer_ids: pd.Series | np.ndarray, parts: int) -> np.ndarray
         return np.zeros(len(customer_ids), dtype=np.int64)
     values = np.asarray(customer_ids, dtype=object).astype(str).astype(object)
     return (pd.util.hash_array(values, categorize=True) % np.uint64(parts)).astype(np.int64)
+
+
+def part_rows(path: Path) -> list[int] | None:
+    """The rows of each customer part, in file order, as `features build` recorded them (None if absent)."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (OSError, pa.ArrowInvalid):
+        return None
+    raw = (meta.metadata or {}).get(FEATURE_PARTS_KEY.encode())
+    if raw is None:
+        return None
+    try:
+        rows = [int(n) for n in json.loads(raw)]
+    except (ValueError, TypeError):  # a damaged footer: the file is joined whole, through Feast
+        return None
+    return rows if sum(rows) == meta.num_rows else None
 
 
 def _part_ids(ids: pa.ChunkedArray, parts: int) -> np.ndarray:

@@ -45,7 +45,27 @@ def load_features(paths: Paths) -> pd.DataFrame:
     if len(lengths) != 1:
         raise ValueError(f"{paths.features}: the feature tables have different row counts ({sorted(lengths)}); "
                          "rebuild them with `nextbest features build`")
-    return pd.concat([f.reset_index(drop=True) for f in frames], axis=1)
+    return with_bank_tables(paths, pd.concat([f.reset_index(drop=True) for f in frames], axis=1))
+
+
+def with_bank_tables(paths: Paths, features: pd.DataFrame) -> pd.DataFrame:
+    """`features` with the columns of the bank's own tables (`configs/features.yaml`), each customer-month
+    taking the table's latest row at or before it, within the table's TTL, as training and serving see it."""
+    from nextbest.config import load_features_config
+
+    for table in load_features_config().tables:
+        path = paths.features / f"{table.name}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not found; run `nextbest features import`")
+        bank = pd.read_parquet(path, columns=[CUSTOMER_ID, EVENT_TIMESTAMP, *table.columns])
+        ttl = pd.Timedelta(days=table.ttl_days) if table.ttl_days else (None if table.as_of else pd.Timedelta(days=31))
+        order = features[EVENT_TIMESTAMP].argsort(kind="stable")
+        left = features.iloc[order]
+        joined = pd.merge_asof(left[[CUSTOMER_ID, EVENT_TIMESTAMP]], bank.sort_values(EVENT_TIMESTAMP),
+                               on=EVENT_TIMESTAMP, by=CUSTOMER_ID, tolerance=ttl, direction="backward")
+        joined.index = left.index
+        features = pd.concat([features, joined.loc[features.index, list(table.columns)]], axis=1)
+    return features
 
 
 def champion(paths: Paths, name: str):

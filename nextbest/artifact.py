@@ -142,6 +142,7 @@ class ModelMeta:
     temperature: float = 1.0  # calibration: probabilities are sigmoid(logit / temperature)
     extra: dict = field(default_factory=dict)
     members: int = 1  # networks averaged (an Ensemble when > 1)
+    family: str = "network"  # "network" (PyTorch, weights.pt / weights.npz) or "lightgbm" (nextbest.trees)
 
     def products(self) -> list[str]:
         """The product catalogue the model was trained on: the products it scores (nbp), or those whose
@@ -291,11 +292,16 @@ def load_numpy_weights(directory: Path) -> dict[str, np.ndarray]:
 
 
 def load_scorer(directory: Path) -> tuple[RowScorer, ModelMeta]:
-    """The numpy scorer and metadata of a checkpoint directory, from model.json and weights.npz alone.
+    """The numpy scorer and metadata of a checkpoint directory, from model.json and weights.npz alone (a
+    LightGBM model: `nextbest.trees.TreeScorer`, from its text files).
 
     Raises:
         NumpyWeightsMissing: the checkpoint has no weights.npz.
         ValueError: weights and model.json disagree.
     """
     meta = ModelMeta.from_json((Path(directory) / META_FILE).read_text())
+    if meta.family == "lightgbm":
+        from nextbest.trees import TreeScorer
+
+        return TreeScorer.load(directory, meta), meta
     return RowScorer(load_numpy_weights(directory), meta), meta

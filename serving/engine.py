@@ -144,7 +144,7 @@ class DecisionEngine:
             self.error = error
             return
         if self._reader is None:
-            self.link = StoreLink(self.paths, self.nbp.meta.feature_service)
+            self.link = StoreLink(self.paths, [self.nbp.meta.feature_service, self.churn.meta.feature_service])
             self.link.connect()
             self.link.watch()
         # Everything loaded so far (models, Feast, MLflow, pandas) lives as long as the process:
@@ -165,17 +165,12 @@ class DecisionEngine:
         if self._reader is not None:
             return self._reader(customer_id), None
         link = self.link
-        store, fast_read = (link.store, link.fast_read) if link is not None else (None, None)
-        if store is None:
+        store, read = (link.store, link.read) if link is not None else (None, None)
+        if store is None or read is None:
             return None, f"online store unavailable ({link.error if link is not None else 'not loaded'})"
 
         def fetch():
-            if fast_read is not None:
-                values = fast_read(customer_id)
-                return {CUSTOMER_ID: customer_id, **(values or {})}
-            values = store.get_online_features(features=link.service,
-                                               entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
-            return {k: v[0] for k, v in values.items()}
+            return {CUSTOMER_ID: customer_id, **(read(customer_id) or {})}
 
         future = self._pool.submit(fetch)
         try:

@@ -24,8 +24,18 @@ REALTIME_EVENT_FIELDS = {
 }
 
 
-def fast_reader(store, service):
-    """A one-customer reader of the feature service straight from our SQLite online store, or None
+def service_features(store, service_names: list[str]) -> list[tuple[str, list[str]]]:
+    """The features that the services read together, by view, each once (the models' services share most)."""
+    views: dict[str, list[str]] = {}
+    for name in dict.fromkeys(service_names):
+        for projection in store.get_feature_service(name).feature_view_projections:
+            names = views.setdefault(projection.name, [])
+            names += [f.name for f in projection.features if f.name not in names]
+    return list(views.items())
+
+
+def fast_reader(store, tables: list[tuple[str, list[str]]]):
+    """A one-customer reader of `tables` (view, features) straight from our SQLite online store, or None
     for any other store (Redis is read through Feast's `get_online_features`)."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
@@ -35,12 +45,29 @@ def fast_reader(store, service):
     online = store._get_provider().online_store
     if not isinstance(online, RowSqliteOnlineStore):
         return None
-    tables = [(store.get_feature_view(p.name), [f.name for f in p.features]) for p in service.feature_view_projections]
+    views = [(store.get_feature_view(view), names) for view, names in tables]
     config = store.config
 
     def read(customer_id: str) -> dict | None:
-        return online.read_python(config, tables, EntityKey(join_keys=[CUSTOMER_ID],
-                                                            entity_values=[Value(string_val=customer_id)]))
+        return online.read_python(config, views, EntityKey(join_keys=[CUSTOMER_ID],
+                                                           entity_values=[Value(string_val=customer_id)]))
+
+    return read
+
+
+def online_reader(store, service_names: list[str]):
+    """A one-customer reader (customer id -> {feature: value}, None when no view has the customer) of the
+    features that the services read together: from our SQLite store directly, else through Feast."""
+    tables = service_features(store, service_names)
+    fast = fast_reader(store, tables)
+    if fast is not None:
+        return fast
+    refs = [f"{view}:{name}" for view, names in tables for name in names]
+
+    def read(customer_id: str) -> dict | None:
+        values = store.get_online_features(features=refs, entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
+        out = {k: v[0] for k, v in values.items() if k != CUSTOMER_ID}
+        return out if any(v is not None for v in out.values()) else None
 
     return read
 
@@ -77,12 +104,11 @@ class StoreLink:
     `healthy_every` seconds; answers are degraded until it is back, then read from it again.
     """
 
-    def __init__(self, paths, service_name: str):
+    def __init__(self, paths, service_names: list[str]):
         self.paths = paths
-        self.service_name = service_name
+        self.service_names = list(service_names)
         self.store = None
-        self.service = None
-        self.fast_read = None
+        self.read = None
         self.error: str | None = "not connected yet"
         self._identity: tuple[int, int] | None = None
         self._path = None
@@ -104,16 +130,17 @@ class StoreLink:
             if path is not None and not path.is_file():
                 raise FileNotFoundError(f"{path} not found (nextbest features materialize fills it)")
             store = open_store(self.paths)
-            service = store.get_feature_service(self.service_name)
+            read = online_reader(store, self.service_names)
             # The first read builds Feast's lazy state (~100 ms); pay it here, not in a request's budget.
-            store.get_online_features(features=service, entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
-            fast = fast_reader(store, service)
+            store.get_online_features(features=store.get_feature_service(self.service_names[0]),
+                                      entity_rows=[{CUSTOMER_ID: "__warm_up__"}])
+            read("__warm_up__")
             identity = self._file_identity(path)
         except Exception as exc:  # noqa: BLE001 - without the online store, answers are degraded, not refused
             self._down(f"{type(exc).__name__}: {exc}")
             return False
         was_down = self.store is None
-        self.service, self.fast_read, self._identity, self._path = service, fast, identity, path
+        self.read, self._identity, self._path = read, identity, path
         self.store, self.error = store, None
         if was_down:
             log.info("online store connected")
@@ -131,7 +158,7 @@ class StoreLink:
             self._down("the online store's file was removed or replaced")
 
     def _down(self, reason: str) -> None:
-        store, self.store, self.fast_read = self.store, None, None
+        store, self.store, self.read = self.store, None, None
         if store is not None:
             online = store._get_provider().online_store
             if hasattr(online, "close_connection"):

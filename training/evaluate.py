@@ -19,6 +19,7 @@ from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
 from nextbest.io import atomic_write
 from nextbest.training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
 from nextbest.training.models import Preprocessor
+from nextbest.trees import tree_matrix
 
 NEG_INF = -np.inf
 
@@ -65,13 +66,8 @@ def popularity_scores(train_labels: np.ndarray, train_mask: np.ndarray, train_se
 
 def lightgbm_matrix(df: pd.DataFrame, pre: Preprocessor) -> tuple[np.ndarray, list[str], list[int]]:
     """Features as LightGBM sees them: raw numeric values plus integer-coded categoricals."""
-    num = df[pre.numeric].to_numpy(dtype=np.float32, na_value=np.nan)
-    cats = np.zeros((len(df), len(pre.categorical)), dtype=np.float32)
-    for j, c in enumerate(pre.categorical):
-        index = {v: i + 1 for i, v in enumerate(pre.vocabs[c])}
-        cats[:, j] = [index.get(str(v), 0) for v in df[c].to_numpy()]
     names = pre.numeric + pre.categorical
-    return np.hstack([num, cats]), names, list(range(len(pre.numeric), len(names)))
+    return tree_matrix(pre, df), names, list(range(len(pre.numeric), len(names)))
 
 
 def lightgbm_inputs(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, numeric: list[str],
@@ -88,23 +84,21 @@ def _lgb_params(seed: int) -> dict:
             "verbose": -1, "seed": seed, "num_threads": 2, "deterministic": True, "force_row_wise": True}
 
 
-def lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.ndarray, x_val: np.ndarray,
-                 y_val: np.ndarray, mask_val: np.ndarray, x_test: np.ndarray, categorical: list[int],
-                 seed: int = 42, rounds: int = 300) -> np.ndarray:
+def fit_lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.ndarray, x_val: np.ndarray,
+                     y_val: np.ndarray, mask_val: np.ndarray, categorical: list[int], seed: int = 42,
+                     rounds: int = 300) -> list:
     """One binary LightGBM per product on the rows where it can be acquired (the approach of the
-    Santander competition's top finishers), early-stopped on the validation month.
-
-    Returns:
-        [n_test, n_products] probabilities (unmasked).
+    Santander competition's top finishers), early-stopped on the validation month; a product with
+    fewer than 5 positives or negatives is its training rate (a float).
     """
     import lightgbm as lgb
 
-    out = np.zeros((len(x_test), y_train.shape[1]))
+    out: list = []
     for j in range(y_train.shape[1]):
         tr, va = mask_train[:, j] > 0, mask_val[:, j] > 0
         pos = y_train[tr, j].sum()
         if pos < 5 or tr.sum() - pos < 5:
-            out[:, j] = pos / max(tr.sum(), 1)
+            out.append(float(pos / max(tr.sum(), 1)))
             continue
         train_set = lgb.Dataset(x_train[tr], y_train[tr, j], categorical_feature=categorical, free_raw_data=False)
         callbacks = []
@@ -114,12 +108,37 @@ def lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.ndarra
             callbacks = [lgb.early_stopping(30, verbose=False)]
         booster = lgb.train(_lgb_params(seed), train_set, num_boost_round=rounds, valid_sets=valid_sets,
                             callbacks=callbacks)
-        out[:, j] = booster.predict(x_test, num_iteration=booster.best_iteration or None)
+        out.append(_best(booster))
     return out
 
 
-def lightgbm_binary(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                    x_test: np.ndarray, categorical: list[int], seed: int = 42, rounds: int = 500) -> np.ndarray:
+def _best(booster):
+    """The booster cut at its best iteration, so that every later prediction uses it (and it is what is saved)."""
+    import lightgbm as lgb
+
+    if not booster.best_iteration:
+        return booster
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+
+
+def predict_models(models: list, x: np.ndarray) -> np.ndarray:
+    """[n, len(models)] probabilities of boosters (or constants) fitted by `fit_lightgbm_*`."""
+    out = np.empty((len(x), len(models)))
+    for j, m in enumerate(models):
+        out[:, j] = m if isinstance(m, float) else m.predict(x)
+    return out
+
+
+def lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.ndarray, x_val: np.ndarray,
+                 y_val: np.ndarray, mask_val: np.ndarray, x_test: np.ndarray, categorical: list[int],
+                 seed: int = 42, rounds: int = 300) -> np.ndarray:
+    """`fit_lightgbm_nbp`'s [n_test, n_products] probabilities (unmasked)."""
+    return predict_models(fit_lightgbm_nbp(x_train, y_train, mask_train, x_val, y_val, mask_val, categorical,
+                                           seed, rounds), x_test)
+
+
+def fit_lightgbm_binary(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                        categorical: list[int], seed: int = 42, rounds: int = 500):
     """One binary LightGBM (churn, campaign response), early-stopped on validation."""
     import lightgbm as lgb
 
@@ -127,7 +146,13 @@ def lightgbm_binary(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     valid = lgb.Dataset(x_val, y_val, categorical_feature=categorical, reference=train_set)
     booster = lgb.train(_lgb_params(seed), train_set, num_boost_round=rounds, valid_sets=[valid],
                         callbacks=[lgb.early_stopping(50, verbose=False)])
-    return booster.predict(x_test, num_iteration=booster.best_iteration or None)
+    return _best(booster)
+
+
+def lightgbm_binary(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    x_test: np.ndarray, categorical: list[int], seed: int = 42, rounds: int = 500) -> np.ndarray:
+    """`fit_lightgbm_binary`'s test probabilities."""
+    return fit_lightgbm_binary(x_train, y_train, x_val, y_val, categorical, seed, rounds).predict(x_test)
 
 
 def evaluate_rankers(ev: NbpEvaluation, k: int = 7) -> NbpEvaluation:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nextbest.artifact import META_FILE, WEIGHTS_FILE, ModelMeta, Preprocessor, save_numpy_weights
+from nextbest.trees import FAMILY, TreeScorer
 
 
 def tensors(pre: Preprocessor, df: pd.DataFrame | dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,18 +83,28 @@ def numpy_state(model: TabularNet | Ensemble) -> dict[str, np.ndarray]:
     return {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
 
 
-def save_checkpoint(directory: Path, model: TabularNet | Ensemble, meta: ModelMeta) -> Path:
-    """Writes `weights.pt`, `weights.npz` (the same tensors, for torch-free serving) and `model.json`."""
+Model = TabularNet | Ensemble | TreeScorer
+
+
+def save_checkpoint(directory: Path, model: Model, meta: ModelMeta) -> Path:
+    """Writes `weights.pt`, `weights.npz` (the same tensors, for torch-free serving) and `model.json`; a
+    LightGBM model writes its trees instead of the weights (`nextbest.trees`)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, TreeScorer):
+        model.save(directory)
+        (directory / META_FILE).write_text(meta.to_json())
+        return directory
     torch.save(model.state_dict(), directory / WEIGHTS_FILE)
     save_numpy_weights(directory, numpy_state(model))
     (directory / META_FILE).write_text(meta.to_json())
     return directory
 
 
-def from_checkpoint(directory: Path) -> tuple[TabularNet | Ensemble, ModelMeta]:
+def from_checkpoint(directory: Path) -> tuple[Model, ModelMeta]:
     """Rebuilds a model from a checkpoint directory without unpickling arbitrary objects."""
     meta = ModelMeta.from_json((Path(directory) / META_FILE).read_text())
+    if meta.family == FAMILY:
+        return TreeScorer.load(directory, meta), meta
     model = build_model(meta)
     state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
@@ -102,7 +113,9 @@ def from_checkpoint(directory: Path) -> tuple[TabularNet | Ensemble, ModelMeta]:
 
 
 @torch.no_grad()
-def predict_proba(model: TabularNet | Ensemble, meta: ModelMeta, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
+def predict_proba(model: Model, meta: ModelMeta, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
     """Calibrated probabilities, shape [len(df), len(meta.outputs)]."""
+    if isinstance(model, TreeScorer):
+        return model.predict_proba(df)
     x_num, x_cat = tensors(meta.preprocessor, df)
     return torch.sigmoid(model(x_num, x_cat) / meta.temperature).numpy()

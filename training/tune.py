@@ -17,7 +17,7 @@ from nextbest.config import TrainConfig
 from nextbest.settings import Paths
 from nextbest.training import registry
 from nextbest.training.models import ModelMeta, Preprocessor
-from nextbest.training.pipeline import TASKS, Prepared, prepare
+from nextbest.training.pipeline import Prepared, prepare
 from nextbest.training.train import fit
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def suggest(trial, base: TrainConfig) -> TrainConfig:
 def _objective_fn(prep: Prepared, base: TrainConfig, parent_run_id: str, experiment: str, mlflow):
     import optuna
 
-    service = TASKS[prep.task][0]
+    service = prep.service
     pre = Preprocessor.fit(prep.split.train, prep.numeric, prep.categorical, base.numeric_encoding, base.piecewise_bins)
     train_data, val_data = prep.task_data(prep.split.train, pre), prep.task_data(prep.split.val, pre)
     outputs = prep.products if prep.task == "nbp" else ["churn"]

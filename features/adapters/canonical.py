@@ -152,15 +152,17 @@ class _Files:
         yield from csv_chunks(path, self.encoding, self.chunksize)
 
 
-def csv_chunks(path: Path, encoding: str, chunksize: int) -> Iterator[pd.DataFrame]:
-    """A CSV file as chunks of text columns; an undecodable byte, an empty or malformed file is a SchemaError."""
+def csv_chunks(path: Path, encoding: str, chunksize: int,
+               advice: str = "pass --encoding, for example --encoding latin-1") -> Iterator[pd.DataFrame]:
+    """A CSV file as chunks of text columns; an undecodable byte, an empty or malformed file is a SchemaError
+    (the first names the byte's offset and gives `advice`, how to choose another encoding)."""
     try:
         for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, chunksize=chunksize):
             yield chunk
     except UnicodeDecodeError as exc:
         at = _first_undecodable(path, encoding)
-        raise SchemaError(f"{path}: not valid {encoding} at byte {at if at is not None else '?'} ({exc.reason}); pass "
-                          "--encoding, for example --encoding latin-1") from None
+        raise SchemaError(f"{path}: not valid {encoding} at byte {at if at is not None else '?'} ({exc.reason}); "
+                          f"{advice}") from None
     except pd.errors.EmptyDataError:
         raise SchemaError(f"{path}: empty file, expected a header with the table's columns") from None
     except pd.errors.ParserError as exc:
@@ -185,7 +187,7 @@ def _first_undecodable(path: Path, encoding: str) -> int | None:
     return None
 
 
-class _Database:
+class Database:
     """Tables in a database reached through SQLAlchemy."""
 
     def __init__(self, url: str, names: dict[str, str], chunksize: int):
@@ -231,6 +233,14 @@ class _Database:
         except self.sa.exc.SQLAlchemyError as exc:
             raise SchemaError(f"{self.locate(table)}: cannot be read ({_first_line(exc)})") from None
 
+    def query_chunks(self, query: str) -> Iterator[pd.DataFrame]:
+        """The rows of a SELECT, chunk by chunk."""
+        conn = self.conn.execution_options(stream_results=True, max_row_buffer=self.chunksize)
+        try:
+            yield from pd.read_sql_query(self.sa.text(query), conn, chunksize=self.chunksize)
+        except self.sa.exc.SQLAlchemyError as exc:
+            raise SchemaError(f"{self.shown} query: cannot be read ({_first_line(exc)})") from None
+
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -247,7 +257,7 @@ def ingest_canonical(source: str | Path, out_dir: Path, catalogue: Catalogue, ta
     from nextbest.features.split import check_unique
 
     names = table_names or {}
-    reader = _Database(str(source), names, chunksize) if is_database_url(str(source)) else \
+    reader = Database(str(source), names, chunksize) if is_database_url(str(source)) else \
         _Files(Path(source), names, encoding, chunksize)
     report = IngestReport(source=Path(str(getattr(reader, "shown", source))))
     staging = out_dir / f".ingest-{os.getpid()}"
@@ -303,7 +313,7 @@ def ingest_canonical(source: str | Path, out_dir: Path, catalogue: Catalogue, ta
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(reader, _Database):
+        if isinstance(reader, Database):
             reader.close()
     report.snapshots = len(months)
     return report

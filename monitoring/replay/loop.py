@@ -33,18 +33,11 @@ class OnlineStoreReader:
         self.paths = paths
         self._read = None
 
-    def open(self, feature_service: str) -> None:
+    def open(self, feature_services: list[str]) -> None:
         from nextbest.feature_repo.store import open_store
-        from nextbest.serving.online import fast_reader
+        from nextbest.serving.online import online_reader
 
-        store = open_store(self.paths)
-        service = store.get_feature_service(feature_service)
-        fast = fast_reader(store, service)
-        if fast is None:  # another store (Redis): Feast's reader
-            def fast(customer_id):
-                values = store.get_online_features(features=service, entity_rows=[{CUSTOMER_ID: customer_id}])
-                return {k: v[0] for k, v in values.to_dict().items() if k != CUSTOMER_ID}
-        self._read = fast
+        self._read = online_reader(open_store(self.paths), feature_services)
 
     def __call__(self, customer_id: str) -> dict | None:
         values = self._read(customer_id)
@@ -64,7 +57,7 @@ def open_engine(paths, events_db: Path):
     engine.load()
     if engine.error:
         raise RuntimeError(f"the decision engine failed to load: {engine.error}")
-    reader.open(engine.nbp.meta.feature_service)
+    reader.open([engine.nbp.meta.feature_service, engine.churn.meta.feature_service])
     return engine
 
 

@@ -24,7 +24,7 @@ from nextbest.cli.registry import registry_app
 from nextbest.cli.render import command_path, metrics_table
 from nextbest.cli.server import demo_request, free_port, preflight, serve_command, serve_env
 from nextbest.cli.simulate import simulate as simulate_command
-from nextbest.cli.stages import (do_campaign, do_evaluate, do_features_apply, do_features_build,
+from nextbest.cli.stages import (do_campaign, do_evaluate, do_features_apply, do_features_build, do_features_import,
                                  do_features_materialize, do_generate, do_ingest, do_monitor, do_ope, do_train,
                                  do_tune)
 from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WAIT_FOR_MODELS_ENV, WORKDIR_ENV
@@ -189,8 +189,15 @@ def features_build(
     spark_master: Optional[str] = typer.Option(None, "--spark-master", help="With --engine spark: the cluster, "
                                                "e.g. spark://host:7077 (default local[N], N = --workers)."),
 ):
-    """Validate raw/ and build the feature tables in features/, in parts by customer within a memory limit."""
+    """Validate raw/ and build the feature tables in features/, in parts by customer within a memory limit;
+    then import the bank's own tables of configs/features.yaml."""
     run_stage(do_features_build, workdir_paths(workdir), memory_limit, parts, workers, engine, spark_master)
+
+
+@features_app.command("import")
+def features_import(workdir: Optional[Path] = WorkdirOpt):
+    """Import the bank's own feature tables (configs/features.yaml) into features/, beside the built ones."""
+    run_stage(do_features_import, workdir_paths(workdir))
 
 
 @features_app.command("apply")

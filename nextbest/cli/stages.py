@@ -79,6 +79,26 @@ def do_features_build(paths: Paths, memory_limit: Optional[str] = None, parts: O
     with stage("build feature tables"):
         build_features_to(paths, load_catalogue(), options=options, engine=runner,
                           progress=lambda message: console.print(f"  [dim]{message}[/]", soft_wrap=True))
+    do_features_import(paths)
+
+
+def do_features_import(paths: Paths) -> list:
+    """Imports the bank's own feature tables of `configs/features.yaml` into features/ (all or none)."""
+    from nextbest.config import load_features_config
+    from nextbest.features.bank_tables import import_bank_tables
+    from nextbest.settings import config_file
+
+    path = config_file("features.yaml")
+    cfg = load_features_config(path)
+    if not cfg.tables:
+        console.print(f"  no feature table of the bank's own in {path}")
+        return []
+    with stage(f"import the bank's feature tables ({', '.join(t.name for t in cfg.tables)})"):
+        reports = import_bank_tables(cfg, paths.raw, paths.features, path)
+    for report in reports:
+        for line in report.lines():
+            console.print(f"  {line}", soft_wrap=True)
+    return reports
 
 
 def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_url: Optional[str] = None,
@@ -178,7 +198,7 @@ def do_train(paths: Paths, task: str, config: Optional[Path]):
 
         result = train_model(paths, task, cfg, on_epoch=on_epoch, on_stage=on_stage)
     alias = "champion" if result.promoted else "challenger"
-    console.print(f"[green]✓[/] train {task}: version {result.version} registered as {alias} "
+    console.print(f"[green]✓[/] train {task}: {result.family} version {result.version} registered as {alias} "
                   f"[dim]({time.perf_counter() - started:.1f}s; {result.promotion_reason})[/]")
     seconds = dict(result.stage_seconds)
     baseline = seconds.pop("LightGBM baseline", None)

@@ -3,12 +3,14 @@
 
 Each config family has one module, and every schema has one home: `catalogue` (products.yaml),
 `segments` (segments.yaml), `policy` (rules.yaml and bandit.yaml, the `Channel` type),
-`training` (nbp.yaml, churn.yaml, campaign.yaml), `monitoring` (monitoring.yaml), `project`
+`training` (nbp.yaml, churn.yaml, campaign.yaml), `features` (features.yaml: the bank's own feature
+tables), `monitoring` (monitoring.yaml), `project`
 (nextbest.yaml and `validate_all`), `loading` (YAML into a model, `ConfigError`). Import them from
 here: `from nextbest.config import Catalogue, load_catalogue`.
 """
 
 from nextbest.config.catalogue import Catalogue, Category, Eligibility, Product, load_catalogue
+from nextbest.config.features import BankTable, FeaturesConfig, SqlSource, load_features_config
 from nextbest.config.loading import ConfigError, validated
 from nextbest.config.monitoring import (CATEGORICAL_METHODS, NUMERICAL_METHODS, ColumnRule, FeatureSection,
                                         GateSection, KpiSection, MonitoringConfig, OutcomeSection, PredictionSection,
@@ -22,12 +24,12 @@ from nextbest.config.segments import (Condition, LifecycleConfig, Rule, SegmentG
 from nextbest.config.training import TrainConfig, load_train_config
 
 __all__ = [
-    "CATEGORICAL_METHODS", "CONFIG_NAMES", "GLOBAL_HOLDOUT", "NUMERICAL_METHODS",
-    "Action", "BanditConfig", "BanditPrior", "Campaign", "Catalogue", "Category", "Channel", "ColdStartConfig",
-    "ColumnRule", "Condition", "ConfigError", "CreditCooldown", "Eligibility", "FeatureSection", "GateSection",
+    "CATEGORICAL_METHODS", "CONFIG_NAMES", "GLOBAL_HOLDOUT", "NUMERICAL_METHODS", "Action", "BankTable",
+    "BanditConfig", "BanditPrior", "Campaign", "Catalogue", "Category", "Channel", "ColdStartConfig", "ColumnRule",
+    "Condition", "ConfigError", "CreditCooldown", "Eligibility", "FeatureSection", "FeaturesConfig", "GateSection",
     "HoldoutConfig", "KpiSection", "Levers", "LifecycleConfig", "MonitoringConfig", "OutcomeSection",
     "PredictionSection", "Product", "ProjectFile", "RetentionConfig", "Rule", "RulesConfig", "SegmentGroup",
-    "SegmentsConfig", "ServingSection", "TrainConfig", "Trigger", "UpliftSection", "ValueTierConfig",
-    "load_bandit", "load_catalogue", "load_monitoring", "load_project_file", "load_rules", "load_segments",
-    "load_train_config", "validate_all", "validated",
+    "SegmentsConfig", "ServingSection", "SqlSource", "TrainConfig", "Trigger", "UpliftSection", "ValueTierConfig",
+    "load_bandit", "load_catalogue", "load_features_config", "load_monitoring", "load_project_file", "load_rules",
+    "load_segments", "load_train_config", "validate_all", "validated",
 ]

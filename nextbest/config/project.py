@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.config.catalogue import load_catalogue
+from nextbest.config.features import load_features_config
 from nextbest.config.loading import validated
 from nextbest.config.monitoring import load_monitoring
 from nextbest.config.policy import load_bandit, load_rules
@@ -34,7 +35,7 @@ def load_project_file(path: Path) -> dict:
 
 # The configs every stage reads, in the order they are checked (a later one may name an earlier one).
 CONFIG_NAMES = ("products.yaml", "segments.yaml", "bandit.yaml", "rules.yaml", "nbp.yaml", "churn.yaml",
-                "campaign.yaml", "monitoring.yaml")
+                "campaign.yaml", "monitoring.yaml", "features.yaml")
 
 
 def validate_all() -> dict[str, Path]:
@@ -56,4 +57,5 @@ def validate_all() -> dict[str, Path]:
     for task in ("nbp", "churn", "campaign"):
         load_train_config(task, catalogue=catalogue)
     load_monitoring()
+    load_features_config()
     return {name: config_file(name) for name in CONFIG_NAMES}

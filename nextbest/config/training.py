@@ -40,10 +40,14 @@ class ChurnLabel(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """Hyper-parameters of one PyTorch model (`configs/nbp.yaml`, `configs/churn.yaml`)."""
+    """Hyper-parameters of one model (`configs/nbp.yaml`, `configs/churn.yaml`): its family, and the network's."""
 
     model_config = ConfigDict(extra="forbid")
 
+    family: Literal["network", "lightgbm", "auto"] = Field(
+        default="network", description="network: the PyTorch network below. lightgbm: gradient-boosted trees (one "
+        "per product for nbp), saved in LightGBM's own text format. auto: both are trained and registered, and the "
+        "better on the held-out month goes to the promotion gate.")
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     embedding_dim: int = Field(default=4, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)
