@@ -35,9 +35,13 @@ def evaluate(prep: "Prepared", model: Model, meta: ModelMeta, cfg: TrainConfig,
     """The model beside the baselines and the oracle on the test month; LightGBM's test scores are kept
     in `cache` per training set and reused (`nextbest evaluate` does not refit it)."""
     prob = predict_proba(model, meta, prep.split.test)
+    # A LightGBM model on the same inputs and seed is the baseline itself: its scores are the baseline's.
+    own = prob if (meta.family == "lightgbm" and meta.preprocessor.numeric == prep.numeric
+                   and meta.preprocessor.categorical == prep.categorical and meta.extra.get("seed") == cfg.seed) \
+        else None
     if prep.task == "nbp":
-        return _evaluate_nbp(prep, prob, cfg, baselines, cache)
-    return _evaluate_churn(prep, prob.ravel(), cfg, baselines, cache)
+        return _evaluate_nbp(prep, prob, cfg, baselines, cache, own)
+    return _evaluate_churn(prep, prob.ravel(), cfg, baselines, cache, None if own is None else own.ravel())
 
 
 def _lightgbm(prep: "Prepared", cfg: TrainConfig, cache: Path | None, fit: Callable[[], np.ndarray],
@@ -58,7 +62,7 @@ def _lightgbm(prep: "Prepared", cfg: TrainConfig, cache: Path | None, fit: Calla
 
 
 def _evaluate_nbp(prep: "Prepared", prob: np.ndarray, cfg: TrainConfig, baselines: bool,
-                  cache: Path | None = None) -> Evaluation:
+                  cache: Path | None = None, own: np.ndarray | None = None) -> Evaluation:
     split, products = prep.split, prep.products
     label_cols = [f"label_{p}" for p in products]
     seconds: dict[str, float] = {}
@@ -78,7 +82,7 @@ def _evaluate_nbp(prep: "Prepared", prob: np.ndarray, cfg: TrainConfig, baseline
                                                         prep.categorical)
             return ev.lightgbm_nbp(x_tr, y_tr, m_tr, x_va, y_va, m_va, x_te, cats, seed=cfg.seed)
 
-        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit, seconds)
+        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit if own is None else lambda: own, seconds)
     oracle = ev.align_truth(split.test, prep.truth, products)
     if oracle is not None:
         scores["oracle"] = oracle
@@ -106,7 +110,7 @@ def _evaluate_nbp(prep: "Prepared", prob: np.ndarray, cfg: TrainConfig, baseline
 
 
 def _evaluate_churn(prep: "Prepared", prob: np.ndarray, cfg: TrainConfig, baselines: bool,
-                    cache: Path | None = None) -> Evaluation:
+                    cache: Path | None = None, own: np.ndarray | None = None) -> Evaluation:
     split = prep.split
     y_te = split.test["label_churn"].to_numpy(dtype=float)
     scores = {"test": prob}
@@ -119,7 +123,7 @@ def _evaluate_churn(prep: "Prepared", prob: np.ndarray, cfg: TrainConfig, baseli
             return ev.lightgbm_binary(x_tr, split.train["label_churn"].to_numpy(float), x_va,
                                       split.val["label_churn"].to_numpy(float), x_te, cats, seed=cfg.seed)
 
-        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit, seconds)
+        scores["lightgbm"] = _lightgbm(prep, cfg, cache, fit if own is None else lambda: own, seconds)
     # The label's event, holding nothing, has a true monthly probability `p_gone` (churning, or every
     # held product closing); banks simulated before it was recorded have only the churn hazard.
     column = "p_gone" if prep.truth is not None and "p_gone" in prep.truth.columns else "p_churn"

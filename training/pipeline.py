@@ -205,7 +205,7 @@ def fit_family(prep: Prepared, cfg: TrainConfig, family: str, stage: Stage,
         from nextbest.training.trees import fit_trees
 
         stage(f"LightGBM model (training {task}: {rows})")
-        meta.members, meta.extra = 1, {"split_months": split.months}
+        meta.members, meta.extra = 1, {"split_months": split.months, "seed": cfg.seed}
         return Fitted(family, fit_trees(prep, pre, meta, cfg), meta)
     train_data, val_data = prep.task_data(split.train, pre), prep.task_data(split.val, pre)
     stage(f"networks (training {task}: {rows})")
