@@ -238,12 +238,14 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
     if world is not None and families != ["network"]:
         raise ValueError(f"training on several processes is for the network family, not family: {cfg.family}")
     prep = prepared or prepare(paths, task, cfg, stage)
-    champion_version, champion_score, why = champion_metric(paths, prep, model_name)
-    runs = []
+    runs, champion = [], None
     for family in families:
         fitted = fit_family(prep, cfg, family, stage, on_epoch, world)
         if fitted is None:
             return None
+        # Only the process that registers reads the registry (under torchrun, rank 0).
+        champion = champion or champion_metric(paths, prep, model_name)
+        champion_version, champion_score, why = champion
         stage("evaluation (beside popularity, LightGBM and the oracle)" if cfg.baselines else "evaluation")
         evaluation = evaluate(prep, fitted.model, fitted.meta, cfg, baselines=cfg.baselines, cache=paths.baselines)
         evaluation.metrics["val_metric"] = fitted.best_val
