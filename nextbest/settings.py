@@ -87,6 +87,12 @@ def config_file(name: str) -> Path:
     return default_config_dir() / name
 
 
+def project_relative(path: str | os.PathLike) -> Path:
+    """A path from a config: absolute as given, else relative to the project folder (else the current directory)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (find_project() or Path.cwd()) / p
+
+
 def resolve_workdir(workdir: str | os.PathLike | None = None) -> Path:
     """The work directory: the argument, else `$NEXTBEST_HOME`, else the project's, else `./.nextbest`."""
     chosen = workdir or os.environ.get(WORKDIR_ENV)

@@ -160,10 +160,12 @@ def check_labels(split: Split, task: str, min_positives: int = 10, definition: s
         LabelError: a window with one class only, or a training or test window with fewer than
             `min_positives` positives; the message says what the data holds and what to change.
     """
-    key = task if task == "nbp" else f"churn:{definition or 'holds_nothing'}"
+    key = task if task == "nbp" else f"{task}:{definition or 'holds_nothing'}"
     what = {"churn:holds_nothing": "clients who hold nothing within the horizon (churn)",
             "churn:product_closed": "clients who close a watched product within the horizon (churn)",
             "churn:table": "churn as the bank's label table gives it",
+            "response:offers": "accepted offers (campaign response)",
+            "response:table": "responses as the bank's contact table gives them",
             "nbp": "acquisitions of a product not held (next best product)"}[key]
     advice = {"churn:holds_nothing": "The churn label is derived from raw/holdings.parquet: a client churns when "
                                      "they hold no product in one of the following months. A bank whose clients "
@@ -176,6 +178,11 @@ def check_labels(split: Split, task: str, min_positives: int = 10, definition: s
               "churn:table": "The labels come from label.table in configs/churn.yaml: give it more rows of both "
                              "classes in each window (by time, the last months are validation and test; with too "
                              "few months, customers drawn at random).",
+              "response:offers": "The responses are read from raw/offers.parquet (response accept = 1): load a "
+                                 "longer offer history, or the bank's own contacts (response in "
+                                 "configs/campaign.yaml: definition table).",
+              "response:table": "The responses come from response.table in configs/campaign.yaml: give it more "
+                                "contacts of both outcomes in each window (by month of contact).",
               "nbp": "Acquisitions are read from raw/holdings.parquet: a product held this month and not the "
                      "month before. Load more months or more clients, or a bank whose holdings change."}[key]
     for name, df in (("training", split.train), ("validation", split.val), ("test", split.test)):

@@ -34,7 +34,7 @@ def read_label_table(path: Path, customers: pd.Series, snapshots: pd.DatetimeInd
         SchemaError: the file is missing or unreadable, a column is missing, a value cannot be read, a
             (customer, date) repeats, two rows fall on one customer's snapshot, or no row can be joined.
     """
-    raw = _read(path)
+    raw = read_table_file(path)
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
         raise SchemaError(f"{path}: missing column(s) {missing}; a label table has {list(COLUMNS)} "
@@ -85,9 +85,11 @@ def read_label_table(path: Path, customers: pd.Series, snapshots: pd.DatetimeInd
     return out
 
 
-def _read(path: Path) -> pd.DataFrame:
+def read_table_file(path: Path, named_by: str = "label.table in configs/churn.yaml") -> pd.DataFrame:
+    """A parquet or CSV table as text and values, every problem a SchemaError naming the file (and `named_by`,
+    the setting that points at it, when it is missing)."""
     if not path.exists():
-        raise SchemaError(f"{path}: label table not found (label.table in configs/churn.yaml)")
+        raise SchemaError(f"{path}: table not found ({named_by})")
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
@@ -95,7 +97,7 @@ def _read(path: Path) -> pd.DataFrame:
             raise SchemaError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if path.name.endswith((".csv", ".csv.gz")):
         return pd.concat(list(csv_chunks(path, "utf-8", 500_000)), ignore_index=True)
-    raise SchemaError(f"{path}: a label table is a .parquet, .csv or .csv.gz file")
+    raise SchemaError(f"{path}: a table here is a .parquet, .csv or .csv.gz file")
 
 
 def churn_entity(raw: dict[str, pd.DataFrame], products: list[str], cfg, stage: Callable[[str], None]) -> pd.DataFrame:

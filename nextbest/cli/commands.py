@@ -281,12 +281,14 @@ def tune(
 
 @app.command()
 def campaign(
-    path: Path = typer.Option(..., help="bank-additional-full.csv (UCI bank marketing), or its parquet."),
-    rolling: bool = typer.Option(False, help="Also run Moro et al.'s rolling-window test (10 retrainings)."),
+    path: Optional[Path] = typer.Option(None, help="bank-additional-full.csv (UCI bank marketing), or its parquet; "
+                                        "without it, the bank's own responses (response: in configs/campaign.yaml)."),
+    rolling: bool = typer.Option(False, help="With --path: also run Moro et al.'s rolling-window test."),
     config: Optional[Path] = typer.Option(None, help="Config file (default configs/campaign.yaml)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Campaign-response model on real telemarketing data: PyTorch beside LightGBM, chronological split."""
+    """Campaign-response model, PyTorch beside LightGBM split by time: on the bank's own offers or contact table
+    with its Feast features, or on the UCI telemarketing file (--path)."""
     run_stage(do_campaign, workdir_paths(workdir), path, rolling, config)
 
 

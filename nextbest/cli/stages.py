@@ -245,12 +245,16 @@ def do_tune(paths: Paths, task: str, trials: int, config: Optional[Path]):
     return result
 
 
-def do_campaign(paths: Paths, path: Path, rolling: bool, config: Optional[Path]) -> dict:
+def do_campaign(paths: Paths, path: Optional[Path], rolling: bool, config: Optional[Path]) -> dict:
     from nextbest.config import load_train_config
     from nextbest.training import registry
     from nextbest.training.campaign import load_contacts, rolling_window, train_campaign
 
     cfg = load_train_config("campaign", config)
+    if path is None:
+        if rolling:
+            raise StageError("--rolling goes with --path (the UCI file)")
+        return _campaign_on_own_data(paths, cfg)
     contacts = load_contacts(path)
     with stage(f"campaign model on {len(contacts):,} real contacts (last 10% by date = test)"):
         result = train_campaign(contacts, cfg)
@@ -269,6 +273,29 @@ def do_campaign(paths: Paths, path: Path, rolling: bool, config: Optional[Path])
         if k in metrics:
             console.print(f"  {k}: {metrics[k]:.4f}")
     return metrics
+
+
+def _campaign_on_own_data(paths: Paths, cfg) -> dict:
+    from nextbest.training import registry
+    from nextbest.training.response import train_response
+
+    def on_stage(message: str) -> None:
+        console.print(f"  [yellow]{message}[/]" if message.startswith("WARNING:") else f"  [dim]{message}[/]",
+                      highlight=False, soft_wrap=True)
+
+    what = "offers (raw/offers.parquet)" if cfg.response.definition == "offers" else "contact table"
+    with stage(f"campaign-response model on the bank's {what}"):
+        result = train_response(paths, cfg, on_stage)
+    mlflow = registry.tracking(paths)
+    with mlflow.start_run(experiment_id=registry.experiment_id(paths, "campaign"), run_name="bank-responses"):
+        mlflow.log_params({**cfg.model_dump(exclude={"hidden", "label", "response"}),
+                           "hidden": ",".join(map(str, cfg.hidden)), "source": result.source, "split": result.split,
+                           "response": cfg.response.definition})
+        mlflow.set_tags({"split": result.split, "test_month": ",".join(result.months["test"])})
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if v == v})
+    console.print(metrics_table(f"offer response, test = {result.rows['test']:,} contacts of "
+                                f"{', '.join(result.months['test'])} ({result.split} split)", result.metrics))
+    return result.metrics
 
 
 def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> dict:

@@ -84,12 +84,9 @@ class BankTable(BaseModel):
 
     def source_path(self) -> Path | None:
         """The file, a relative path read from the project folder (else the current directory)."""
-        from nextbest.settings import find_project
+        from nextbest.settings import project_relative
 
-        if self.path is None:
-            return None
-        p = Path(self.path).expanduser()
-        return p if p.is_absolute() else (find_project() or Path.cwd()) / p
+        return None if self.path is None else project_relative(self.path)
 
     def describe(self) -> str:
         if self.path is not None:

@@ -39,6 +39,26 @@ class ChurnLabel(BaseModel):
         return self
 
 
+class ResponseLabel(BaseModel):
+    """Where the campaign-response model's labels come from when it trains on the bank's own data
+    (`response:` in `configs/campaign.yaml`; `nextbest campaign` without --path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    definition: Literal["offers", "table"] = Field(
+        default="offers", description="offers: raw/offers.parquet, each offer a row, accepted = 1 (rejected or no "
+        "response = 0). table: the bank's own contact table, read from `table`.")
+    table: Path | None = Field(
+        default=None, description="table: a parquet or CSV file with customer_id, contacted_at and label (0/1), "
+        "optionally product_id and channel; a relative path is read from the project folder.")
+
+    @model_validator(mode="after")
+    def _fields_of_the_definition(self) -> "ResponseLabel":
+        if (self.definition == "table") != (self.table is not None):
+            raise ValueError("`table` goes with definition 'table', and definition 'table' needs it")
+        return self
+
+
 class TrainConfig(BaseModel):
     """Hyper-parameters of one model (`configs/nbp.yaml`, `configs/churn.yaml`): its family, and the network's."""
 
@@ -74,6 +94,8 @@ class TrainConfig(BaseModel):
     seed: int = 42
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
     label: ChurnLabel = Field(default_factory=ChurnLabel, description="Churn only: what counts as churn.")
+    response: ResponseLabel = Field(default_factory=ResponseLabel,
+                                    description="Campaign only: where the bank's own responses come from.")
     val_months: int = Field(default=1, ge=1)
     test_months: int = Field(default=1, ge=1)
     promotion_margin: float = Field(default=0.0, ge=0,
@@ -100,10 +122,6 @@ def load_train_config(name: str, path: Path | None = None, catalogue=None) -> Tr
 
 def label_table_path(cfg: TrainConfig) -> Path | None:
     """The churn label table, a relative path read from the project folder (else the current directory)."""
-    from nextbest.settings import find_project
+    from nextbest.settings import project_relative
 
-    table = cfg.label.table
-    if table is None:
-        return None
-    table = Path(table).expanduser()
-    return table if table.is_absolute() else (find_project() or Path.cwd()) / table
+    return None if cfg.label.table is None else project_relative(cfg.label.table)
