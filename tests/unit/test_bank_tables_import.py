@@ -150,3 +150,25 @@ def test_a_column_in_two_tables_is_refused():
     table = {"path": "a.csv", "timestamp": "d", "columns": {"x": "numeric"}}
     with pytest.raises(ValueError, match="column 'x' is in both 'a' and 'b'"):
         FeaturesConfig.model_validate({"tables": [{"name": "a", **table}, {"name": "b", **table}]})
+
+
+def test_the_cli_names_a_bad_value_in_one_line_and_imports_a_good_table(work, tmp_path):
+    from tests.servers import run_cli
+
+    ids = _ids(work, 2)
+    pd.DataFrame({"customer_id": ids, "month_end": ["2026-05-31"] * 2, "balance_avg_12m": ["1", "lots"]}) \
+        .to_csv(tmp_path / "agg.csv", index=False)
+    (tmp_path / "configs" / "features.yaml").write_text(yaml.safe_dump({"tables": [_table("agg", "agg.csv")]}))
+    env = {"NEXTBEST_PROJECT": str(tmp_path)}
+    proc = run_cli("features", "import", workdir=work.root, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "agg.csv: column 'balance_avg_12m', row 1: value 'lots' is not of type float" in proc.stdout + proc.stderr
+    assert not (work.features / "agg.parquet").exists()
+
+    pd.DataFrame({"customer_id": ids, "month_end": ["2026-05-31"] * 2, "balance_avg_12m": ["1", "2.5"]}) \
+        .to_csv(tmp_path / "agg.csv", index=False)
+    proc = run_cli("features", "import", workdir=work.root, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "agg: 2 of 2 rows kept" in proc.stdout + proc.stderr
+    assert sorted(pd.read_parquet(work.features / "agg.parquet")["balance_avg_12m"]) == [1.0, 2.5]
