@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 UCI_FULL = REPO.parent / "shared" / "data" / "uci-bank-marketing" / "bank-additional-full.csv"
 UCI_SAMPLE = REPO / "tests" / "data" / "uci-bank-marketing" / "bank-additional-sample.csv"
 TARGET = 0.98
+NO_SIGNAL = 0.52  # below it on both models, a ROC AUC is chance on these test sizes
 
 
 def bank(root: Path, customers: int, months: int, seed: int, without: tuple[str, ...] = ()) -> Paths:
@@ -132,8 +133,11 @@ def run(root: Path, customers: int, months: int, seed: int, uci: Path, extract_c
     cells = []
     for name, r in rows.items():
         ratio = r["network"] / r["lightgbm"]
+        # Neither model ranks better than chance: their ratio measures noise, not the network.
+        verdict = ("no signal" if max(r["network"], r["lightgbm"]) < NO_SIGNAL else
+                   "met" if ratio >= TARGET else "not met")
         cells.append([name, r["split"], f"{r['rows']['train']:,} / {r['rows']['test']:,}", f"{r['network']:.4f}",
-                      f"{r['lightgbm']:.4f}", f"{ratio:.3f}", "met" if ratio >= TARGET else "not met",
+                      f"{r['lightgbm']:.4f}", f"{ratio:.3f}", verdict,
                       "-" if r["oracle"] is None else f"{r['oracle']:.4f}", f"{r['seconds']:.0f}"])
     result.figures["families"] = {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in rows.items()}
     result.table("Network beside LightGBM (ROC AUC; nbp: mean per-product ROC AUC)", columns, cells,
@@ -147,8 +151,11 @@ def run(root: Path, customers: int, months: int, seed: int, uci: Path, extract_c
                     "(the simulator's true probabilities) is the most any ranker can reach on that month. MAP@7 ranks "
                     "the products for each customer.")
     met = sum(c[6] == "met" for c in cells)
-    result.note(f"target {TARGET} x LightGBM: met on {met} of {len(cells)}. `family: lightgbm` ships LightGBM "
-                "itself as a model, and `family: auto` trains both and promotes the better on the held-out month.")
+    measurable = sum(c[6] != "no signal" for c in cells)
+    result.note(f"target {TARGET} x LightGBM: met on {met} of the {measurable} rows where a model ranks better than "
+                f"chance (ROC AUC {NO_SIGNAL} or more); `no signal`: neither does, so the ratio is noise. "
+                "`family: lightgbm` ships LightGBM itself as a model, and `family: auto` trains both and promotes "
+                "the better on the held-out month.")
 
 
 def main() -> None:

@@ -10,11 +10,12 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureView, OnDemandFeatureView
+from feast.types import String
 
 from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_FEATURE_SERVICE_V1, NBP_FEATURE_SERVICE,
                                 OFFER_CONTEXT_FEATURE_SERVICE, REALTIME_VIEW)
-from nextbest.feature_repo.features import SNAPSHOT_TTL, feature_view
-from nextbest.feature_repo.versions import BASE_SERVICES, ServiceRecord, read_record
+from nextbest.feature_repo.features import feature_view
+from nextbest.feature_repo.versions import BASE_SERVICES, ServiceRecord, read_record, table_spec
 from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW, VIEWS
 from nextbest.settings import Paths
 
@@ -69,51 +70,74 @@ def feature_services(views: dict[str, FeatureView], context: OnDemandFeatureView
     return [nbp, churn, churn_v1, offer_context]
 
 
-def bank_services(views: dict[str, FeatureView], versions) -> list[FeatureService]:
+def _kind(field) -> str:
+    return "categorical" if field.dtype == String else "numeric"
+
+
+def bank_services(views: dict[str, FeatureView], versions) -> tuple[list[FeatureService], dict[str, str]]:
     """One service per recorded version (`feature_repo.versions.ServiceVersion`): its model's base
-    service's features and the bank tables' columns it names."""
+    service's features and the bank tables' columns it names. A version whose table, column, kind or TTL
+    is no longer there is left out, with the reason (version -> reason)."""
     features = model_features(views)
-    out = []
+    out, unavailable = [], {}
     for version in versions:
         base = version.to_json()["base"]
-        gone = [c for t, cols in version.tables.items() if t in views
-                for c in cols if c not in {f.name for f in views[t].features}]
-        if gone or any(t not in views for t in version.tables):
-            log.warning("feature service %s is not applied: its table(s) no longer hold %s", version.name,
-                        gone or [t for t in version.tables if t not in views])
+        why = []
+        for table, spec in version.spec.items():
+            if table not in views:
+                why.append(f"table {table!r} is gone")
+                continue
+            fields = {f.name: _kind(f) for f in views[table].features}
+            why += [f"{table}.{c} is gone" if c not in fields else f"{table}.{c} is now {fields[c]}"
+                    for c, kind in spec["columns"].items() if fields.get(c) != kind]
+            ttl = views[table].ttl
+            days = int(ttl.total_seconds() // 86400) if ttl else None
+            if days != spec["ttl_days"]:
+                why.append(f"{table}'s TTL is now {days if days is not None else 'none'} days")
+        if why:
+            unavailable[version.name] = "; ".join(why)
             continue
         bank = [views[table][columns] for table, columns in version.tables.items()]
         out.append(FeatureService(
             name=version.name, features=[*features[base], *bank],
             description=f"The inputs of {base} and the bank's own tables {', '.join(version.tables)}."))
-    return out
+    return out, unavailable
 
 
 def add_bank_views(paths: Paths, store, entity, offline_kind: str, views: dict) -> ServiceRecord:
     """Adds to `views` the bank's own tables (`configs/features.yaml`) and those earlier service
-    versions name; returns the service record with a new version for each model whose tables changed."""
+    versions name; returns the service record with a new version for each model whose tables changed.
+
+    Raises:
+        FileNotFoundError, ValueError: a declared table's file is missing, or lacks a declared column or its
+            kind (the file predates the config: `nextbest features import` writes it again).
+    """
     from nextbest.config import load_features_config
     from nextbest.settings import config_file
 
     cfg = load_features_config()
     record = read_record(paths).with_tables(
-        {model: {t.name: list(t.columns) for t in cfg.for_model(model)} for model in BASE_SERVICES})
-    declared = {t.name: t for t in cfg.tables}
-    for name in dict.fromkeys([*declared, *(t for v in record.versions for t in v.tables)]):
+        {model: {t.name: table_spec(t) for t in cfg.for_model(model)} for model in BASE_SERVICES})
+    declared = {t.name: table_spec(t) for t in cfg.tables}
+    latest = {table: spec for v in record.versions for table, spec in v.spec.items()}  # the newest spec of each
+    for name in dict.fromkeys([*declared, *latest]):
         path = paths.features / f"{name}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: not found; the table {name!r} of {config_file('features.yaml')} is "
-                                    "imported by `nextbest features import` (or `features build`)"
-                                    if name in declared else
-                                    f"{path}: not found, and an applied feature service version reads it; restore "
-                                    "it, or import it again by naming it in configs/features.yaml")
-        if name in declared:
-            t = declared[name]
-            ttl = timedelta(days=t.ttl_days) if t.ttl_days else (None if t.as_of else SNAPSHOT_TTL)
-        else:  # an earlier table: its view keeps the TTL it was applied with
-            ttl = store.get_feature_view(name).ttl or None
+            if name in declared:
+                raise FileNotFoundError(f"{path}: not found; `nextbest features import` (or `features build`) "
+                                        f"imports the table {name!r} of {config_file('features.yaml')}")
+            continue  # an earlier table, gone: the versions reading it are left out
+        spec = declared.get(name) or latest[name]
         sample = pa.Table.from_batches([next(pq.ParquetFile(path).iter_batches(batch_size=1000))]).to_pandas()
-        views[name] = feature_view(name, sample, entity, paths.features, offline_kind, ttl)
+        view = feature_view(name, sample, entity, paths.features, offline_kind,
+                            timedelta(days=spec["ttl_days"]) if spec["ttl_days"] else None)
+        if name in declared:
+            held = {f.name: _kind(f) for f in view.features}
+            stale = [c for c, kind in spec["columns"].items() if held.get(c) != kind]
+            if stale:
+                raise ValueError(f"{path}: column(s) {stale} are not there as {config_file('features.yaml')} "
+                                 f"declares them; run `nextbest features import` first")
+        views[name] = view
     return record
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -192,14 +192,19 @@ def apply(paths: Paths, online_store: OnlineStoreChoice | None = None,
     context = request_context_view()
     services = feature_services(views, context)
     record = add_bank_views(paths, store, entity, offline_store.kind, views)
-    services += bank_services(views, record.versions)
+    bank, unavailable = bank_services(views, record.versions)
+    services += bank
     realtime_file = paths.features / f"{REALTIME_VIEW}.parquet"
     if not realtime_file.exists():
         atomic_write_parquet(empty_realtime_table(), realtime_file)
     realtime = realtime_view(entity, paths.features)
     with _reachable(store):  # Redis is only contacted when a view is removed
         store.apply([entity, *views.values(), realtime, context, *services])
-    write_record(paths, record)
+        # A version that can no longer be applied must not linger in the registry, naming what is gone.
+        for name in unavailable:
+            if name in {s.name for s in store.list_feature_services()}:
+                store.delete_feature_service(name)
+    write_record(paths, replace(record, unavailable=tuple(sorted(unavailable.items()))))
     return [entity.name, *views, realtime.name, context.name, *(s.name for s in services)]
 
 

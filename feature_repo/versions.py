@@ -24,14 +24,21 @@ RECORD = "bank_feature_services.json"
 
 @dataclass(frozen=True)
 class ServiceVersion:
-    """One version: the model's base service plus the bank tables' columns it names."""
+    """One version: the model's base service plus the bank tables it reads, each with its columns' kinds
+    and TTL (`spec`: table -> {"columns": {column: kind}, "ttl_days": days or None}); a change to any of
+    them is a new version, since a champion reads its inputs as they were."""
 
     name: str
     model: str
-    tables: dict[str, list[str]]
+    spec: dict[str, dict]
+
+    @property
+    def tables(self) -> dict[str, list[str]]:
+        """Table -> the columns the version reads."""
+        return {table: list(s["columns"]) for table, s in self.spec.items()}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "model": self.model, "base": BASE_SERVICES[self.model], "tables": self.tables}
+        return {"name": self.name, "model": self.model, "base": BASE_SERVICES[self.model], "tables": self.spec}
 
 
 @dataclass(frozen=True)
@@ -40,13 +47,15 @@ class ServiceRecord:
 
     versions: tuple[ServiceVersion, ...] = ()
     current: tuple[tuple[str, str | None], ...] = ()
+    unavailable: tuple[tuple[str, str], ...] = ()  # versions left out at the last apply, and why
 
     def current_for(self, model: str) -> str | None:
         return dict(self.current).get(model)
 
-    def with_tables(self, wanted: dict[str, dict[str, list[str]]]) -> "ServiceRecord":
-        """The record after applying `wanted` (model -> {table: columns}): a model whose tables differ from
-        its newest version's gets a new version; a model with no table trains on its base service."""
+    def with_tables(self, wanted: dict[str, dict[str, dict]]) -> "ServiceRecord":
+        """The record after applying `wanted` (model -> {table: {"columns": {column: kind}, "ttl_days": ...}}): a
+        model whose tables differ from its newest version's gets a new version; a model with no table trains on
+        its base service."""
         versions, current = list(self.versions), {}
         for model in BASE_SERVICES:
             tables = wanted.get(model) or {}
@@ -54,16 +63,17 @@ class ServiceRecord:
                 current[model] = None
                 continue
             mine = [v for v in versions if v.model == model]
-            if mine and mine[-1].tables == tables:
+            if mine and mine[-1].spec == tables:
                 current[model] = mine[-1].name
                 continue
             version = ServiceVersion(f"{_STEMS[model]}_bank_v{len(mine) + 1}", model, tables)
             versions.append(version)
             current[model] = version.name
-        return ServiceRecord(tuple(versions), tuple(sorted(current.items())))
+        return ServiceRecord(tuple(versions), tuple(sorted(current.items())), self.unavailable)
 
     def to_json(self) -> dict:
-        return {"versions": [v.to_json() for v in self.versions], "current": dict(self.current)}
+        return {"versions": [v.to_json() for v in self.versions], "current": dict(self.current),
+                "unavailable": dict(self.unavailable)}
 
 
 def record_path(paths: Paths) -> Path:
@@ -77,17 +87,35 @@ def read_record(paths: Paths) -> ServiceRecord:
         return ServiceRecord()
     try:
         data = json.loads(path.read_text())
-        versions = tuple(ServiceVersion(v["name"], v["model"], {k: list(c) for k, c in v["tables"].items()})
+        versions = tuple(ServiceVersion(v["name"], v["model"], {k: {"columns": dict(t["columns"]),
+                                                                    "ttl_days": t["ttl_days"]}
+                                                                for k, t in v["tables"].items()})
                          for v in data["versions"])
         current = tuple(sorted((str(k), v) for k, v in data["current"].items()))
+        unavailable = tuple(sorted((str(k), str(v)) for k, v in data.get("unavailable", {}).items()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: damaged ({type(exc).__name__}: {exc}); run `nextbest features apply` again "
                          "after restoring it from a backup") from None
-    return ServiceRecord(versions, current)
+    return ServiceRecord(versions, current, unavailable)
 
 
 def write_record(paths: Paths, record: ServiceRecord) -> None:
     write_json(record_path(paths), record.to_json())
+
+
+def table_spec(table) -> dict:
+    """A declared table (`nextbest.config.BankTable`) as a version records it."""
+    ttl = table.ttl_days or (None if table.as_of else 31)
+    return {"columns": dict(table.columns), "ttl_days": ttl}
+
+
+def read_columns(record: ServiceRecord) -> dict[str, tuple[str, str]]:
+    """Every bank column a recorded version reads -> (its table, the newest version reading it)."""
+    out: dict[str, tuple[str, str]] = {}
+    for version in record.versions:
+        for table, columns in version.tables.items():
+            out.update({c: (table, version.name) for c in columns})
+    return out
 
 
 def feature_service_for(paths: Paths, model: str) -> str:

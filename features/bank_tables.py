@@ -35,6 +35,7 @@ from nextbest.io import StreamingParquetWriter
 from nextbest.schema import SchemaError
 
 CHUNK_ROWS = 500_000
+_ROW = "__source_row"  # each row's place in the source (0-based data rows), for messages
 # Request-time features of the on-demand view: a bank column of the same name would shadow them.
 REQUEST_FEATURES = ("channel", "hour", "weekday", "channel_digital", "hour_sin", "hour_cos", "is_weekend",
                     "is_evening")
@@ -73,7 +74,8 @@ def reserved_columns(features_dir: Path) -> dict[str, str]:
 
 def _chunks(table: BankTable, chunksize: int) -> Iterator[pd.DataFrame]:
     if table.sql is not None:
-        db = Database(table.sql.url, {table.name: table.sql.table} if table.sql.table else {}, chunksize)
+        db = Database(table.sql.url, {table.name: table.sql.table} if table.sql.table else {}, chunksize,
+                      setting=f"sql.url of table {table.name!r} in configs/features.yaml:")
         try:
             if table.sql.query is not None:
                 yield from db.query_chunks(table.sql.query)
@@ -100,12 +102,16 @@ def _chunks(table: BankTable, chunksize: int) -> Iterator[pd.DataFrame]:
 
 
 def read_table(table: BankTable, chunksize: int = CHUNK_ROWS) -> pd.DataFrame:
-    """The table's key, date and declared columns, each converted to its kind; a bad value is a
-    SchemaError naming the source, column, row (0-based, data rows) and value."""
+    """The table's key, date and declared columns, each converted to its kind, and each row's place in the
+    source; a bad value is a SchemaError naming the source, column, row (0-based, data rows) and value."""
     where = table.describe()
     needed = [CUSTOMER_ID, *([table.timestamp] if table.timestamp else []), *table.columns]
     frames, offset = [], 0
     for chunk in _chunks(table, chunksize):
+        twice = sorted(set(chunk.columns[chunk.columns.duplicated()]))
+        if twice:
+            raise SchemaError(f"{where}: column(s) {twice} appear more than once (a join: select each column once, "
+                              "or rename one)")
         missing = [c for c in needed if c not in chunk.columns]
         if missing:
             raise SchemaError(f"{where}: missing column(s) {missing} (has {list(chunk.columns)})")
@@ -114,7 +120,15 @@ def read_table(table: BankTable, chunksize: int = CHUNK_ROWS) -> pd.DataFrame:
             out[EVENT_TIMESTAMP] = convert_column(chunk[table.timestamp], "datetime", where, table.timestamp, offset)
         for column, kind in table.columns.items():
             values = convert_column(chunk[column], "float" if kind == "numeric" else "str", where, column, offset)
-            out[column] = values.astype("float32") if kind == "numeric" else values
+            if kind == "numeric":
+                huge = (values.abs() > np.finfo(np.float32).max).to_numpy()
+                if huge.any():
+                    i = int(np.argmax(huge))
+                    raise SchemaError(f"{where}: column '{column}', row {offset + i}: value {chunk[column].iloc[i]!r} "
+                                      "is beyond the range of a feature (about 3.4e38)")
+                values = values.astype("float32")
+            out[column] = values
+        out[_ROW] = np.arange(offset, offset + len(chunk))
         frames.append(pd.DataFrame(out))
         offset += len(chunk)
     if not frames:
@@ -128,11 +142,11 @@ def read_table(table: BankTable, chunksize: int = CHUNK_ROWS) -> pd.DataFrame:
 def _duplicate(df: pd.DataFrame, table: BankTable) -> None:
     dup = df.duplicated([CUSTOMER_ID, EVENT_TIMESTAMP], keep="first").to_numpy()
     if dup.any():
-        row = int(np.argmax(dup))
-        when = "" if table.as_of else f" and {table.timestamp} {df[EVENT_TIMESTAMP].iloc[row]}"
+        i = int(np.argmax(dup))
+        when = "" if table.as_of else f" and {table.timestamp} {df[EVENT_TIMESTAMP].iloc[i]}"
         what = "customer" if table.as_of else "(customer, date)"
-        raise SchemaError(f"{table.describe()}: column '{CUSTOMER_ID}', row {row}: value "
-                          f"{df[CUSTOMER_ID].iloc[row]!r}{when} appears more than once; one row per {what}")
+        raise SchemaError(f"{table.describe()}: column '{CUSTOMER_ID}', row {df[_ROW].iloc[i]}: value "
+                          f"{df[CUSTOMER_ID].iloc[i]!r}{when} appears more than once; one row per {what}")
 
 
 def prepare_table(df: pd.DataFrame, table: BankTable, known: pd.Index, last_snapshot: pd.Timestamp,
@@ -151,7 +165,7 @@ def prepare_table(df: pd.DataFrame, table: BankTable, known: pd.Index, last_snap
             f"{table.describe()}: column '{table.timestamp or 'as_of'}': every row is dated after the last snapshot "
             f"({last_snapshot.date()}; earliest {df[EVENT_TIMESTAMP].min().date()}): it would describe the future "
             "of every snapshot it fed; date each row at or before the snapshot it describes")
-    df = df[~later]
+    df = df[~later].drop(columns=_ROW)
     report.left_out = {"without a customer_id or date": int(no_key.sum()),
                        "of customers not in raw/customers.parquet": int(unknown.sum()),
                        f"dated after the last snapshot ({last_snapshot.date()})": int(later.sum())}
@@ -164,8 +178,12 @@ def prepare_table(df: pd.DataFrame, table: BankTable, known: pd.Index, last_snap
 
 
 def import_bank_tables(cfg: FeaturesConfig, raw_dir: Path, features_dir: Path, config_path: Path | str,
-                       chunksize: int = CHUNK_ROWS) -> list[TableReport]:
+                       chunksize: int = CHUNK_ROWS, earlier: dict[str, tuple[str, str]] | None = None,
+                       ) -> list[TableReport]:
     """Reads, checks and writes every table of `cfg` into `features_dir` (all or none).
+
+    `earlier` holds the columns that feature service versions already read (column -> (table, version)):
+    another table may not take their names, or a champion would read the wrong one.
 
     Raises:
         SchemaError: a table that cannot be imported, named with its source, column, row and value.
@@ -181,6 +199,8 @@ def import_bank_tables(cfg: FeaturesConfig, raw_dir: Path, features_dir: Path, c
         if t.name in (*VIEWS, REALTIME_VIEW):
             raise SchemaError(f"{config_path}: table {t.name!r}: the name of a built feature view; choose another")
         clash = {c: reserved[c] for c in t.columns if c in reserved}
+        clash.update({c: f"table {table!r}, read by {version}" for c, (table, version) in (earlier or {}).items()
+                      if c in t.columns and table != t.name})
         if clash:
             c, view = next(iter(clash.items()))
             raise SchemaError(f"{config_path}: table {t.name!r}: column {c!r} is already a feature of {view}; "

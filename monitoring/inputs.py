@@ -49,22 +49,36 @@ def load_features(paths: Paths) -> pd.DataFrame:
 
 
 def with_bank_tables(paths: Paths, features: pd.DataFrame) -> pd.DataFrame:
-    """`features` with the columns of the bank's own tables (`configs/features.yaml`), each customer-month
-    taking the table's latest row at or before it, within the table's TTL, as training and serving see it."""
-    from nextbest.config import load_features_config
+    """`features` with the columns of the bank's own tables (those `configs/features.yaml` declares and those
+    any applied feature service version reads), each customer-month taking the table's latest row at or
+    before it, within the table's TTL, as training and serving see it."""
+    import pyarrow.parquet as pq
 
-    for table in load_features_config().tables:
-        path = paths.features / f"{table.name}.parquet"
+    from nextbest.config import load_features_config
+    from nextbest.feature_repo.versions import read_record, table_spec
+
+    specs = {table: spec for v in read_record(paths).versions for table, spec in v.spec.items()}
+    declared = {t.name: table_spec(t) for t in load_features_config().tables}
+    for name in declared:
+        if not (paths.features / f"{name}.parquet").exists():
+            raise FileNotFoundError(f"{paths.features / f'{name}.parquet'}: not found; run `nextbest features import`")
+    specs.update(declared)
+    order = features[EVENT_TIMESTAMP].argsort(kind="stable")
+    left = features.iloc[order][[CUSTOMER_ID, EVENT_TIMESTAMP]]
+    for name, spec in specs.items():
+        path = paths.features / f"{name}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: not found; run `nextbest features import`")
-        bank = pd.read_parquet(path, columns=[CUSTOMER_ID, EVENT_TIMESTAMP, *table.columns])
-        ttl = pd.Timedelta(days=table.ttl_days) if table.ttl_days else (None if table.as_of else pd.Timedelta(days=31))
-        order = features[EVENT_TIMESTAMP].argsort(kind="stable")
-        left = features.iloc[order]
-        joined = pd.merge_asof(left[[CUSTOMER_ID, EVENT_TIMESTAMP]], bank.sort_values(EVENT_TIMESTAMP),
-                               on=EVENT_TIMESTAMP, by=CUSTOMER_ID, tolerance=ttl, direction="backward")
+            continue  # an earlier table, gone: no version reads it any more
+        held = set(pq.read_schema(path).names)
+        columns = [c for c in spec["columns"] if c in held and c not in features.columns]
+        if not columns:
+            continue
+        bank = pd.read_parquet(path, columns=[CUSTOMER_ID, EVENT_TIMESTAMP, *columns])
+        ttl = pd.Timedelta(days=spec["ttl_days"]) if spec["ttl_days"] else None
+        joined = pd.merge_asof(left, bank.sort_values(EVENT_TIMESTAMP), on=EVENT_TIMESTAMP, by=CUSTOMER_ID,
+                               tolerance=ttl, direction="backward")
         joined.index = left.index
-        features = pd.concat([features, joined.loc[features.index, list(table.columns)]], axis=1)
+        features = pd.concat([features, joined.loc[features.index, columns]], axis=1)
     return features
 
 

@@ -59,6 +59,10 @@ def model_rescorer(paths: Paths, name: str, alias_or_version: str) -> Rescorer:
         frame = pd.read_parquet(path, columns=columns)
         table = frame if table is None else table.merge(frame, on=[CUSTOMER_ID, EVENT_TIMESTAMP], how="outer",
                                                         suffixes=("", f"__{view}"))
+    if needed - set(table.columns):  # the bank's own tables, as the model's service reads them
+        from nextbest.monitoring.inputs import with_bank_tables
+
+        table = with_bank_tables(paths, table.reset_index(drop=True))
     key = load_key(paths.root)
     ids = table[CUSTOMER_ID].astype(str).unique()
     pseudonyms = dict(zip(ids, (pseudonymise(c, key) for c in ids)))

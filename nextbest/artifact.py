@@ -24,6 +24,7 @@ NUMPY_WEIGHTS_FILE = "weights.npz"
 META_FILE = "model.json"
 
 ENCODINGS = ("standard", "piecewise")
+MAX_VOCABULARY = 1000
 
 
 @dataclass
@@ -61,7 +62,9 @@ class Preprocessor:
         means = np.nanmean(x, axis=0)
         stds = np.nanstd(x, axis=0)
         stds = np.where(stds < 1e-6, 1.0, stds)
-        vocabs = {c: sorted(df[c].astype(str).unique().tolist()) for c in categorical}
+        # At most MAX_VOCABULARY values per column, the most frequent: an id-like text column would otherwise make
+        # an embedding row per customer. Rarer values share index 0 with values never seen.
+        vocabs = {c: sorted(df[c].astype(str).value_counts().index[:MAX_VOCABULARY].tolist()) for c in categorical}
         edges: list[list[float]] = []
         if encoding == "piecewise":
             z = (x - means) / stds

@@ -31,12 +31,15 @@ class Evaluation:
 
 
 def evaluate(prep: "Prepared", model: Model, meta: ModelMeta, cfg: TrainConfig,
-             baselines: bool = True, cache: Path | None = None) -> Evaluation:
+             baselines: bool = True, cache: Path | None = None, fresh: bool = False) -> Evaluation:
     """The model beside the baselines and the oracle on the test month; LightGBM's test scores are kept
-    in `cache` per training set and reused (`nextbest evaluate` does not refit it)."""
+    in `cache` per training set and reused (`nextbest evaluate` does not refit it).
+
+    `fresh`: the model was just fitted on `prep` with `cfg`; a LightGBM model then is the baseline itself,
+    and its scores are the baseline's (never so for a registered model read back, whose data may differ).
+    """
     prob = predict_proba(model, meta, prep.split.test)
-    # A LightGBM model on the same inputs and seed is the baseline itself: its scores are the baseline's.
-    own = prob if (meta.family == "lightgbm" and meta.preprocessor.numeric == prep.numeric
+    own = prob if (fresh and meta.family == "lightgbm" and meta.preprocessor.numeric == prep.numeric
                    and meta.preprocessor.categorical == prep.categorical and meta.extra.get("seed") == cfg.seed) \
         else None
     if prep.task == "nbp":

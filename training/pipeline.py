@@ -239,6 +239,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         raise ValueError(f"training on several processes is for the network family, not family: {cfg.family}")
     prep = prepared or prepare(paths, task, cfg, stage)
     runs, champion = [], None
+    shared, before = stage.seconds(), stage.seconds()  # the labels and training set serve every family
     for family in families:
         fitted = fit_family(prep, cfg, family, stage, on_epoch, world)
         if fitted is None:
@@ -247,19 +248,21 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
         champion = champion or champion_metric(paths, prep, model_name)
         champion_version, champion_score, why = champion
         stage("evaluation (beside popularity, LightGBM and the oracle)" if cfg.baselines else "evaluation")
-        evaluation = evaluate(prep, fitted.model, fitted.meta, cfg, baselines=cfg.baselines, cache=paths.baselines)
+        evaluation = evaluate(prep, fitted.model, fitted.meta, cfg, baselines=cfg.baselines, cache=paths.baselines,
+                              fresh=True)
         evaluation.metrics["val_metric"] = fitted.best_val
         if champion_score is not None:
             evaluation.metrics[f"champion_{gate_metric}"] = champion_score
         stage("MLflow logging and registry")
         run_id, version = _log_and_register(paths, prep, cfg, fitted, evaluation)
-        runs.append((fitted, evaluation, run_id, version))
+        now_seconds = stage.seconds()  # this family's stages: what the clock added since the last family
+        own = {k: round(v - before.get(k, 0.0), 2) for k, v in now_seconds.items() if v - before.get(k, 0.0) > 0}
+        runs.append((fitted, evaluation, run_id, version, {**shared, **own, **evaluation.details.get("seconds", {})}))
+        before = now_seconds
     score = [r[1].metrics[gate_metric] for r in runs]
     best = int(np.argmax([v if np.isfinite(v) else -np.inf for v in score]))
-    fitted, evaluation, run_id, version = runs[best]
+    fitted, evaluation, run_id, version, _ = runs[best]
     promoted, reason = gate(score[best], champion_score, cfg.promotion_margin, why)
-    if promoted:
-        registry.promote(paths, model_name, version, reason)
     client = registry.tracking(paths).MlflowClient()
     if len(runs) > 1:
         other = runs[1 - best]
@@ -267,14 +270,18 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
                   f"({gate_metric} {score[best]:.4f} against {score[1 - best]:.4f}); {reason}")
         client.set_model_version_tag(model_name, other[3], "gate", f"not a candidate: {fitted.family} v{version} "
                                      f"did better on the test month ({score[best]:.4f} against {score[1 - best]:.4f})")
+        # Each registration moved `challenger`; it names the candidate.
+        client.set_registered_model_alias(model_name, registry.CHALLENGER_ALIAS, version)
+    if promoted:
+        registry.promote(paths, model_name, version, reason)
     client.set_model_version_tag(model_name, version, "gate", reason)
     # Logged once every stage has ended (the LightGBM baseline is part of the evaluation's time).
     from mlflow.entities import Metric
 
-    seconds = {**stage.seconds(), **evaluation.details.get("seconds", {})}
     now = int(time.time() * 1000)
-    for _, _, rid, _ in runs:
-        client.log_batch(rid, metrics=[Metric(f"seconds_{slug(k)}", v, now, 0) for k, v in seconds.items()])
+    for *_, rid, _, secs in runs:
+        client.log_batch(rid, metrics=[Metric(f"seconds_{slug(k)}", v, now, 0) for k, v in secs.items()])
+    seconds = {**stage.seconds(), **evaluation.details.get("seconds", {})}
     split = prep.split
     return TrainResult(task, run_id, version, evaluation.metrics, split.months,
                        {"train": len(split.train), "val": len(split.val), "test": len(split.test)},

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
 from nextbest.settings import Paths
 from nextbest.training import evaluate as ev
 from nextbest.training import registry
@@ -32,12 +33,20 @@ def champion_metric(paths: Paths, prep: Prepared, model_name: str) -> tuple[str 
         changed = meta.catalogue_change(prep.products)
         if changed:  # it cannot serve the catalogue in force: nothing to compare against
             return version, None, f"champion v{version} was {changed}"
-        missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in prep.df.columns]
+        test = prep.split.test
+        missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in test.columns]
+        if missing and meta.feature_service != prep.service:
+            # Trained on another version of the service (the bank's tables changed): its own features, same rows.
+            from nextbest.training.pipeline import training_frame
+
+            own = training_frame(paths, test[[CUSTOMER_ID, EVENT_TIMESTAMP]], meta.feature_service)
+            test = test[[CUSTOMER_ID, EVENT_TIMESTAMP]].merge(own, on=[CUSTOMER_ID, EVENT_TIMESTAMP], how="left")
+            missing = [c for c in meta.preprocessor.numeric + meta.preprocessor.categorical if c not in test.columns]
         if missing:
             return version, None, f"champion v{version} needs features the current training set lacks: {missing[:5]}"
-        prob = predict_proba(champion, meta, prep.split.test)
+        prob = predict_proba(champion, meta, test)
         return version, evaluate_metric(prep, prob), ""
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a champion that cannot be scored is reported, not fatal
         return version, None, f"champion v{version} could not be evaluated: {exc}"
 
 

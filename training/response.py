@@ -1,10 +1,11 @@
 """The campaign-response model on the bank's own data: did a contacted customer accept the offer?
 
 The responses come from `response:` in `configs/campaign.yaml`: the offer history
-(`raw/offers.parquet`, each offer a row, accepted = 1, rejected or unanswered = 0) or the bank's own
+(`raw/offers.parquet`, each offer a row, accepted = 1, rejected or unanswered = 0; offers of the
+last 30 days still unanswered are left out, as they may yet be accepted) or the bank's own
 contact table (`customer_id`, `contacted_at`, `label`, optionally `product_id` and `channel`). Each
-contact learns from the customer's features at the latest monthly snapshot at or before it (what the
-bank knew when it called), read from Feast through the next-best-product model's feature service
+contact learns from the customer's features at the latest monthly snapshot whose day had ended by then
+(what the bank knew when it called), read from Feast through the next-best-product model's feature service
 (with the bank's own tables when it has them), plus the offered product and the channel. The split
 is by month of contact (a one- or two-month table: customers at random, said so), and the PyTorch
 network is reported beside LightGBM on the same split.
@@ -34,6 +35,7 @@ from nextbest.training.train import binary_task, fit, fit_temperature, predict_l
 LABEL = "label_response"
 CONTEXT = {"product_id": "offered_product", "channel": "offered_channel"}
 CONTACT_COLUMNS = {CUSTOMER_ID: "str", "contacted_at": "datetime", "label": "bool"}
+RESPONSE_WINDOW = pd.Timedelta(days=30)
 
 
 @dataclass
@@ -45,8 +47,8 @@ class ResponseResult:
     source: str
 
 
-def contacts(paths: Paths, cfg: TrainConfig, products: list[str]) -> tuple[pd.DataFrame, pd.Series, pd.DatetimeIndex,
-                                                                           str]:
+def contacts(paths: Paths, cfg: TrainConfig, products: list[str], report: Callable[[str], None] = print
+             ) -> tuple[pd.DataFrame, pd.Series, pd.DatetimeIndex, str]:
     """(contacts with customer_id, contacted_at, label and any context columns; the bank's customers; its
     snapshots; where the contacts came from)."""
     tables = ("customers", "holdings", "offers") if cfg.response.definition == "offers" else ("customers", "holdings")
@@ -54,6 +56,13 @@ def contacts(paths: Paths, cfg: TrainConfig, products: list[str]) -> tuple[pd.Da
     customers, snapshots = raw["customers"][CUSTOMER_ID], snapshot_months(raw["holdings"][SNAPSHOT_DATE])
     if cfg.response.definition == "offers":
         offers = raw["offers"]
+        # An offer without an answer yet may still be answered: the last RESPONSE_WINDOW's are left out.
+        when = pd.to_datetime(offers["offered_at"])
+        open_ = (offers["response"] == "no_response") & (when > when.max() - RESPONSE_WINDOW)
+        if open_.any():
+            report(f"{paths.raw / 'offers.parquet'}: {int(open_.sum()):,} offers of the last {RESPONSE_WINDOW.days} "
+                   "days have no response yet and may still get one: left out")
+            offers = offers[~open_.to_numpy()]
         frame = pd.DataFrame({CUSTOMER_ID: offers[CUSTOMER_ID].astype(str),
                               "contacted_at": pd.to_datetime(offers["offered_at"]),
                               "label": offers["response"].eq("accept").to_numpy(),
@@ -81,15 +90,17 @@ def contacts(paths: Paths, cfg: TrainConfig, products: list[str]) -> tuple[pd.Da
 
 def response_entity(frame: pd.DataFrame, customers: pd.Series, snapshots: pd.DatetimeIndex, source: str,
                     report: Callable[[str], None] = print) -> pd.DataFrame:
-    """Contacts as an entity frame: `customer_id`, `event_timestamp` (the latest snapshot at or before the
-    contact, UTC), `offered_product` / `offered_channel` when known, and `label_response` (int8). Contacts
+    """Contacts as an entity frame: `customer_id`, `event_timestamp` (the latest snapshot whose day has ended
+    by the contact, UTC), `offered_product` / `offered_channel` when known, and `label_response` (int8). Contacts
     of unknown customers, before the first snapshot or more than 31 days after the last are counted,
     reported and left out."""
     months = pd.DatetimeIndex(snapshots).sort_values()
     known = frame[CUSTOMER_ID].isin(set(customers.astype(str))).to_numpy()
     when = pd.to_datetime(frame["contacted_at"])
     dates = (when.dt.tz_convert(None) if when.dt.tz is not None else when).to_numpy(dtype="datetime64[ns]")
-    at = np.searchsorted(months.values, dates, side="right") - 1
+    # A snapshot's features count the whole of its day: a contact on that day (whose own outcome the day's
+    # offer history may hold) learns from the snapshot before.
+    at = np.searchsorted((months + pd.Timedelta(days=1)).values, dates, side="right") - 1
     early = at < 0
     late = dates > (months[-1] + STALE_AFTER).to_datetime64() if len(months) else early
     for count, why in ((int((~known).sum()), "name customers not in raw/customers.parquet"),
@@ -116,8 +127,11 @@ def train_response(paths: Paths, cfg: TrainConfig, stage: Callable[[str], None] 
     from nextbest.feature_repo.versions import feature_service_for
     from nextbest.training.pipeline import training_frame
 
-    frame, customers, snapshots, source = contacts(paths, cfg, load_catalogue().ids)
-    entity = response_entity(frame, customers, snapshots, source, report=lambda line: stage(f"WARNING: {line}"))
+    def warn(line: str) -> None:
+        stage(f"WARNING: {line}")
+
+    frame, customers, snapshots, source = contacts(paths, cfg, load_catalogue().ids, warn)
+    entity = response_entity(frame, customers, snapshots, source, report=warn)
     labelled = training_split(entity, cfg.val_months, cfg.test_months, cfg.seed)
     if labelled.kind == "random":
         stage(f"WARNING: the contacts span {entity[EVENT_TIMESTAMP].nunique()} month(s): customers are split at "

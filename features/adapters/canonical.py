@@ -190,14 +190,17 @@ def _first_undecodable(path: Path, encoding: str) -> int | None:
 class Database:
     """Tables in a database reached through SQLAlchemy."""
 
-    def __init__(self, url: str, names: dict[str, str], chunksize: int):
+    def __init__(self, url: str, names: dict[str, str], chunksize: int, setting: str = "--from"):
+        import re
+
         import sqlalchemy as sa
 
         try:
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
-            raise SchemaError(f"--from {url!r}: not a database URL (expected e.g. postgresql://user@host:5432/bank)"
-                              ) from None
+            shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)  # never a password in a message
+            raise SchemaError(f"{setting} {shown!r}: not a database URL (expected e.g. "
+                              "postgresql://user@host:5432/bank)") from None
         if parsed.drivername == "postgresql":  # the driver installed with nextbest[postgres]
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.shown = parsed.render_as_string(hide_password=True)

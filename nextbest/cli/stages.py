@@ -94,7 +94,9 @@ def do_features_import(paths: Paths) -> list:
         console.print(f"  no feature table of the bank's own in {path}")
         return []
     with stage(f"import the bank's feature tables ({', '.join(t.name for t in cfg.tables)})"):
-        reports = import_bank_tables(cfg, paths.raw, paths.features, path)
+        from nextbest.feature_repo.versions import read_columns, read_record
+
+        reports = import_bank_tables(cfg, paths.raw, paths.features, path, earlier=read_columns(read_record(paths)))
     for report in reports:
         for line in report.lines():
             console.print(f"  {line}", soft_wrap=True)
@@ -115,7 +117,13 @@ def do_features_apply(paths: Paths, online_store: Optional[str] = None, redis_ur
         require_pyspark("--offline-store spark")
         check_master(offline.spark_master)
     with stage(f"feast apply (registry in feast/registry.db, {choice.describe()}, {offline.describe()})"):
-        return apply(paths, choice, offline)
+        names = apply(paths, choice, offline)
+    from nextbest.feature_repo.versions import read_record
+
+    for name, why in read_record(paths).unavailable:
+        console.print(f"  [yellow]WARNING: feature service {name} is no longer applied ({why}): a model trained on "
+                      "it cannot serve or be evaluated until it is retrained[/]", highlight=False, soft_wrap=True)
+    return names
 
 
 def do_features_materialize(paths: Paths) -> int:

@@ -133,10 +133,30 @@ def test_a_bank_table_is_trained_on_served_online_and_monitored(bank_paths, tmp_
     assert feast_store.open_store(paths).get_feature_service("churn_bank_v1").feature_view_projections[-1] \
         .features[0].name == "risk_score"
 
+    # A declared column the file does not hold yet: apply says to import first, and records nothing.
+    (project / "configs" / "features.yaml").write_text(
+        "tables:\n  - name: bank_risk\n    path: data/risk.csv\n    timestamp: month_end\n"
+        "    columns: {risk_score: numeric, risk_band: categorical, ignored: numeric, extra: numeric}\n")
+    with pytest.raises(ValueError, match=r"bank_risk.parquet: column\(s\) \['extra'\] .* `nextbest features import`"):
+        feast_store.apply(paths)
+    assert feature_service_for(paths, "churn") == "churn_bank_v2"
+
+    # A column dropped: the versions reading it can no longer be applied, leave the registry, and say why.
+    (project / "configs" / "features.yaml").write_text(
+        "tables:\n  - name: bank_risk\n    path: data/risk.csv\n    timestamp: month_end\n"
+        "    columns: {risk_score: numeric, ignored: numeric}\n")
+    import_bank_tables(load_features_config(), paths.raw, paths.features, "features.yaml")
+    names = feast_store.apply(paths)
+    unavailable = dict(read_record(paths).unavailable)
+    assert set(unavailable) == {"churn_bank_v1", "churn_bank_v2", "next_best_product_bank_v1"}
+    assert unavailable["churn_bank_v1"] == "bank_risk.risk_band is gone"
+    registered = {s.name for s in feast_store.open_store(paths).list_feature_services()}
+    assert "churn_bank_v1" not in registered and "churn_bank_v3" in registered and "churn_bank_v3" in names
+
     from nextbest.monitoring.inputs import load_features
 
     features = load_features(paths)
-    assert {"risk_score", "risk_band", "ignored"} <= set(features.columns)
+    assert {"risk_score", "ignored"} <= set(features.columns)
     row = features[(features[CUSTOMER_ID] == last[CUSTOMER_ID])
                    & (features[EVENT_TIMESTAMP] == last[EVENT_TIMESTAMP])].iloc[0]
     assert row["risk_score"] == pytest.approx(last["risk_score"], rel=1e-5)

@@ -81,6 +81,7 @@ def test_auto_registers_both_families_and_gates_the_better(paths):
     assert other.tags["gate"].startswith(f"not a candidate: {best} v{result.version}")
     assert versions[str(result.version)].tags["gate"].startswith(f"{best} v{result.version} beat")
     assert result.promoted and registry.alias_version(paths, "churn") == result.version
+    assert registry.alias_version(paths, "churn", registry.CHALLENGER_ALIAS) == result.version
     _, meta = from_checkpoint(registry.fetch_version(paths, "churn", result.version).local_dir)
     assert meta.family == best
 

@@ -49,9 +49,26 @@ def test_the_offer_history_without_enough_acceptances_says_what_it_holds(paths):
     offers = pd.read_parquet(paths.raw / "offers.parquet")
     accepted = int((offers["response"] == "accept").sum())
     assert accepted < 5, "the small bank should hold too few acceptances to train on"
+    said = []
     with pytest.raises(LabelError, match=r"response labels: the training window .* positive\(s\).*accepted offers "
                                          r"\(campaign response\).*raw/offers.parquet"):
-        train_response(paths, TrainConfig(**FAST))
+        train_response(paths, TrainConfig(**FAST), said.append)
+    last = pd.to_datetime(offers["offered_at"]).max()
+    still_open = ((offers["response"] == "no_response")
+                  & (pd.to_datetime(offers["offered_at"]) > last - pd.Timedelta(days=30))).sum()
+    assert still_open > 0 and any(f"{still_open:,} offers of the last 30 days have no response yet" in line
+                                  for line in said), said
+
+
+def test_a_contact_on_a_snapshot_day_learns_from_the_snapshot_before():
+    from nextbest.training.response import response_entity
+
+    months = pd.DatetimeIndex(["2026-01-31", "2026-02-28"])
+    frame = pd.DataFrame({"customer_id": ["a", "a", "b"],
+                          "contacted_at": pd.to_datetime(["2026-02-28 10:00", "2026-03-01 00:00", "2026-02-27 00:00"]),
+                          "label": [True, False, True]})
+    entity = response_entity(frame, pd.Series(["a", "b"]), months, "contacts")
+    assert entity[EVENT_TIMESTAMP].dt.strftime("%Y-%m-%d").tolist() == ["2026-01-31", "2026-02-28", "2026-01-31"]
 
 
 def test_the_banks_contact_table_trains_by_month_beside_lightgbm(paths, tmp_path, monkeypatch):

@@ -172,3 +172,54 @@ def test_the_cli_names_a_bad_value_in_one_line_and_imports_a_good_table(work, tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "agg: 2 of 2 rows kept" in proc.stdout + proc.stderr
     assert sorted(pd.read_parquet(work.features / "agg.parquet")["balance_avg_12m"]) == [1.0, 2.5]
+
+
+def test_a_duplicate_is_named_at_its_own_row_after_rows_left_out(work, tmp_path):
+    ids = _ids(work, 2)
+    pd.DataFrame({"customer_id": ["NOBODY", ids[0], ids[1], ids[1]], "month_end": ["2026-05-31"] * 4,
+                  "balance_avg_12m": [1, 2, 3, 4]}).to_csv(tmp_path / "agg.csv", index=False)
+    with pytest.raises(SchemaError, match=rf"agg.csv: column 'customer_id', row 3: value '{ids[1]}'"):
+        _import(tmp_path, work, _table("agg", "agg.csv"))
+
+
+def test_a_join_with_a_repeated_column_and_a_value_beyond_range_are_named(work, tmp_path):
+    ids = _ids(work, 2)
+    db = tmp_path / "dwh.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table a (customer_id text, score real)")
+        conn.execute("create table b (customer_id text, band text)")
+        conn.executemany("insert into a values (?, ?)", [(i, 1.0) for i in ids])
+        conn.executemany("insert into b values (?, ?)", [(i, "x") for i in ids])
+    query = "select * from a join b on a.customer_id = b.customer_id"
+    joined = {"name": "crm", "sql": {"url": f"sqlite:///{db}", "query": query},
+              "as_of": "2026-04-30", "columns": {"score": "numeric", "band": "categorical"}}
+    with pytest.raises(SchemaError, match=r"column\(s\) \['customer_id'\] appear more than once"):
+        _import(tmp_path, work, joined)
+    pd.DataFrame({"customer_id": ids, "month_end": ["2026-05-31"] * 2, "balance_avg_12m": ["1", "1e40"]}) \
+        .to_csv(tmp_path / "agg.csv", index=False)
+    with pytest.raises(SchemaError, match=r"agg.csv: column 'balance_avg_12m', row 1: value '1e40' is beyond"):
+        _import(tmp_path, work, _table("agg", "agg.csv"))
+
+
+def test_a_column_an_earlier_version_reads_from_another_table_is_refused(work, tmp_path):
+    ids = _ids(work, 1)
+    pd.DataFrame({"customer_id": ids, "month_end": ["2026-05-31"], "score": [1]}).to_csv(tmp_path / "b.csv",
+                                                                                        index=False)
+    path = tmp_path / "configs" / "features.yaml"
+    path.write_text(yaml.safe_dump({"tables": [{**_table("b", "b.csv"), "columns": {"score": "numeric"}}]}))
+    with pytest.raises(SchemaError, match=r"column 'score' is already a feature of table 'a', read by churn_bank_v1"):
+        import_bank_tables(load_features_config(), work.raw, work.features, path,
+                           earlier={"score": ("a", "churn_bank_v1")})
+
+
+def test_a_new_version_when_a_kind_or_ttl_changes_and_none_when_nothing_does():
+    from nextbest.feature_repo.versions import ServiceRecord
+
+    spec = {"t": {"columns": {"x": "numeric"}, "ttl_days": 31}}
+    first = ServiceRecord().with_tables({"churn": spec})
+    assert [v.name for v in first.versions] == ["churn_bank_v1"] and first.current_for("nbp") is None
+    assert first.with_tables({"churn": spec}).versions == first.versions
+    kind = first.with_tables({"churn": {"t": {"columns": {"x": "categorical"}, "ttl_days": 31}}})
+    ttl = first.with_tables({"churn": {"t": {"columns": {"x": "numeric"}, "ttl_days": None}}})
+    assert kind.current_for("churn") == ttl.current_for("churn") == "churn_bank_v2"
+    assert first.with_tables({}).current_for("churn") is None and len(first.with_tables({}).versions) == 1
