@@ -141,7 +141,9 @@ def add_bank_views(paths: Paths, store, entity, offline_kind: str, views: dict) 
     return record
 
 
-def bank_view_names(store) -> list[str]:
-    """The registry's views of the bank's own tables."""
-    return sorted(v.name for v in store.list_feature_views() if v.name not in (*VIEWS, REALTIME_VIEW))
+def bank_view_names(store, features_dir) -> list[str]:
+    """The registry's views of the bank's own tables whose files are in `features_dir` (a table since
+    removed keeps its view in the registry, with nothing to load)."""
+    return sorted(v.name for v in store.list_feature_views() if v.name not in (*VIEWS, REALTIME_VIEW)
+                  and (features_dir / f"{v.name}.parquet").exists())
 

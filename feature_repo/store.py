@@ -322,7 +322,7 @@ def _write_latest(store, paths: Paths, end_ts: pd.Timestamp, write) -> int:
     """Writes each view's latest row per customer within its TTL before `end_ts` with
     `write(feature_view, batches) -> rows`, and records the interval in the registry."""
     rows = 0
-    for view in (*VIEWS, *bank_view_names(store)):
+    for view in (*VIEWS, *bank_view_names(store, paths.features)):
         fv = store.get_feature_view(view)
         start = end_ts - fv.ttl if fv.ttl else pd.Timestamp(0, tz="UTC")
         join_keys = [c.name for c in fv.entity_columns]
@@ -379,7 +379,7 @@ def _feast_materialize(store, paths: Paths, end_ts: pd.Timestamp) -> int:
     start = end_ts - timedelta(days=1)
     store.materialize(start_date=start.to_pydatetime(), end_date=(end_ts + timedelta(seconds=1)).to_pydatetime())
     rows = 0
-    for view in (*VIEWS, *bank_view_names(store)):
+    for view in (*VIEWS, *bank_view_names(store, paths.features)):
         t = pq.read_table(paths.features / f"{view}.parquet", columns=[EVENT_TIMESTAMP]).column(0).to_pandas()
         rows += int(((t > start) & (t <= end_ts)).sum())
     return rows

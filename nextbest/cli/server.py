@@ -67,6 +67,27 @@ def preflight(paths: Paths, host: str, port: int, wait_for_models: bool = False)
         if missing:
             raise StageError(f"no champion model {' or '.join(repr(m) for m in missing)} in {paths.mlflow_uri}: "
                              "train them first (nextbest train nbp / churn), or pass --wait-for-models")
+        _check_feature_services(paths, names)
+
+
+def _check_feature_services(paths: Paths, names: tuple[str, ...]) -> None:
+    """A champion whose feature service version could no longer be applied (the bank's tables changed)
+    cannot read its inputs: say so before starting."""
+    from nextbest.feature_repo.versions import read_record
+
+    unavailable = dict(read_record(paths).unavailable)
+    if not unavailable:
+        return
+    from nextbest.artifact import META_FILE, ModelMeta
+    from nextbest.training.registry import fetch_alias
+
+    for name in names:
+        registered = fetch_alias(paths, name)
+        service = ModelMeta.from_json((registered.local_dir / META_FILE).read_text()).feature_service
+        if service in unavailable:
+            raise StageError(f"champion {name!r} v{registered.version} reads feature service {service}, which is no "
+                             f"longer applied ({unavailable[service]}): retrain it (nextbest train {name}) or "
+                             "restore that table in configs/features.yaml")
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:

@@ -152,6 +152,13 @@ def test_a_bank_table_is_trained_on_served_online_and_monitored(bank_paths, tmp_
     assert unavailable["churn_bank_v1"] == "bank_risk.risk_band is gone"
     registered = {s.name for s in feast_store.open_store(paths).list_feature_services()}
     assert "churn_bank_v1" not in registered and "churn_bank_v3" in registered and "churn_bank_v3" in names
+    # The churn champion reads churn_bank_v1: `nextbest serve` says so before it starts.
+    from nextbest.cli.common import StageError
+    from nextbest.cli.server import free_port, preflight
+
+    with pytest.raises(StageError, match=r"champion 'churn' v\d+ reads feature service churn_bank_v1, which is no "
+                                         r"longer applied \(bank_risk.risk_band is gone\)"):
+        preflight(paths, "127.0.0.1", free_port())
 
     from nextbest.monitoring.inputs import load_features
 
