@@ -85,11 +85,12 @@ def read_label_table(path: Path, customers: pd.Series, snapshots: pd.DatetimeInd
     return out
 
 
-def read_table_file(path: Path, named_by: str = "label.table in configs/churn.yaml") -> pd.DataFrame:
-    """A parquet or CSV table as text and values, every problem a SchemaError naming the file (and `named_by`,
-    the setting that points at it, when it is missing)."""
+def read_table_file(path: Path, named_by: str = "label.table in configs/churn.yaml",
+                    what: str = "label table") -> pd.DataFrame:
+    """A parquet or CSV table (`what`) as text and values, every problem a SchemaError naming the file (and
+    `named_by`, the setting that points at it, when it is missing)."""
     if not path.exists():
-        raise SchemaError(f"{path}: table not found ({named_by})")
+        raise SchemaError(f"{path}: {what} not found ({named_by})")
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
@@ -97,7 +98,7 @@ def read_table_file(path: Path, named_by: str = "label.table in configs/churn.ya
             raise SchemaError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if path.name.endswith((".csv", ".csv.gz")):
         return pd.concat(list(csv_chunks(path, "utf-8", 500_000)), ignore_index=True)
-    raise SchemaError(f"{path}: a table here is a .parquet, .csv or .csv.gz file")
+    raise SchemaError(f"{path}: a {what} is a .parquet, .csv or .csv.gz file")
 
 
 def churn_entity(raw: dict[str, pd.DataFrame], products: list[str], cfg, stage: Callable[[str], None]) -> pd.DataFrame:

@@ -72,7 +72,7 @@ def contacts(paths: Paths, cfg: TrainConfig, products: list[str], report: Callab
     from nextbest.settings import project_relative
 
     path = project_relative(cfg.response.table)
-    raw_table = read_table_file(path, "response.table in configs/campaign.yaml")
+    raw_table = read_table_file(path, "response.table in configs/campaign.yaml", what="contact table")
     missing = [c for c in CONTACT_COLUMNS if c not in raw_table.columns]
     if missing:
         raise SchemaError(f"{path}: missing column(s) {missing}; a contact table has {list(CONTACT_COLUMNS)} and "
