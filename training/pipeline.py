@@ -246,7 +246,7 @@ def train_model(paths: Paths, task: str, cfg: TrainConfig,
             return None
         # Only the process that registers reads the registry (under torchrun, rank 0).
         champion = champion or champion_metric(paths, prep, model_name)
-        champion_version, champion_score, why = champion
+        _, champion_score, why = champion
         stage("evaluation (beside popularity, LightGBM and the oracle)" if cfg.baselines else "evaluation")
         evaluation = evaluate(prep, fitted.model, fitted.meta, cfg, baselines=cfg.baselines, cache=paths.baselines,
                               fresh=True)
@@ -320,11 +320,7 @@ def _log_and_register(paths: Paths, prep: Prepared, cfg: TrainConfig, fitted: Fi
             (ckpt / "signature.json").write_text(json.dumps(_signature(fitted.meta, split.test, example_prob)))
             mlflow.log_artifacts(str(ckpt), artifact_path=registry.MODEL_ARTIFACT_PATH)
         run_id = run.info.run_id
-    return run_id, registry.register(paths, task_model_name(task), run_id)
-
-
-def task_model_name(task: str) -> str:
-    return TASKS[task][1]
+    return run_id, registry.register(paths, TASKS[task][1], run_id)
 
 
 def evaluate_registered(paths: Paths, task: str, cfg: TrainConfig, version: str | None = None,
