@@ -42,6 +42,14 @@ def tree_row(pre: Preprocessor, row: dict) -> np.ndarray:
     return np.asarray([values], dtype=np.float32)
 
 
+def predict_outputs(models: list, x: np.ndarray, **predict) -> np.ndarray:
+    """[n, len(models)] probabilities of one booster (or a constant) per output; `predict` goes to each booster."""
+    out = np.empty((len(x), len(models)))
+    for j, model in enumerate(models):
+        out[:, j] = model if isinstance(model, float) else model.predict(x, **predict)
+    return out
+
+
 class TreeScorer:
     """Probabilities from one LightGBM booster (or a constant) per output."""
 
@@ -52,10 +60,7 @@ class TreeScorer:
         self.preprocessor = meta.preprocessor
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty((len(x), len(self.outputs)))
-        for j, model in enumerate(self.outputs):
-            out[:, j] = model if isinstance(model, float) else model.predict(x, num_threads=1)
-        return out
+        return predict_outputs(self.outputs, x, num_threads=1)
 
     def predict_proba(self, df: pd.DataFrame | dict[str, list]) -> np.ndarray:
         """Probabilities, shape [len(df), n_outputs]."""

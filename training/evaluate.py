@@ -19,7 +19,7 @@ from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
 from nextbest.io import atomic_write
 from nextbest.training.metrics import brier, map_at_k, ndcg_at_k, recall_at_k, roc_auc
 from nextbest.training.models import Preprocessor
-from nextbest.trees import tree_matrix
+from nextbest.trees import predict_outputs, tree_matrix
 
 NEG_INF = -np.inf
 
@@ -121,20 +121,12 @@ def _best(booster):
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
 
 
-def predict_models(models: list, x: np.ndarray) -> np.ndarray:
-    """[n, len(models)] probabilities of boosters (or constants) fitted by `fit_lightgbm_*`."""
-    out = np.empty((len(x), len(models)))
-    for j, m in enumerate(models):
-        out[:, j] = m if isinstance(m, float) else m.predict(x)
-    return out
-
-
 def lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.ndarray, x_val: np.ndarray,
                  y_val: np.ndarray, mask_val: np.ndarray, x_test: np.ndarray, categorical: list[int],
                  seed: int = 42, rounds: int = 300) -> np.ndarray:
     """`fit_lightgbm_nbp`'s [n_test, n_products] probabilities (unmasked)."""
-    return predict_models(fit_lightgbm_nbp(x_train, y_train, mask_train, x_val, y_val, mask_val, categorical,
-                                           seed, rounds), x_test)
+    return predict_outputs(fit_lightgbm_nbp(x_train, y_train, mask_train, x_val, y_val, mask_val, categorical,
+                                            seed, rounds), x_test)
 
 
 def fit_lightgbm_binary(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
