@@ -228,3 +228,55 @@ def target_mask(df: pd.DataFrame, products: list[str], catalogue=None) -> np.nda
                 mask[:, j] &= np.any([held[r] if r in held else df[f"held_{r}"].to_numpy(dtype=float) > 0
                                       for r in e.requires], axis=0)
     return mask.astype(float)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The labelled rows training keeps (`sample_split`), and how many there were."""
+
+    entity: pd.DataFrame
+    labelled: dict[str, int]  # window -> labelled rows before sampling
+    kept: dict[str, int]  # window -> rows kept
+
+    @property
+    def sampled(self) -> bool:
+        return self.kept != self.labelled
+
+
+def _draw(df: pd.DataFrame, seed: int, by_month: bool) -> np.ndarray:
+    """A uniform draw per row from a hash of the customer (and the month), salted by the seed: a row keeps
+    its draw when other rows come or go, so the same data and seed always give the same sample."""
+    key = df[CUSTOMER_ID].astype(str)
+    if by_month:
+        key = key + "|" + pd.to_datetime(df[EVENT_TIMESTAMP]).dt.strftime("%Y-%m-%d")
+    return pd.util.hash_array(key.to_numpy(dtype=object), hash_key=f"{seed:016d}"[-16:])
+
+
+def _first(df: pd.DataFrame, limit: int | None, seed: int, by_month: bool) -> pd.DataFrame:
+    if limit is None or len(df) <= limit:
+        return df
+    keep = np.argsort(_draw(df, seed, by_month), kind="stable")[:limit]
+    return df.iloc[np.sort(keep)]
+
+
+def sample_split(split: Split, max_train: int | None, max_eval: int | None, seed: int = 42) -> Sample:
+    """At most `max_train` training rows and `max_eval` rows each of validation and test, drawn at random
+    (seeded) before the features are joined, so a large bank's training set stays within memory and time.
+
+    Rows are drawn by customer-month, so the sample still spans every month of each window. A random
+    split (too few snapshots) is drawn afresh on what is kept, so there whole customers are drawn, at
+    most `max_train + 2 * max_eval` rows of them, in the order of a hash of their id: a customer never
+    crosses from training to test.
+    """
+    parts = {"train": (split.train, max_train), "val": (split.val, max_eval), "test": (split.test, max_eval)}
+    if split.kind == "chronological":
+        kept = {name: _first(df, limit, seed, True) for name, (df, limit) in parts.items()}
+        entity = pd.concat(list(kept.values()), ignore_index=True)
+        return Sample(entity, {k: len(v[0]) for k, v in parts.items()}, {k: len(v) for k, v in kept.items()})
+    df = pd.concat([split.train, split.val, split.test], ignore_index=True)
+    if max_train is not None and max_eval is not None and len(df) > max_train + 2 * max_eval:
+        customers = df[[CUSTOMER_ID]].drop_duplicates()
+        order = customers.iloc[np.argsort(_draw(customers, seed, False), kind="stable")][CUSTOMER_ID]
+        rows = df.groupby(CUSTOMER_ID, sort=False).size().reindex(order.to_numpy()).cumsum()
+        df = df[df[CUSTOMER_ID].isin(rows.index[rows.to_numpy() <= max_train + 2 * max_eval])].reset_index(drop=True)
+    return Sample(df, {"all": sum(len(v[0]) for v in parts.values())}, {"all": len(df)})

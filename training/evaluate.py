@@ -93,23 +93,36 @@ def fit_lightgbm_nbp(x_train: np.ndarray, y_train: np.ndarray, mask_train: np.nd
     """
     import lightgbm as lgb
 
+    params = _lgb_params(seed)
+    # Features are binned once for every product (a product's rows are a subset of the one dataset),
+    # not once per product.
+    whole = lgb.Dataset(x_train, np.zeros(len(x_train)), categorical_feature=categorical, params=params,
+                        free_raw_data=True).construct()
+    whole_val = lgb.Dataset(x_val, np.zeros(len(x_val)), reference=whole, categorical_feature=categorical,
+                            params=params, free_raw_data=True).construct()
     out: list = []
     for j in range(y_train.shape[1]):
-        tr, va = mask_train[:, j] > 0, mask_val[:, j] > 0
+        tr, va = np.flatnonzero(mask_train[:, j] > 0), np.flatnonzero(mask_val[:, j] > 0)
         pos = y_train[tr, j].sum()
-        if pos < 5 or tr.sum() - pos < 5:
-            out.append(float(pos / max(tr.sum(), 1)))
+        if pos < 5 or len(tr) - pos < 5:
+            out.append(float(pos / max(len(tr), 1)))
             continue
-        train_set = lgb.Dataset(x_train[tr], y_train[tr, j], categorical_feature=categorical, free_raw_data=False)
+        train_set = _rows(whole, tr, y_train[tr, j])
         callbacks = []
         valid_sets = []
         if y_val[va, j].sum() > 0:
-            valid_sets = [lgb.Dataset(x_val[va], y_val[va, j], categorical_feature=categorical, reference=train_set)]
+            valid_sets = [_rows(whole_val, va, y_val[va, j])]
             callbacks = [lgb.early_stopping(30, verbose=False)]
-        booster = lgb.train(_lgb_params(seed), train_set, num_boost_round=rounds, valid_sets=valid_sets,
-                            callbacks=callbacks)
+        booster = lgb.train(params, train_set, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks)
         out.append(_best(booster))
     return out
+
+
+def _rows(dataset, rows: np.ndarray, label: np.ndarray):
+    """The rows of a constructed LightGBM dataset, with their own label, binned as the whole is."""
+    part = dataset.subset(rows.tolist()).construct()
+    part.set_label(label)
+    return part
 
 
 def _best(booster):

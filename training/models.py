@@ -26,7 +26,8 @@ def tensors(pre: Preprocessor, df: pd.DataFrame | dict[str, list]) -> tuple[torc
     Takes a frame, or columns as lists (`Preprocessor.arrays`).
     """
     x, cats = pre.arrays(df)
-    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(cats)
+    # Row-major, so that a batch's rows are gathered from contiguous memory.
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(cats))
 
 
 class TabularNet(nn.Module):

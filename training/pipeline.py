@@ -28,8 +28,8 @@ from nextbest.io import read_raw
 from nextbest.settings import Paths
 from nextbest.training import evaluate as ev
 from nextbest.training import registry
-from nextbest.training.datasets import (RANDOM_SHARES, Split, check_labels, label_columns, nbp_labels, target_mask,
-                                        training_split)
+from nextbest.training.datasets import (RANDOM_SHARES, Split, check_labels, label_columns, nbp_labels, sample_split,
+                                        target_mask, training_split)
 from nextbest.training.label_table import churn_entity
 from nextbest.training.models import (ModelMeta, Preprocessor, from_checkpoint, predict_proba,
                                       save_checkpoint)
@@ -60,6 +60,7 @@ class Prepared:
     categorical: list[str]
     truth: pd.DataFrame | None
     service: str = ""  # the feature service the training set came from
+    labelled_rows: int = 0  # labelled rows before sampling (`datasets.sample_split`)
 
     @property
     def features(self) -> list[str]:
@@ -93,7 +94,7 @@ class Prepared:
             self.truth.to_parquet(directory / "truth.parquet")
         (directory / "prepared.json").write_text(json.dumps(
             {"task": self.task, "products": self.products, "numeric": self.numeric, "categorical": self.categorical,
-             "service": self.service}))
+             "service": self.service, "labelled_rows": self.labelled_rows}))
 
     @classmethod
     def load(cls, directory: Path, cfg: TrainConfig) -> "Prepared":
@@ -101,7 +102,8 @@ class Prepared:
         df = pd.read_parquet(directory / "frame.parquet")
         truth = pd.read_parquet(directory / "truth.parquet") if (directory / "truth.parquet").exists() else None
         return cls(meta["task"], meta["products"], df, training_split(df, cfg.val_months, cfg.test_months, cfg.seed),
-                   meta["numeric"], meta["categorical"], truth, meta.get("service", TASKS[meta["task"]][0]))
+                   meta["numeric"], meta["categorical"], truth, meta.get("service", TASKS[meta["task"]][0]),
+                   meta.get("labelled_rows", len(df)))
 
 
 @dataclass
@@ -158,8 +160,13 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info, 
               f"{RANDOM_SHARES[1]:.0%} test, stratified by label), so the test figures say how the model ranks "
               "other customers of the same months, not how it will do on a later month (MLflow: split = random)")
     check_labels(labelled, task, cfg.min_positives, cfg.label.definition if task == "churn" else None)
-    stage(f"training set (from Feast: {service}, {len(entity):,} rows)")
-    df = training_frame(paths, entity, service)
+    sample = sample_split(labelled, cfg.max_train_rows, cfg.max_eval_rows, cfg.seed)
+    drawn = ""
+    if sample.sampled:
+        drawn = ", drawn at random from " + ", ".join(
+            f"{sample.labelled[k]:,} {k}" for k in sample.labelled) + " (max_train_rows, max_eval_rows)"
+    stage(f"training set (from Feast: {service}, {len(sample.entity):,} rows{drawn})")
+    df = training_frame(paths, sample.entity, service)
     split = training_split(df, cfg.val_months, cfg.test_months, cfg.seed)
     labels = label_columns(df)
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, *labels, *POLICY_FEATURES)]
@@ -167,7 +174,7 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info, 
     categorical = [c for c in features if c in CATEGORICAL_FEATURES or not pd.api.types.is_numeric_dtype(df[c])]
     numeric = [c for c in features if c not in categorical]
     truth = ev.load_truth(paths.truth, "acquisition" if task == "nbp" else "churn")
-    return Prepared(task, products, df, split, numeric, categorical, truth, service)
+    return Prepared(task, products, df, split, numeric, categorical, truth, service, sum(sample.labelled.values()))
 
 
 def _signature(meta: ModelMeta, example: pd.DataFrame, prob: np.ndarray) -> dict:
@@ -301,7 +308,8 @@ def _log_and_register(paths: Paths, prep: Prepared, cfg: TrainConfig, fitted: Fi
             as run:
         params = {**cfg.model_dump(exclude={"hidden"}), "hidden": ",".join(map(str, cfg.hidden)),
                   "family": fitted.family, "feature_service": service, "n_features": len(prep.features),
-                  "train_rows": len(split.train), "split": split.kind, "data_hash": prep.data_hash}
+                  "train_rows": len(split.train), "labelled_rows": prep.labelled_rows, "split": split.kind,
+                  "data_hash": prep.data_hash}
         if fitted.batch_size is not None:
             params["effective_batch_size"] = fitted.batch_size
         mlflow.log_params(params)

@@ -27,7 +27,7 @@ from nextbest.io import read_raw
 from nextbest.schema import SchemaError
 from nextbest.settings import Paths
 from nextbest.training import evaluate as ev
-from nextbest.training.datasets import check_labels, training_split
+from nextbest.training.datasets import check_labels, sample_split, training_split
 from nextbest.training.label_table import STALE_AFTER, read_table_file
 from nextbest.training.models import ModelMeta, Preprocessor, predict_proba
 from nextbest.training.train import binary_task, fit, fit_temperature, predict_logits
@@ -138,8 +138,10 @@ def train_response(paths: Paths, cfg: TrainConfig, stage: Callable[[str], None] 
               "random, so the test figures say how the model ranks other customers of the same months")
     check_labels(labelled, "response", cfg.min_positives, cfg.response.definition)
     service = feature_service_for(paths, "nbp")
-    stage(f"training set (from Feast: {service}, {len(entity):,} contacts)")
-    df = training_frame(paths, entity, service)
+    sample = sample_split(labelled, cfg.max_train_rows, cfg.max_eval_rows, cfg.seed)
+    drawn = f", drawn at random from {sum(sample.labelled.values()):,}" if sample.sampled else ""
+    stage(f"training set (from Feast: {service}, {len(sample.entity):,} contacts{drawn})")
+    df = training_frame(paths, sample.entity, service)
     split = training_split(df, cfg.val_months, cfg.test_months, cfg.seed)
     features = [c for c in df.columns if c not in (CUSTOMER_ID, EVENT_TIMESTAMP, LABEL, *POLICY_FEATURES)]
     categorical = [c for c in features if c in CATEGORICAL_FEATURES or c in CONTEXT.values()

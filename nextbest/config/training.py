@@ -91,6 +91,12 @@ class TrainConfig(BaseModel):
     ensemble: int = Field(default=1, ge=1, le=16,
                           description="Networks trained alike with seeds seed, seed + 1, ...; the model averages "
                                       "their logits (one artifact; `tune` scores single networks).")
+    max_train_rows: int | None = Field(
+        default=1_000_000, ge=1, description="Most customer-months the training window keeps, drawn at random "
+        "(seeded) before the features are joined; null keeps them all. Bounds a large bank's memory and time.")
+    max_eval_rows: int | None = Field(
+        default=250_000, ge=1, description="Most rows each of the validation and test windows keeps, drawn alike; "
+        "null keeps them all.")
     seed: int = 42
     horizon_months: int = Field(default=3, ge=1, description="Churn only: months ahead that count as churn.")
     label: ChurnLabel = Field(default_factory=ChurnLabel, description="Churn only: what counts as churn.")

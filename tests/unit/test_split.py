@@ -102,3 +102,36 @@ def test_a_customer_keeps_their_side_when_others_join():
                 for a, b in ((before.train, after.train), (before.val, after.val), (before.test, after.test)))
     assert moved <= 6  # only customers at a boundary of the negatives' order move
     assert set(random_split(df, seed=4).test.customer_id) != set(before.test.customer_id)
+
+
+def test_sample_keeps_at_most_the_caps_in_every_month_and_is_reproducible():
+    from nextbest.training.datasets import sample_split
+
+    df = _labelled(6, [10] * 6, rows=500)
+    split = chrono_split(df)
+    sample = sample_split(split, max_train=800, max_eval=120, seed=7)
+    assert sample.sampled
+    assert sample.labelled == {"train": 2000, "val": 500, "test": 500}
+    assert sample.kept == {"train": 800, "val": 120, "test": 120}
+    kept = sample.entity
+    assert len(kept) == 1040 and not kept.duplicated(["customer_id", "event_timestamp"]).any()
+    per_month = kept.groupby("event_timestamp").size()
+    assert len(per_month) == 6 and per_month.iloc[:4].between(150, 250).all()  # every training month is drawn from
+    again = sample_split(chrono_split(df.sample(frac=1, random_state=3)), 800, 120, seed=7).entity
+    key = ["event_timestamp", "customer_id"]
+    pd.testing.assert_frame_equal(kept.sort_values(key).reset_index(drop=True),
+                                  again.sort_values(key).reset_index(drop=True))
+    other = sample_split(split, 800, 120, seed=8).entity
+    assert set(map(tuple, other[key].to_numpy())) != set(map(tuple, kept[key].to_numpy()))
+    whole = sample_split(split, None, None)
+    assert not whole.sampled and len(whole.entity) == len(df)
+
+
+def test_sample_of_a_random_split_keeps_whole_customers():
+    from nextbest.training.datasets import random_split, sample_split
+
+    df = _labelled(2, [40, 40], rows=400)
+    split = random_split(df, seed=1)
+    sample = sample_split(split, max_train=300, max_eval=50, seed=1)
+    assert sample.labelled == {"all": 800} and sample.kept == {"all": 400}
+    assert (sample.entity.groupby("customer_id").size() == 2).all()  # both snapshots of each kept customer
