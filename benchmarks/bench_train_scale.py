@@ -44,8 +44,9 @@ def worker(task: str, workdir: str, every_row: bool) -> None:
         cfg = cfg.model_copy(update={"max_train_rows": None, "max_eval_rows": None})
     result = train_model(Paths.from_workdir(Path(workdir)), task, cfg, on_stage=lambda s: print(s, flush=True))
     print(json.dumps({"stages": result.stage_seconds, "rows": result.rows, "metrics": result.metrics,
+                      "epochs": len(result.history),
                       "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                      "labelled": cfg.max_train_rows}))
+                      "max_train_rows": cfg.max_train_rows}))
 
 
 def train(work: Path, task: str, log: Path, every_row: bool = False) -> dict:
@@ -54,6 +55,17 @@ def train(work: Path, task: str, log: Path, every_row: bool = False) -> dict:
     out = json.loads(log.read_text().strip().splitlines()[-1])
     labelled = next((line for line in log.read_text().splitlines() if line.startswith("training set")), "")
     return {**out, **measured, "training_set_line": labelled}
+
+
+def ddp(work: Path, log: Path) -> dict:
+    """`nextbest train nbp --processes 2`'s command (torchrun, gloo), timed, with its stage seconds."""
+    from nextbest.cli.server import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "nextbest.training.distributed", "nbp", "--workdir", str(work)]
+    measured = run_measured(cmd, log)
+    out = json.loads([line for line in log.read_text().splitlines() if line.startswith("{")][-1])
+    return {**measured, "stages": out["stage_seconds"], "metrics": out["metrics"], "epochs": out["epochs"]}
 
 
 def ratio(metrics: dict, key: str) -> float | None:
@@ -67,6 +79,8 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=18)
     ap.add_argument("--compare-at", type=int, default=100_000,
                     help="bank size at which train nbp also runs on every row (0: none)")
+    ap.add_argument("--ddp-at", type=int, default=20_000,
+                    help="bank size at which train nbp also runs on 2 processes (DDP, gloo) (0: none)")
     ap.add_argument("--worker", nargs=2, metavar=("TASK", "WORKDIR"), help=argparse.SUPPRESS)
     ap.add_argument("--every-row", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -102,6 +116,9 @@ def main() -> None:
             print(f"{customers:,} x {args.months}: train nbp on every row", flush=True)
             shutil.rmtree(work / "baselines", ignore_errors=True)
             bank["nbp_every_row"] = train(work, "nbp", logs / f"train-nbp-all-{customers}.log", every_row=True)
+        if customers == args.ddp_at:
+            print(f"{customers:,} x {args.months}: train nbp on 2 processes (DDP)", flush=True)
+            bank["nbp_ddp"] = ddp(work, logs / f"train-nbp-ddp-{customers}.log")
         figures["banks"][str(customers)] = bank
         months = customers * args.months / 1000
         for task in ("nbp", "churn"):
@@ -131,6 +148,17 @@ def main() -> None:
                  stage_rows)
     record.table("Test metric: the shipped sample against every row",
                  ["customers", "training on", "training rows", "seconds", "test metric", "x oracle"], quality_rows)
+    for customers, bank in figures["banks"].items():
+        if "nbp_ddp" in bank:
+            one, two = bank["nbp"], bank["nbp_ddp"]
+            record.table(f"train nbp at {int(customers):,} x {args.months}: one process (2 threads) against DDP on 2 "
+                         "processes (gloo, 1 thread each)",
+                         ["how", "networks s", "epochs", "s per epoch", "test metric"],
+                         [[name, f"{m['stages']['networks']:.1f}", str(m["epochs"]),
+                           f"{m['stages']['networks'] / m['epochs']:.2f}", f"{m['metrics'][GATE['nbp']]:.4f}"]
+                          for name, m in (("one process", one), ("DDP x 2", two))])
+            per_epoch = [m["stages"]["networks"] / m["epochs"] for m in (one, two)]
+            record.note(f"DDP on the same 2 cores: {per_epoch[1] / per_epoch[0]:.2f} x one process's time per epoch.")
     record.table("End to end (seconds)", ["customers", "generate", "features build", "features apply", "train nbp",
                                            "train churn", "total", "peak GB"], total_rows)
     largest = max(args.customers)

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         dist.destroy_process_group()
     if result is not None:
         print(json.dumps({"task": result.task, "version": result.version, "run_id": result.run_id,
-                          "promoted": result.promoted, "metrics": result.metrics, "world_size": world.size}))
+                          "promoted": result.promoted, "metrics": result.metrics, "world_size": world.size,
+                          "stage_seconds": result.stage_seconds, "epochs": len(result.history)}))
     return 0
 
 
