@@ -25,6 +25,7 @@ META_FILE = "model.json"
 
 ENCODINGS = ("standard", "piecewise")
 MAX_VOCABULARY = 1000
+FIT_BLOCK_COLUMNS = 32  # numeric columns whose statistics Preprocessor.fit computes at a time
 
 
 @dataclass
@@ -56,23 +57,27 @@ class Preprocessor:
     @classmethod
     def fit(cls, df: pd.DataFrame, numeric: list[str], categorical: list[str], encoding: str = "standard",
             bins: int = 8) -> "Preprocessor":
-        x = df[numeric].to_numpy(dtype=np.float64)
-        # Heavy-tailed money amounts are compressed before scaling so one rich customer does not set the scale.
-        x = np.sign(x) * np.log1p(np.abs(x))
-        means = np.nanmean(x, axis=0)
-        stds = np.nanstd(x, axis=0)
-        stds = np.where(stds < 1e-6, 1.0, stds)
+        means, stds = np.zeros(len(numeric)), np.ones(len(numeric))
+        edges: list[list[float]] = []
+        # A block of columns at a time: the transient copies follow the block, not the training set.
+        for start in range(0, len(numeric), FIT_BLOCK_COLUMNS):
+            block = slice(start, start + FIT_BLOCK_COLUMNS)
+            x = df[numeric[block]].to_numpy(dtype=np.float64, na_value=np.nan)
+            # Heavy-tailed money amounts are compressed before scaling so one rich customer does not set the scale.
+            x = np.sign(x) * np.log1p(np.abs(x))
+            means[block] = np.nanmean(x, axis=0) if len(x) else 0.0
+            std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+            stds[block] = np.where(std < 1e-6, 1.0, std)
+            if encoding == "piecewise":
+                z = (x - means[block]) / stds[block]
+                for j in range(z.shape[1]):
+                    col = z[:, j][np.isfinite(z[:, j])]
+                    # Quantile edges; repeated ones (a mass of zeros, a binary flag) merge into one.
+                    e = np.unique(np.quantile(col, np.linspace(0.0, 1.0, bins + 1))) if len(col) else np.array([])
+                    edges.append(e.tolist() if len(e) > 1 else [])
         # At most MAX_VOCABULARY values per column, the most frequent: an id-like text column would otherwise make
         # an embedding row per customer. Rarer values share index 0 with values never seen.
         vocabs = {c: sorted(df[c].astype(str).value_counts().index[:MAX_VOCABULARY].tolist()) for c in categorical}
-        edges: list[list[float]] = []
-        if encoding == "piecewise":
-            z = (x - means) / stds
-            for j in range(z.shape[1]):
-                col = z[:, j][np.isfinite(z[:, j])]
-                # Quantile edges; repeated ones (a mass of zeros, a binary flag) merge into one.
-                e = np.unique(np.quantile(col, np.linspace(0.0, 1.0, bins + 1))) if len(col) else np.array([])
-                edges.append(e.tolist() if len(e) > 1 else [])
         return cls(numeric, categorical, means.tolist(), stds.tolist(), vocabs, encoding, edges)
 
     @property

@@ -20,14 +20,24 @@ from nextbest.artifact import META_FILE, WEIGHTS_FILE, ModelMeta, Preprocessor, 
 from nextbest.trees import FAMILY, TreeScorer
 
 
+BLOCK_ROWS = 100_000  # rows `tensors` turns into model inputs at a time
+
+
 def tensors(pre: Preprocessor, df: pd.DataFrame | dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's inputs as tensors: (numeric float32 [n, width], categorical int64 [n, n_categorical]).
 
     Takes a frame, or columns as lists (`Preprocessor.arrays`).
     """
-    x, cats = pre.arrays(df)
-    # Row-major, so that a batch's rows are gathered from contiguous memory.
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(cats))
+    if not isinstance(df, pd.DataFrame) or len(df) <= BLOCK_ROWS:
+        x, cats = pre.arrays(df)
+        # Row-major, so that a batch's rows are gathered from contiguous memory.
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(cats))
+    # A large frame a block of rows at a time: the float64 intermediates follow the block, not the frame.
+    x = np.empty((len(df), pre.width), dtype=np.float32)
+    cats = np.empty((len(df), len(pre.categorical)), dtype=np.int64)
+    for start in range(0, len(df), BLOCK_ROWS):
+        x[start:start + BLOCK_ROWS], cats[start:start + BLOCK_ROWS] = pre.arrays(df.iloc[start:start + BLOCK_ROWS])
+    return torch.from_numpy(x), torch.from_numpy(cats)
 
 
 class TabularNet(nn.Module):

@@ -151,6 +151,7 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info, 
         entity = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], products)
     else:
         entity = churn_entity(raw, products, cfg, stage)  # as configs/churn.yaml defines churn
+    del raw  # a large bank's interactions need not stay in memory while the features are joined
     # The labels are known before the features: a bank whose labels cannot train stops here.
     labelled = training_split(entity, cfg.val_months, cfg.test_months, cfg.seed)
     if labelled.kind == "random":

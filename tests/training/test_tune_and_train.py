@@ -46,3 +46,22 @@ def test_tune_runs_nested_trials_resumes_and_writes_a_usable_config(feast_bank):
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 5 and len(runs) == 7  # two parent runs, five nested trials
+
+
+def test_a_large_bank_trains_on_a_reproducible_sample_and_mlflow_says_so(feast_bank):
+    whole = prepare(feast_bank, "nbp", TrainConfig(**FAST, max_train_rows=None, max_eval_rows=None))
+    cfg = TrainConfig(**FAST, baselines=False, max_train_rows=600, max_eval_rows=150)
+    lines: list[str] = []
+    prep = prepare(feast_bank, "nbp", cfg, lines.append)
+    assert (len(prep.split.train), len(prep.split.val), len(prep.split.test)) == (600, 150, 150)
+    assert prep.labelled_rows == len(whole.df) > 900
+    assert prep.split.months == whole.split.months  # every month of each window is still drawn from
+    assert any("drawn at random from" in line and "max_train_rows" in line for line in lines)
+    # The sample is the rows' own: the same rows, features and all, each time.
+    assert prepare(feast_bank, "nbp", cfg).data_hash == prep.data_hash
+    joined = whole.df.merge(prep.df[["customer_id", "event_timestamp"]], on=["customer_id", "event_timestamp"])
+    assert len(joined) == len(prep.df)
+    result = train_model(feast_bank, "nbp", cfg, prepared=prep)
+    params = mlflow.MlflowClient().get_run(result.run_id).data.params
+    assert params["train_rows"] == "600" and params["labelled_rows"] == str(len(whole.df))
+    assert params["max_train_rows"] == "600" and params["max_eval_rows"] == "150"
