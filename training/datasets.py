@@ -252,10 +252,10 @@ def _draw(df: pd.DataFrame, seed: int, by_month: bool) -> np.ndarray:
     return pd.util.hash_array(key.to_numpy(dtype=object), hash_key=f"{seed:016d}"[-16:])
 
 
-def _first(df: pd.DataFrame, limit: int | None, seed: int, by_month: bool) -> pd.DataFrame:
+def _first(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     if limit is None or len(df) <= limit:
         return df
-    keep = np.argsort(_draw(df, seed, by_month), kind="stable")[:limit]
+    keep = np.argsort(_draw(df, seed, True), kind="stable")[:limit]
     return df.iloc[np.sort(keep)]
 
 
@@ -270,7 +270,7 @@ def sample_split(split: Split, max_train: int | None, max_eval: int | None, seed
     """
     parts = {"train": (split.train, max_train), "val": (split.val, max_eval), "test": (split.test, max_eval)}
     if split.kind == "chronological":
-        kept = {name: _first(df, limit, seed, True) for name, (df, limit) in parts.items()}
+        kept = {name: _first(df, limit, seed) for name, (df, limit) in parts.items()}
         entity = pd.concat(list(kept.values()), ignore_index=True)
         return Sample(entity, {k: len(v[0]) for k, v in parts.items()}, {k: len(v) for k, v in kept.items()})
     df = pd.concat([split.train, split.val, split.test], ignore_index=True)
