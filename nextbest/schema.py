@@ -101,7 +101,8 @@ def _fail(source: str, column: str, row: int, value: object, why: str) -> Schema
 
 
 def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
-             products: list[str] | None = None, row_offset: int = 0, unique: bool = True) -> pd.DataFrame:
+             products: list[str] | None = None, row_offset: int = 0, unique: bool = True,
+             columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Checks one table against the canonical schema and returns it unchanged.
 
     Args:
@@ -112,11 +113,13 @@ def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
         row_offset: the file row of `df`'s first row, when `df` is one chunk of a larger file.
         unique: whether to check the table's unique key here (a chunked reader checks it over the
             whole file instead).
+        columns: check only these columns (a reader that needs no others); the unique key is
+            checked only when all its columns are among them.
 
     Raises:
         SchemaError: naming the file, column, row and offending value.
     """
-    schema = SCHEMAS[table]
+    schema = _only(SCHEMAS[table], columns)
     source = str(source)
     missing = [c.name for c in schema.columns if c.name not in df.columns]
     if missing:
@@ -157,6 +160,14 @@ def validate(df: pd.DataFrame, table: str, source: str | Path = "<memory>",
     return df
 
 
+def _only(schema: TableSchema, columns: tuple[str, ...] | None) -> TableSchema:
+    """The part of `schema` that `columns` covers (all of it when `columns` is None)."""
+    if columns is None:
+        return schema
+    unique = schema.unique if set(schema.unique) <= set(columns) else ()
+    return TableSchema(schema.name, tuple(c for c in schema.columns if c.name in columns), unique)
+
+
 def duplicate_key(source: str | Path, table: str, row: int, values: pd.Series) -> SchemaError:
     """The error for a row whose unique key repeats an earlier row's."""
     cols = list(SCHEMAS[table].unique)
@@ -165,26 +176,27 @@ def duplicate_key(source: str | Path, table: str, row: int, values: pd.Series) -
 
 
 def validate_arrow(table, name: str, source: str | Path = "<memory>", products: list[str] | None = None,
-                   row_offset: int = 0) -> None:
+                   row_offset: int = 0, columns: tuple[str, ...] | None = None) -> None:
     """`validate` for an Arrow table chunk without converting it to pandas when it is clean.
 
     Every check runs on Arrow; only a chunk that fails one of them (or that Arrow cannot judge) goes
     through `validate`, so the error is the same, naming file, column, row and value. Unique keys are
-    left to the caller (they span chunks).
+    left to the caller (they span chunks). `columns`: as for `validate`.
     """
     try:
-        if _arrow_clean(table, SCHEMAS[name], products):
+        if _arrow_clean(table, _only(SCHEMAS[name], columns), products):
             return
     except pa.ArrowException:  # a type Arrow's kernels do not handle: let pandas judge
         pass
-    columns = {}
+    frame = {}
     for column in table.column_names:
         try:
-            columns[column] = table.column(column).to_pandas()
+            frame[column] = table.column(column).to_pandas()
         except (ArithmeticError, ValueError) as exc:  # e.g. a date outside what pandas represents
             raise SchemaError(f"{source}: column '{column}', rows {row_offset}..{row_offset + len(table) - 1}: "
                               f"{exc}") from None
-    validate(pd.DataFrame(columns), name, source=source, products=products, row_offset=row_offset, unique=False)
+    validate(pd.DataFrame(frame), name, source=source, products=products, row_offset=row_offset, unique=False,
+             columns=columns)
 
 
 _ARROW_KIND = {

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP
-from nextbest.features.build import month_grid
+from nextbest.features.build import MonthGrid, month_grid
 
 LABEL_PREFIX = "label_"
 
@@ -25,7 +25,11 @@ def nbp_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd
     Returns:
         Entity frame: `customer_id`, `event_timestamp` (UTC month end), `label_<product>` (int8).
     """
-    grid = month_grid(customers, holdings, interactions, products)
+    return grid_nbp_labels(month_grid(customers, holdings, interactions, products), products)
+
+
+def grid_nbp_labels(grid: MonthGrid, products: list[str]) -> pd.DataFrame:
+    """`nbp_labels` of a bank's month grid (`training.grid.read_grid` reads one from the raw files)."""
     held = grid.held
     acquired = held[:, 1:] & ~held[:, :-1]  # [n_customers, n_months - 1, n_products]
     client = held[:, :-1].any(2)
@@ -46,7 +50,12 @@ def churn_labels(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: 
     `closed` (products; empty for any), the rows are clients holding one of those products, and one
     churns when a product of those they hold is no longer held in one of the next `horizon` months.
     """
-    grid = month_grid(customers, holdings, interactions, products)
+    return grid_churn_labels(month_grid(customers, holdings, interactions, products), products, horizon, closed)
+
+
+def grid_churn_labels(grid: MonthGrid, products: list[str], horizon: int = 3,
+                      closed: list[str] | None = None) -> pd.DataFrame:
+    """`churn_labels` of a bank's month grid."""
     if closed is None:
         watched = None
         client = grid.held.any(2)  # [n_customers, n_months]

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from nextbest.constants import CUSTOMER_ID, EVENT_TIMESTAMP, SNAPSHOT_DATE
+from nextbest.features.build import MonthGrid
 from nextbest.features.adapters.canonical import convert_column, csv_chunks
 from nextbest.schema import SchemaError
-from nextbest.training.datasets import LABEL_PREFIX, churn_labels
+from nextbest.training.datasets import LABEL_PREFIX, grid_churn_labels
 
 COLUMNS = {CUSTOMER_ID: "str", SNAPSHOT_DATE: "datetime", "label": "bool"}
 STALE_AFTER = pd.Timedelta(days=31)  # the feature views' TTL: a label later than this sees no features
@@ -101,17 +102,16 @@ def read_table_file(path: Path, named_by: str = "label.table in configs/churn.ya
     raise SchemaError(f"{path}: a {what} is a .parquet, .csv or .csv.gz file")
 
 
-def churn_entity(raw: dict[str, pd.DataFrame], products: list[str], cfg, stage: Callable[[str], None]) -> pd.DataFrame:
-    """The churn labels as `label` in configs/churn.yaml defines them (`cfg`: the churn TrainConfig)."""
+def churn_entity(grid: MonthGrid, products: list[str], cfg, stage: Callable[[str], None]) -> pd.DataFrame:
+    """The churn labels as `label` in configs/churn.yaml defines them (`cfg`: the churn TrainConfig), for the
+    bank whose month grid is `grid`."""
     label = cfg.label
     if label.definition == "table":
         from nextbest.config.training import label_table_path
-        from nextbest.features.build import snapshot_months
 
         path = label_table_path(cfg)
         stage(f"labels (from {path})")  # the same stage as reading the raw tables before it
-        return read_label_table(path, raw["customers"][CUSTOMER_ID], snapshot_months(raw["holdings"][SNAPSHOT_DATE]),
+        return read_label_table(path, pd.Series(grid.customers), grid.months,
                                 report=lambda line: stage(f"WARNING: {line}"))
     closed = label.products if label.definition == "product_closed" else None
-    return churn_labels(raw["customers"], raw["holdings"], raw["interactions"], products, cfg.horizon_months,
-                        closed=closed)
+    return grid_churn_labels(grid, products, cfg.horizon_months, closed=closed)

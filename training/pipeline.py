@@ -24,12 +24,12 @@ from nextbest.config import TrainConfig, load_catalogue
 from nextbest.constants import (CHURN_FEATURE_SERVICE, CHURN_MODEL_NAME, CUSTOMER_ID, EVENT_TIMESTAMP,
                                 NBP_FEATURE_SERVICE, NBP_MODEL_NAME)
 from nextbest.features.build import CATEGORICAL_FEATURES, POLICY_FEATURES
-from nextbest.io import read_raw
 from nextbest.settings import Paths
 from nextbest.training import evaluate as ev
 from nextbest.training import registry
-from nextbest.training.datasets import (RANDOM_SHARES, Split, check_labels, label_columns, nbp_labels, sample_split,
-                                        target_mask, training_split)
+from nextbest.training.datasets import (RANDOM_SHARES, Split, check_labels, grid_nbp_labels, label_columns,
+                                        sample_split, target_mask, training_split)
+from nextbest.training.grid import read_grid
 from nextbest.training.label_table import churn_entity
 from nextbest.training.models import (ModelMeta, Preprocessor, from_checkpoint, predict_proba,
                                       save_checkpoint)
@@ -146,12 +146,12 @@ def prepare(paths: Paths, task: str, cfg: TrainConfig, stage: Stage = log.info, 
     service = service or feature_service_for(paths, task)
     products = load_catalogue().ids
     stage("labels (from raw/holdings.parquet)" if task == "nbp" or cfg.label.definition != "table" else "labels")
-    raw = read_raw(paths.raw, products, tables=("customers", "holdings", "interactions"))
+    grid = read_grid(paths.raw, products)  # only the columns labels need, not the raw tables in full
     if task == "nbp":
-        entity = nbp_labels(raw["customers"], raw["holdings"], raw["interactions"], products)
+        entity = grid_nbp_labels(grid, products)
     else:
-        entity = churn_entity(raw, products, cfg, stage)  # as configs/churn.yaml defines churn
-    del raw  # a large bank's interactions need not stay in memory while the features are joined
+        entity = churn_entity(grid, products, cfg, stage)  # as configs/churn.yaml defines churn
+    del grid  # the holdings cube need not stay in memory while the features are joined
     # The labels are known before the features: a bank whose labels cannot train stops here.
     labelled = training_split(entity, cfg.val_months, cfg.test_months, cfg.seed)
     if labelled.kind == "random":

@@ -108,6 +108,14 @@ def effective_batch_size(cfg: TrainConfig, rows: int) -> int:
     return max(1, min(cfg.batch_size, math.ceil(rows / cfg.min_steps_per_epoch)))
 
 
+def _shuffled_batches(rows: int, batch: int, gen: torch.Generator):
+    """Batches of row indices without end: each pass over the rows in a new order (from `gen`)."""
+    while True:
+        order = torch.randperm(rows, generator=gen)
+        for i in range(0, rows, batch):
+            yield order[i:i + batch]
+
+
 def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainConfig,
         on_epoch: EpochCallback | None = None, world: World | None = None) -> FitResult:
     """Trains with masked BCE, Adam and early stopping on the validation metric (`cfg.select_on`
@@ -136,12 +144,15 @@ def fit(task: str, meta: ModelMeta, train: TaskData, val: TaskData, cfg: TrainCo
     best = FitResult(copy.deepcopy(model), -1, -np.inf)
     best_key, stale = -np.inf, 0
     batch = effective_batch_size(cfg, len(train))
+    passes = _shuffled_batches(len(train), batch, gen)
+    steps = math.ceil(len(train) / batch)
+    if cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
     for epoch in range(cfg.max_epochs):
         net.train()
-        order = torch.randperm(len(train), generator=gen)
         total, weight = 0.0, 0.0
-        for i in range(0, len(train), batch):
-            idx = order[i:i + batch]
+        for _ in range(steps):
+            idx = next(passes)
             count = train.mask[idx].sum()
             if world is not None and world.size > 1:
                 idx = idx[world.rank::world.size]  # this process's share of the global batch

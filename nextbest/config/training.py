@@ -78,6 +78,10 @@ class TrainConfig(BaseModel):
         default=32, ge=1, description="The batch shrinks below batch_size when the training set is too small for "
                                       "this many optimiser steps per epoch, so settings tuned on a large bank "
                                       "still train on a small one.")
+    max_steps_per_epoch: int | None = Field(
+        default=None, ge=1, description="On a large training set an epoch ends after this many optimiser steps "
+        "(the next epoch goes on through the same shuffled pass), so validation, early stopping and patience "
+        "come at a fixed number of steps rather than one per full pass; null: an epoch is a full pass.")
     max_epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=4, ge=1)
     select_on: Literal["metric", "loss"] = Field(

@@ -222,6 +222,38 @@ def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch
     assert len(steps) == 2 * 32  # ceil(600 / 19) = 32 steps in each of the 2 epochs
 
 
+def test_a_large_training_set_is_validated_every_max_steps_per_epoch_steps_through_one_shuffled_pass(monkeypatch):
+    """With `max_steps_per_epoch`, an epoch ends after that many steps and the next one goes on where it
+    stopped: every row is seen once per pass, and early stopping counts steps, not passes."""
+    from nextbest.training.train import _shuffled_batches
+
+    gen = torch.Generator().manual_seed(0)
+    batches = _shuffled_batches(10, 4, gen)
+    first = torch.cat([next(batches) for _ in range(3)])  # one pass: 4 + 4 + 2 rows
+    second = torch.cat([next(batches) for _ in range(3)])
+    assert sorted(first.tolist()) == list(range(10)) and sorted(second.tolist()) == list(range(10))
+    assert first.tolist() != second.tolist()  # each pass in a new order
+
+    steps, validations = [], []
+    original = torch.optim.Adam.step
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting)
+    df = _data(600)
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"])
+    data = nbp_task(df, pre, PRODUCTS)
+    fit("nbp", _meta(pre), data, data, TrainConfig(hidden=[16], max_epochs=3, patience=5, batch_size=19,
+                                                   max_steps_per_epoch=5),
+        on_epoch=lambda epoch, metrics: validations.append(len(steps)))
+    assert validations == [5, 10, 15]  # 32 steps make a pass; validation came every 5
+    steps.clear()
+    full = fit("nbp", _meta(pre), data, data, TrainConfig(hidden=[16], max_epochs=2, patience=5, batch_size=19))
+    assert len(steps) == 2 * 32 and len(full.history) == 2  # unset: an epoch is a full pass
+
+
 def test_target_mask_drops_held_and_ineligible_products_from_loss_and_ranking():
     """nbp predicts and ranks what serving may offer: not held, age within range, prerequisite held."""
     from nextbest.config import Catalogue
