@@ -197,6 +197,25 @@ def test_early_stopping_keeps_the_epoch_it_selects_on(select_on):
     assert metric == pytest.approx(hist[want]["val_metric"]) and loss == pytest.approx(hist[want]["val_loss"])
 
 
+def _count_steps(monkeypatch) -> list[int]:
+    """A list that grows by one at each optimiser step."""
+    steps: list[int] = []
+    original = torch.optim.Adam.step
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting)
+    return steps
+
+
+def _small_task():
+    df = _data(600)
+    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"])
+    return pre, nbp_task(df, pre, PRODUCTS)
+
+
 def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch):
     """A batch larger than the data would make one step per epoch: the batch shrinks to keep
     `min_steps_per_epoch` optimiser steps, so settings chosen on a large bank train on a small one."""
@@ -206,17 +225,8 @@ def test_a_small_training_set_still_gets_the_minimum_number_of_steps(monkeypatch
     assert effective_batch_size(TrainConfig(batch_size=2048, min_steps_per_epoch=32), 1_000_000) == 2048
     assert effective_batch_size(TrainConfig(batch_size=64, min_steps_per_epoch=32), 10) == 1
 
-    steps = []
-    original = torch.optim.Adam.step
-
-    def counting(self, *args, **kwargs):
-        steps.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", counting)
-    df = _data(600)
-    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"])
-    data = nbp_task(df, pre, PRODUCTS)
+    steps = _count_steps(monkeypatch)
+    pre, data = _small_task()
     fit("nbp", _meta(pre), data, data, TrainConfig(hidden=[16], max_epochs=2, patience=5, batch_size=4096,
                                                    min_steps_per_epoch=32))
     assert len(steps) == 2 * 32  # ceil(600 / 19) = 32 steps in each of the 2 epochs
@@ -234,17 +244,8 @@ def test_a_large_training_set_is_validated_every_max_steps_per_epoch_steps_throu
     assert sorted(first.tolist()) == list(range(10)) and sorted(second.tolist()) == list(range(10))
     assert first.tolist() != second.tolist()  # each pass in a new order
 
-    steps, validations = [], []
-    original = torch.optim.Adam.step
-
-    def counting(self, *args, **kwargs):
-        steps.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", counting)
-    df = _data(600)
-    pre = Preprocessor.fit(df, ["x", "held_a", "held_b", "held_c"], ["seg"])
-    data = nbp_task(df, pre, PRODUCTS)
+    steps, validations = _count_steps(monkeypatch), []
+    pre, data = _small_task()
     fit("nbp", _meta(pre), data, data, TrainConfig(hidden=[16], max_epochs=3, patience=5, batch_size=19,
                                                    max_steps_per_epoch=5),
         on_epoch=lambda epoch, metrics: validations.append(len(steps)))
