@@ -53,6 +53,12 @@ def snapshot_months(snapshot_dates) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(sorted(pd.to_datetime(pd.Series(snapshot_dates)).unique()))
 
 
+def no_snapshots(holdings: object) -> SchemaError:
+    """The error for a bank whose holdings (file `holdings`) hold no monthly snapshot."""
+    return SchemaError(f"{holdings}: no monthly snapshots, so there are no customer-month features to build "
+                       "(contact-level data such as uci-bank-marketing feeds `nextbest campaign` instead)")
+
+
 def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd.DataFrame,
                products: list[str], months: pd.DatetimeIndex | None = None) -> MonthGrid:
     """Builds the holdings cube and the set of known customer-months.
@@ -64,8 +70,7 @@ def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd
     cust_index = pd.Index(customers[CUSTOMER_ID].astype(str).unique(), name=CUSTOMER_ID)
     months = snapshot_months(holdings[SNAPSHOT_DATE]) if months is None else months
     if len(months) == 0:
-        raise SchemaError("holdings.parquet: no monthly snapshots, so there are no customer-month features to "
-                          "build (contact-level data such as uci-bank-marketing feeds `nextbest campaign` instead)")
+        raise no_snapshots("holdings.parquet")
     held = np.zeros((len(cust_index), len(months), len(products)), dtype=bool)
     ci = cust_index.get_indexer(holdings[CUSTOMER_ID])
     mi = months.get_indexer(pd.to_datetime(holdings[SNAPSHOT_DATE]))

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nextbest.constants import CUSTOMER_ID, FEATURE_PARTS_KEY, SNAPSHOT_DATE
-from nextbest.features.build import snapshot_months
+from nextbest.features.build import no_snapshots, snapshot_months
 from nextbest.io import RAW_TABLES
 from nextbest.schema import SCHEMAS, SchemaError, duplicate_key, validate_arrow
 
@@ -222,9 +222,7 @@ def split(raw_dir: Path, products: list[str], parts: int, parts_dir: Path, run: 
             check_unique(raw_dir / f"{name}.parquet", name)
     months = sorted({m for r, u in zip(results, units) if u.table == "holdings" for m in r["months"]})
     if not months:
-        raise SchemaError(f"{raw_dir / 'holdings.parquet'}: no monthly snapshots, so there are no customer-month "
-                          "features to build (contact-level data such as uci-bank-marketing feeds `nextbest "
-                          "campaign` instead)")
+        raise no_snapshots(raw_dir / "holdings.parquet")
     rows = {name: sum(r["rows"] for r, u in zip(results, units) if u.table == name) for name in schemas}
     written = {name: _naive_ns(schema.empty_table()).schema for name, schema in schemas.items()}
     return RawSummary(snapshot_months(pd.to_datetime(months)), parts, rows, written)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nextbest.constants import CUSTOMER_ID, PRODUCT_ID, SNAPSHOT_DATE
-from nextbest.features.build import MonthGrid, snapshot_months
+from nextbest.features.build import MonthGrid, no_snapshots, snapshot_months
 from nextbest.schema import SchemaError, validate, validate_arrow
 
 BATCH_ROWS = 2_000_000
@@ -36,13 +36,13 @@ def read_grid(raw_dir: Path, products: list[str]) -> MonthGrid:
     customers = pd.Index(pd.unique(ids), name=CUSTOMER_ID)
     value_set = pa.array(customers.to_numpy(), type=pa.string())
 
-    dates = pc.unique(pa.chunked_array([b.column(SNAPSHOT_DATE)
-                                        for b in _batches(raw_dir, "holdings", products, (SNAPSHOT_DATE,))]))
+    # The snapshot dates first (one column), so that the months are known before the cube is filled.
+    chunks = [b.column(SNAPSHOT_DATE) for b in _batches(raw_dir, "holdings", products, (SNAPSHOT_DATE,))]
+    if not sum(len(c) for c in chunks):
+        raise no_snapshots(raw_dir / "holdings.parquet")
+    dates = pc.unique(pa.chunked_array(chunks))
     dates = dates.take(pc.sort_indices(dates))  # sorted, as the months are
     months = snapshot_months(dates.to_pandas())
-    if len(months) == 0:
-        raise SchemaError(f"{raw_dir / 'holdings.parquet'}: no monthly snapshots, so there are no customer-month "
-                          "features to build")
     held = np.zeros((len(customers), len(months), len(products)), dtype=bool)
     product_set = pa.array(list(products), type=pa.string())
     for batch in _batches(raw_dir, "holdings", products):

@@ -62,6 +62,10 @@ def test_missing_files_columns_and_repeated_customers_are_clear_errors(raw_dir, 
     atomic_write_parquet(raw["interactions"].drop(columns="event_date"), raw_dir / "interactions.parquet")
     with pytest.raises(SchemaError, match=r"interactions.parquet: missing column\(s\) \['event_date'\]"):
         grid_io.read_grid(raw_dir, catalogue.ids)
+    atomic_write_parquet(raw["interactions"], raw_dir / "interactions.parquet")
+    atomic_write_parquet(raw["holdings"].iloc[:0], raw_dir / "holdings.parquet")
+    with pytest.raises(SchemaError, match=r"holdings.parquet: no monthly snapshots"):
+        grid_io.read_grid(raw_dir, catalogue.ids)
     (raw_dir / "holdings.parquet").unlink()
     with pytest.raises(SchemaError, match=r"holdings.parquet: file not found"):
         grid_io.read_grid(raw_dir, catalogue.ids)
