@@ -64,25 +64,27 @@ def read_grid(raw_dir: Path, products: list[str]) -> MonthGrid:
     return MonthGrid(customers, months, held, known)
 
 
-def _open(raw_dir: Path, name: str) -> pq.ParquetFile:
+def _open(raw_dir: Path, name: str, wanted: tuple[str, ...]) -> pq.ParquetFile:
+    """The table's parquet file, which must hold the `wanted` columns."""
     path = raw_dir / f"{name}.parquet"
     if not path.exists():
         raise SchemaError(f"{path}: file not found (run `nextbest generate` or `nextbest ingest` first)")
     try:
-        return pq.ParquetFile(path)
+        file = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise SchemaError(f"{path}: not a readable parquet file ({exc})") from None
+    missing = [c for c in wanted if c not in file.schema_arrow.names]
+    if missing:
+        raise SchemaError(f"{path}: missing column(s) {missing} (has {file.schema_arrow.names})")
+    return file
 
 
 def _batches(raw_dir: Path, name: str, products: list[str], wanted: tuple[str, ...] | None = None):
     """The table's grid columns (or `wanted`), `BATCH_ROWS` rows at a time, each batch checked against the
     schema."""
     path, offset = raw_dir / f"{name}.parquet", 0
-    file = _open(raw_dir, name)
     wanted = wanted or GRID_COLUMNS[name]
-    missing = [c for c in wanted if c not in file.schema_arrow.names]
-    if missing:
-        raise SchemaError(f"{path}: missing column(s) {missing} (has {file.schema_arrow.names})")
+    file = _open(raw_dir, name, wanted)
     for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=list(wanted)):
         table = pa.Table.from_batches([batch])
         table = pa.table({c: _plain(table.column(c)) for c in wanted})
@@ -93,12 +95,8 @@ def _batches(raw_dir: Path, name: str, products: list[str], wanted: tuple[str, .
 
 def _column(raw_dir: Path, name: str, column: str) -> np.ndarray:
     """One column of a small table (customers), checked, its unique key included, as text."""
-    file = _open(raw_dir, name)
-    path = raw_dir / f"{name}.parquet"
-    if column not in file.schema_arrow.names:
-        raise SchemaError(f"{path}: missing column(s) {[column]} (has {file.schema_arrow.names})")
-    df = file.read(columns=[column]).to_pandas()
-    validate(df, name, source=path, columns=(column,))
+    df = _open(raw_dir, name, (column,)).read(columns=[column]).to_pandas()
+    validate(df, name, source=raw_dir / f"{name}.parquet", columns=(column,))
     return df[column].astype(str).to_numpy()
 
 
@@ -111,6 +109,4 @@ def _positions(values: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
     """Each value's position in `value_set`, -1 where it is not there."""
     if pa.types.is_string(value_set.type) and not pa.types.is_string(values.type):
         values = values.cast(pa.string())  # large_string
-    if pa.types.is_timestamp(value_set.type) and values.type != value_set.type:
-        values = values.cast(value_set.type)
     return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy(zero_copy_only=False)
