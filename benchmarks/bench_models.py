@@ -1,17 +1,19 @@
 """Model quality against its targets, on one simulated bank, in one run:
 
-    python benchmarks/bench_models.py [--customers 20000] [--months 18] [--workdir DIR]
+    python benchmarks/bench_models.py [--customers 20000] [--months 18] [--test-months 3] [--workdir DIR]
                                       [--train-seeds 43,44,45]
 
 Trains the next-best-product and churn models with the shipped configs (training sets from Feast
 by FeatureService), and prints each beside popularity, LightGBM and the oracle (the simulator's
-true probabilities) on the same test month. Targets: next-best-product MAP@7 >= 0.95 x oracle and
->= LightGBM; churn ROC AUC >= 0.97 x oracle.
+true probabilities) on the same test window: the last `--test-months` months with a known outcome
+(three by default, about 2,000 acquisitions on the default bank, so that training seeds move the
+figures by less than a point; the shipped configs test on one). Targets: next-best-product
+MAP@7 >= 0.9 x the ceiling of any model (below) and >= LightGBM; churn ROC AUC >= 0.97 x oracle.
 
 `--train-seeds` trains the PyTorch models again with those seeds on the same prepared data (the
 bank, split and baselines stay; only the network's initialisation and batch order change) and
-prints every seed's ratios beside the shipped seed's, with their worst and mean: a target met at
-one seed only is luck.
+prints every seed's ratios beside the shipped seed's, with their worst, mean and spread: a target
+met at one seed only is luck.
 
 It also measures how much of the oracle any model can reach (`--ceiling-only` runs just that, and
 writes no result file).
@@ -19,7 +21,11 @@ The simulator gives each customer an unobserved taste per product (docs/simulato
 oracle knows and no feature reveals beyond a trace in page views. The same bank is simulated again
 in memory, and each month from the seventh on, its clients' realised acquisitions are ranked (a)
 by the oracle's truth and (b) by everything but the taste: exact latent needs, life-event boosts,
-tenure and loan history. (b) / (a) is the ceiling of a model, however good, relative to the oracle.
+tenure and loan history. (b) / (a) is the ceiling of a model, however good, relative to the oracle;
+times the oracle's MAP@7 on the test window, it is the ceiling's MAP@7 there, which is held against
+popularity's (target: at least 1.3 x) and the PyTorch model's (target: the model at least 0.9 x it).
+LightGBM's mean per-product ROC AUC says how well the bank's data ranks each product's acquirers
+(target: at least 0.75).
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def print_ceiling(rows: list[tuple[str, float, float]], result=None) -> None:
     cells = [[month, f"{o:.4f}", f"{c:.4f}", f"{r:.3f}"] for (month, o, c), r in zip(rows, ratios)]
     _markdown(columns, "lrrr", cells)
     verdict = (f"ceiling of any model: {ratios.mean():.3f} x the oracle's MAP@7 (months {ratios.min():.3f}-"
-               f"{ratios.max():.3f}); the 0.95 target is above it.")
+               f"{ratios.max():.3f})")
     print(f"\n{verdict}")
     if result is not None:
         result.figures["ceiling"] = [{"month": m, "oracle_map_at_7": o, "no_taste_map_at_7": c} for m, o, c in rows]
@@ -94,33 +100,74 @@ def print_ceiling(rows: list[tuple[str, float, float]], result=None) -> None:
         result.note(verdict)
 
 
-def print_seeds(by_seed: dict[str, dict[int, float]], nbp_oracle: float, nbp_lgb: float, churn_oracle: float,
-                churn_lgb: float, result=None) -> None:
-    """Every training seed's ratios on the same test month, then the worst and the mean."""
+def print_seeds(by_seed: dict[str, dict[int, float]], nbp_oracle: float, nbp_lgb: float, nbp_ceiling: float,
+                churn_oracle: float, churn_lgb: float, result=None) -> None:
+    """Every training seed's ratios on the same test window, then the worst, the mean and the spread
+    (largest minus smallest)."""
     import numpy as np
 
     seeds = list(by_seed["nbp"])
     nbp = np.array([by_seed["nbp"][s] for s in seeds])
     churn = np.array([by_seed["churn"][s] for s in seeds])
-    columns = ["training seed", "nbp MAP@7", "/ oracle", "/ LightGBM", "churn ROC AUC", "/ oracle", "/ LightGBM"]
+    columns = ["training seed", "nbp MAP@7", "/ oracle", "/ ceiling", "/ LightGBM", "churn ROC AUC", "/ oracle",
+               "/ LightGBM"]
     rows = [(str(s), n, c) for s, n, c in zip(seeds, nbp, churn)]
     rows += [("worst", nbp.min(), churn.min()), ("mean", nbp.mean(), churn.mean())]
-    cells = [[label, f"{n:.5f}", f"{n / nbp_oracle:.3f}", f"{n / nbp_lgb:.3f}", f"{c:.4f}", f"{c / churn_oracle:.3f}",
-              f"{c / churn_lgb:.3f}"] for label, n, c in rows]
-    _markdown(columns, "lrrrrrr", cells)
-    verdict = (f"every seed: nbp >= LightGBM {int((nbp >= nbp_lgb).sum())} of {len(seeds)}; "
-               f"churn >= 0.97 x oracle {int((churn >= 0.97 * churn_oracle).sum())} of {len(seeds)}")
+    cells = [[label, f"{n:.5f}", f"{n / nbp_oracle:.3f}", f"{n / nbp_ceiling:.3f}", f"{n / nbp_lgb:.3f}", f"{c:.4f}",
+              f"{c / churn_oracle:.3f}", f"{c / churn_lgb:.3f}"] for label, n, c in rows]
+    spread = (nbp.max() - nbp.min()) / nbp_oracle
+    cells.append(["spread", "", f"{spread:.3f}", f"{(nbp.max() - nbp.min()) / nbp_ceiling:.3f}", "", "",
+                  f"{(churn.max() - churn.min()) / churn_oracle:.3f}", ""])
+    _markdown(columns, "lrrrrrrr", cells)
+    verdict = (f"every seed: nbp >= 0.9 x ceiling {int((nbp >= 0.9 * nbp_ceiling).sum())} of {len(seeds)}, "
+               f">= LightGBM {int((nbp >= nbp_lgb).sum())} of {len(seeds)}; "
+               f"churn >= 0.97 x oracle {int((churn >= 0.97 * churn_oracle).sum())} of {len(seeds)}; "
+               f"spread of nbp / oracle over seeds {spread:.3f} ({'under' if spread < 0.01 else 'NOT under'} 0.01)")
     print(f"\n{verdict}")
     if result is not None:
         result.figures.update({"by_seed": by_seed, "nbp_oracle": nbp_oracle, "nbp_lightgbm": nbp_lgb,
-                               "churn_oracle": churn_oracle, "churn_lightgbm": churn_lgb})
-        result.table("Every training seed on the same bank and test month (the first is the shipped seed)",
-                     columns, cells, align="lrrrrrr")
+                               "nbp_ceiling": nbp_ceiling, "churn_oracle": churn_oracle, "churn_lightgbm": churn_lgb,
+                               "nbp_spread_vs_oracle": spread})
+        result.table("Every training seed on the same bank and test window (the first is the shipped seed)",
+                     columns, cells, align="lrrrrrrr")
         result.note(verdict)
 
 
+def print_signal(nbp_metrics: dict, ceiling_ratio: float, result=None) -> float:
+    """How much the bank's data says: the ceiling of any model against popularity, and how well
+    LightGBM ranks each product's acquirers. Returns the ceiling's MAP@7 on the test window."""
+    m = nbp_metrics
+    ceiling = ceiling_ratio * m["oracle_map_at_7"]
+    columns = ["", "MAP@7", "/ popularity", "mean per-product ROC AUC"]
+    cells = [[name, f"{value:.4f}", f"{value / m['popularity_map_at_7']:.3f}", auc]
+             for name, value, auc in (
+                 ("popularity", m["popularity_map_at_7"], f"{m['popularity_mean_product_auc']:.3f}"),
+                 ("LightGBM", m["lightgbm_map_at_7"], f"{m['lightgbm_mean_product_auc']:.3f}"),
+                 ("PyTorch (shipped seed)", m["test_map_at_7"], f"{m['test_mean_product_auc']:.3f}"),
+                 ("ceiling of any model", ceiling, ""),
+                 ("oracle", m["oracle_map_at_7"], f"{m['oracle_mean_product_auc']:.3f}"))]
+    _markdown(columns, "lrrr", cells)
+    ok = lambda c: "met" if c else "NOT met"  # noqa: E731
+    verdict = (f"signal: ceiling {ceiling / m['popularity_map_at_7']:.3f} x popularity (>= 1.3: "
+               f"{ok(ceiling >= 1.3 * m['popularity_map_at_7'])}); LightGBM mean per-product AUC "
+               f"{m['lightgbm_mean_product_auc']:.3f} (>= 0.75: {ok(m['lightgbm_mean_product_auc'] >= 0.75)}); "
+               f"PyTorch {m['test_map_at_7'] / ceiling:.3f} x the ceiling (>= 0.9: "
+               f"{ok(m['test_map_at_7'] >= 0.9 * ceiling)})")
+    print(f"\n{verdict}")
+    if result is not None:
+        result.figures["signal"] = {"ceiling_map_at_7": ceiling, "ceiling_vs_oracle": ceiling_ratio,
+                                    **{k: m[k] for k in ("popularity_map_at_7", "lightgbm_map_at_7", "test_map_at_7",
+                                                         "oracle_map_at_7", "popularity_mean_product_auc",
+                                                         "lightgbm_mean_product_auc", "test_mean_product_auc",
+                                                         "oracle_mean_product_auc")}}
+        result.table("What the bank's data says: the ceiling of any model beside popularity and LightGBM, test window",
+                     columns, cells, align="lrrr")
+        result.note(verdict)
+    return ceiling
+
+
 def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequence[int] = (), result=None,
-        seeds_result=None) -> None:
+        seeds_result=None, test_months: int = 3) -> None:
     """Trains, evaluates and prints; fills `result` (and `seeds_result`, with `train_seeds`) when given."""
     paths = Paths.from_workdir(workdir).ensure()
     catalogue = load_catalogue()
@@ -132,7 +179,7 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
           f"features and feast apply in {time.perf_counter() - t:.0f}s")
     rows, by_seed = [], {}
     for task, metric in (("nbp", "map_at_7"), ("churn", "roc_auc")):
-        cfg = load_train_config(task)
+        cfg = load_train_config(task).model_copy(update={"test_months": test_months})
         t = time.perf_counter()
         prepared = prepare(paths, task, cfg)
         r = train_model(paths, task, cfg, prepared=prepared)
@@ -142,6 +189,8 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
             again = train_model(paths, task, cfg.model_copy(update={"seed": s, "baselines": False}), prepared=prepared)
             by_seed[task][s] = again.metrics[f"test_{metric}"]
         oracle = m.get(f"oracle_{metric}")
+        if task == "nbp":
+            nbp_metrics = m
         rows.append((task, metric, m[f"test_{metric}"], m.get(f"popularity_{metric}"), m.get(f"lightgbm_{metric}"),
                      oracle, secs, r.rows["train"], ",".join(r.months["test"])))
     columns = ["model", "metric", "PyTorch", "popularity", "LightGBM", "oracle", "PyTorch / oracle",
@@ -152,8 +201,7 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
              for task, metric, ours, pop, lgb, oracle, secs, n, month in rows]
     _markdown(columns, "llrrrrrrrlr", cells)
     nbp, churn = rows
-    verdict = (f"targets: nbp MAP@7 >= 0.95 x oracle: {'met' if nbp[2] >= 0.95 * nbp[5] else 'NOT met'}; "
-               f">= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "
+    verdict = (f"targets: nbp MAP@7 >= LightGBM: {'met' if nbp[2] >= nbp[4] else 'NOT met'}; "
                f"churn AUC >= 0.97 x oracle: {'met' if churn[2] >= 0.97 * churn[5] else 'NOT met'}")
     print(f"\n{verdict}")
     if result is not None:
@@ -165,17 +213,15 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
         result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed}, shipped configs",
                      columns, cells, align="llrrrrrrrlr")
         result.note(verdict)
-    if train_seeds:
-        print_seeds(by_seed, nbp[5], nbp[4], churn[5], churn[4], seeds_result)
     ceiling = observable_ceiling(customers, months, seed)
     print_ceiling(ceiling, result)
-    test = [c / o for m, o, c in ceiling if m == nbp[8]]
-    if test:
-        reach = (f"test month {nbp[8]}: PyTorch reaches {nbp[2] / nbp[5] / test[0]:.3f} of the ceiling "
-                 f"({nbp[2] / nbp[5]:.3f} x oracle / {test[0]:.3f})")
-        print(reach)
-        if result is not None:
-            result.note(reach)
+    tested = nbp[8].split(",")
+    in_test = [c / o for m, o, c in ceiling if m in tested]
+    if len(in_test) != len(tested):
+        raise SystemExit(f"the ceiling has no figure for some of the test months {tested}")
+    nbp_ceiling = print_signal(nbp_metrics, sum(in_test) / len(in_test), result)
+    if train_seeds:
+        print_seeds(by_seed, nbp[5], nbp[4], nbp_ceiling, churn[5], churn[4], seeds_result)
 
 
 def main() -> None:
@@ -183,6 +229,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--months", type=int, default=18)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--test-months", type=int, default=3, help="months in the test window (default 3)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the work directory here (default: temporary)")
     ap.add_argument("--train-seeds", default="", help="comma-separated extra training seeds, e.g. 43,44,45")
     ap.add_argument("--ceiling-only", action="store_true", help="only the ceiling of any model against the oracle")
@@ -199,10 +246,10 @@ def main() -> None:
     # With --train-seeds, every seed's table is a result of its own, beside the shipped seed's.
     result, seeds_result = Run("bench_models"), (Run("bench_models_seeds") if seeds else None)
     if args.workdir:
-        run(args.workdir, args.customers, args.months, args.seed, seeds, result, seeds_result)
+        run(args.workdir, args.customers, args.months, args.seed, seeds, result, seeds_result, args.test_months)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), args.customers, args.months, args.seed, seeds, result, seeds_result)
+            run(Path(tmp), args.customers, args.months, args.seed, seeds, result, seeds_result, args.test_months)
     result.write()
     if seeds_result is not None:
         seeds_result.write()

@@ -65,6 +65,14 @@ class BankSpec:
     duplicate_share: float = 0.003
     offer_share: float = 0.05
     drift: DriftSpec | None = None  # injected drift (simulation.drift); None: the bank as calibrated
+    # How much of intent the bank can observe (docs/simulator.md, "Signal"): the scale of the needs'
+    # loadings, the sd of the unobserved taste, and whether needs leave traces in money flows.
+    # need_weight=1, taste_sd=0.5, need_traces=False is the reference bank, whose personalisation
+    # barely beats popularity; the calibration keeps the marginals of any setting beside it.
+    need_weight: float = 6.0
+    taste_sd: float = 0.3
+    need_traces: bool = True
+    need_noise: float = 1.0  # sd (logit) of the part of each need that demographics do not explain
 
     def month_ends(self) -> pd.DatetimeIndex:
         return pd.date_range(end=pd.Timestamp(self.end), periods=self.n_months, freq="ME")
@@ -140,17 +148,25 @@ class _Bank(Population):
         monthly_income = self.income / 12 * rng.normal(1, 0.03, n)
         has_salary = self.held[:, self.cols(SALARY_PRODUCTS)].any(1)
         salary = np.where(has_salary & active, monthly_income, 0.0)
-        other_in = np.where(~has_salary & active & (rng.random(n) < 0.7), monthly_income * 0.6, 0.0)
+        needs, traces = self.needs, self.spec.need_traces
+        # Without a salary here, a regular income paid in from elsewhere, likelier and larger for
+        # those who need an account for it.
+        p_other, other_share = ((0.1 + 0.9 * needs[:, 1], 0.2 + 0.6 * needs[:, 1]) if traces else (0.7, 0.6))
+        other_in = np.where(~has_salary & active & (rng.random(n) < p_other), monthly_income * other_share, 0.0)
         shares = np.array([0.22, 0.12, 0.08, 0.07, 0.12])
-        spend = (monthly_income[:, None] * shares * (0.5 + self.needs[:, 4:5]) * eng[:, None]
-                 * rng.lognormal(0, 0.25, (n, len(SPEND_CATEGORIES))))
+        spend = (monthly_income[:, None] * shares * self._spend_mix() * eng[:, None]
+                 * rng.lognormal(0, 0.15 if traces else 0.25, (n, len(SPEND_CATEGORIES))))
         if spend_factor is not None:
             spend *= spend_factor
         outflow_mood = np.clip(0.05 + 0.6 * (1 - self.engagement) + 0.4 * self.dissat, 0, 1.5)
         transfer_out = np.where(active, monthly_income * outflow_mood * rng.lognormal(0, 0.3, n), 0.0)
         inflow = salary + other_in
         outflow = spend.sum(1) + transfer_out
-        self.balance = np.maximum(0.0, self.balance + inflow - outflow)
+        if traces:  # savers keep a cushion of months of income on their accounts, spenders run theirs down
+            cushion = monthly_income * (0.3 + 5.0 * needs[:, 0])
+            self.balance = np.maximum(0.0, 0.7 * self.balance + 0.3 * cushion + 0.5 * (inflow - outflow))
+        else:
+            self.balance = np.maximum(0.0, self.balance + inflow - outflow)
         outflow_ratio = np.clip(outflow / (inflow + 50.0), 0, 5)
 
         # Churn hazard: complaints, falling engagement and outflows raise it; product load lowers it.
@@ -207,8 +223,25 @@ class _Bank(Population):
         drift = rng.normal(0, 0.05, n) + 0.03 * (0.7 - self.engagement) - 0.25 * incident
         self.eng_hist = self.eng_hist[1:] + [self.engagement.copy()]
         self.engagement = np.where(self.silent, 0.0, np.clip(self.engagement + drift, 0, 1))
-        self.deposit_balance *= 1.002
+        if self.spec.need_traces:  # savers put part of each month's income aside
+            self.deposit_balance += monthly_income * 0.08 * self.needs[:, 0] * active
+        else:
+            self.deposit_balance *= 1.002
         return MonthBatch(t, tables)
+
+    def _spend_mix(self) -> np.ndarray:
+        """Per customer and spending category (`SPEND_CATEGORIES`), the factor on the income's
+        share of that category, (n, 5). With the needs' traces, everyday spending (groceries,
+        utilities) follows the everyday need, and discretionary spending (travel, entertainment,
+        shopping) the credit need, less for savers and preservers; each factor averages about what
+        it does without them."""
+        needs = self.needs
+        if not self.spec.need_traces:
+            return 0.5 + needs[:, 4:5]
+        everyday = 0.1 + 1.55 * needs[:, 4:5]
+        discretionary = 0.4 + 2.15 * needs[:, 3:4]
+        discretionary *= (1.5 - needs[:, 0:1]) * (1.25 - 0.65 * needs[:, 2:3])
+        return np.concatenate([everyday, everyday, discretionary, discretionary, discretionary], axis=1)
 
     def _offers(self, t: int, is_client: np.ndarray, eligible: np.ndarray,
                 p_acq: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
@@ -280,7 +313,8 @@ class _Bank(Population):
         self._boost(rise, ("savings_account", "term_deposit", "investment_funds", "brokerage"), 1.4)
         # A higher income also makes a bigger purchase affordable.
         self._boost(rise, ("mortgage", "car_loan"), 1.0)
-        deposit = self.held.any(1) & (rng.random(n) < 0.006)
+        deposit_rate = 0.001 + 0.0135 * self.needs[:, 2] if self.spec.need_traces else 0.006
+        deposit = self.held.any(1) & (rng.random(n) < deposit_rate)
         self.balance = np.where(deposit, self.balance + self.income * 0.5, self.balance)
         self._boost(deposit, ("term_deposit", "investment_funds", "premium_package"), 2.0)
         self._boost(took_loan, ("life_insurance", "home_insurance"), 1.3)

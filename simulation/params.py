@@ -2,7 +2,10 @@
 
 Need loadings say which latent need drives which product; `base` is the logit of the monthly
 acquisition hazard at average needs, calibrated so that about 3.5% of clients add a product
-in a month (the Santander figure) and most clients hold one or two products. The closure
+in a month (the Santander figure) and most clients hold one or two products. These are the
+figures of the reference bank (loadings x 1, taste sd 0.5); a bank with other settings
+(`BankSpec.need_weight`, `taste_sd`, `need_noise`) has its logits shifted to the same marginals
+by `nextbest.simulation.population.calibrate`. The closure
 hazards balance those acquisitions, product by product, so the bank is close to stationary:
 products per client move by about 2% over 18 months (they grew by 20% before closures were
 calibrated), and the marginals do not depend on how many months are simulated. Everyday

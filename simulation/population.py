@@ -21,18 +21,98 @@ if TYPE_CHECKING:
     from nextbest.simulation.bank import BankSpec
 
 REGIONS = ("north", "south", "east", "west", "capital", "islands")
+# The reference bank, whose marginals are calibrated beside Santander's: needs loaded once, taste sd 0.5.
+REFERENCE_TASTE_SD = 0.5
+CALIBRATION_SEED, CALIBRATION_CUSTOMERS = 20_240_101, 40_000
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    with np.errstate(over="ignore"):  # exp(-z) overflowing to inf gives the right limit, 0
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 def sigmoid_(z: np.ndarray) -> np.ndarray:
     """Sigmoid in place (no temporaries: the (customers, products) arrays are the big ones)."""
     np.negative(z, out=z)
-    np.exp(z, out=z)
+    with np.errstate(over="ignore"):
+        np.exp(z, out=z)
     z += 1
     return np.reciprocal(z, out=z)
+
+
+def draw_people(rng: np.random.Generator, n: int, need_noise: float = 1.0) -> dict[str, np.ndarray]:
+    """Demographics, digital affinity and latent needs of `n` customers, in the bank's draw order;
+    `need_noise` is the sd of the individual part of the needs that demographics do not explain."""
+    age = np.clip(rng.normal(44, 15, n), 18, 88)
+    out = {"age": age, "birth_month": rng.integers(1, 13, n), "gender": rng.choice(np.array(["F", "M"]), n),
+           "region": rng.choice(np.array(REGIONS), n, p=[0.18, 0.2, 0.15, 0.17, 0.22, 0.08])}
+    life_curve = -((age - 50) / 25) ** 2
+    income = np.exp(rng.normal(10.2 + 0.35 * life_curve, 0.5, n))
+    income_z = (np.log(income) - 10.1) / 0.55
+    out["income"] = income
+    out["digital"] = np.clip(sigmoid(1.8 - 0.07 * (age - 40) + rng.normal(0, 0.8, n)), 0.02, 0.98)
+    # Latent needs in [0, 1], driven by demographics plus individual noise.
+    needs = np.empty((n, len(NEEDS)), dtype=np.float32)
+    needs[:, 0] = sigmoid(0.9 * income_z + need_noise * rng.normal(0, 1, n))  # saving
+    needs[:, 1] = sigmoid(2.0 * (age < 66) - 1.0 + 0.5 * income_z + need_noise * rng.normal(0, 1, n))  # income
+    needs[:, 2] = sigmoid((age - 52) / 9 + 0.5 * income_z + need_noise * rng.normal(0, 1, n))  # preservation
+    needs[:, 3] = sigmoid(-(age - 36) / 11 + 0.3 * income_z + need_noise * rng.normal(0, 1, n))  # credit
+    needs[:, 4] = rng.beta(5, 2, n)  # everyday
+    out["needs"] = needs
+    return out
+
+
+def initial_logit(needs: np.ndarray, weights: np.ndarray, init_logit: np.ndarray, taste: np.ndarray) -> np.ndarray:
+    """Logit of holding each product as the window opens, (customers, products), float32."""
+    z0 = needs @ weights
+    z0 *= 1.2
+    z0 += init_logit + taste
+    z0 -= needs.mean(1, keepdims=True) @ weights.sum(0, keepdims=True) * 0.6
+    return z0
+
+
+def _matching_shift(reference: np.ndarray, logit: np.ndarray, reference_weight: np.ndarray | None = None,
+                    weight: np.ndarray | None = None) -> np.ndarray:
+    """Per column, the shift d with the weighted mean of sigmoid(logit + d) equal to that of
+    sigmoid(reference); no weights: plain means. Bisection: the mean rises with d."""
+    def mean(values: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        return values.mean(0) if w is None else (values * w).sum(0) / w.sum(0)
+
+    target = mean(sigmoid(reference), reference_weight)
+    lo, hi = np.full(logit.shape[1], -30.0), np.full(logit.shape[1], 30.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        low = mean(sigmoid(logit + mid), weight) < target
+        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+    return ((lo + hi) / 2).astype(np.float32)
+
+
+def calibrate(base: np.ndarray, init_logit: np.ndarray, weights: np.ndarray, need_weight: float,
+              taste_sd: float, need_noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """`base` and `init_logit` for needs loaded `need_weight` times and a taste of sd `taste_sd`,
+    shifted per product so that the share holding each product as the window opens, and the mean
+    monthly hazard of those who do not hold it, stay those of the reference bank (loadings x 1,
+    taste sd 0.5), whose marginals are calibrated beside Santander's. Stronger needs put the
+    products with those who need them from the start, so the customers still without a product
+    need it less: the hazard is matched among them, not over everyone. The shifts are computed on
+    a fixed reference population, so they do not depend on the bank's size or seed."""
+    if need_weight == 1.0 and taste_sd == REFERENCE_TASTE_SD and need_noise == 1.0:
+        return base, init_logit
+    reference_needs = draw_people(np.random.default_rng(CALIBRATION_SEED), CALIBRATION_CUSTOMERS)["needs"]
+    needs = draw_people(np.random.default_rng(CALIBRATION_SEED), CALIBRATION_CUSTOMERS, need_noise)["needs"]
+    reference_needs, needs = reference_needs.astype(np.float64), needs.astype(np.float64)
+    noise = np.random.default_rng(CALIBRATION_SEED + 1).standard_normal((CALIBRATION_CUSTOMERS, len(base)))
+    weights = weights.astype(np.float64)
+    reference_init = initial_logit(reference_needs, weights, init_logit, REFERENCE_TASTE_SD * noise)
+    init_logit = init_logit + _matching_shift(
+        reference_init, initial_logit(needs, weights * need_weight, init_logit, taste_sd * noise))
+    # (floored: a product nearly everyone holds, such as the current account, still gets a hazard)
+    not_held_reference = np.maximum(1 - sigmoid(reference_init), 1e-3)
+    not_held = np.maximum(1 - sigmoid(initial_logit(needs, weights * need_weight, init_logit, taste_sd * noise)), 1e-3)
+    shift = _matching_shift(base + reference_needs @ weights + REFERENCE_TASTE_SD * noise,
+                            base + need_weight * (needs @ weights) + taste_sd * noise,
+                            not_held_reference, not_held)
+    return (base + shift).astype(np.float32), init_logit.astype(np.float32)
 
 
 class Population:
@@ -56,25 +136,11 @@ class Population:
         self.ids = running_ids("C", 1, n, width)
         self._id_bytes = np.frombuffer(self.ids.buffers()[2], dtype=f"S{width + 1}", count=n)
 
-        # Demographics.
-        age0 = np.clip(rng.normal(44, 15, n), 18, 88)
-        self.birth_month = rng.integers(1, 13, n)
         start = self.dates[0]
+        people = draw_people(rng, n, spec.need_noise)
+        age0, self.income, self.digital, needs = people["age"], people["income"], people["digital"], people["needs"]
+        self.birth_month, self.gender, self.region = people["birth_month"], people["gender"], people["region"]
         self.birth_year = (start.year - age0).astype(int)
-        self.gender = rng.choice(np.array(["F", "M"]), n)
-        self.region = rng.choice(np.array(REGIONS), n, p=[0.18, 0.2, 0.15, 0.17, 0.22, 0.08])
-        life_curve = -((age0 - 50) / 25) ** 2
-        self.income = np.exp(rng.normal(10.2 + 0.35 * life_curve, 0.5, n))
-        income_z = (np.log(self.income) - 10.1) / 0.55
-        self.digital = np.clip(sigmoid(1.8 - 0.07 * (age0 - 40) + rng.normal(0, 0.8, n)), 0.02, 0.98)
-
-        # Latent needs in [0, 1], driven by demographics plus individual noise.
-        needs = np.empty((n, len(NEEDS)), dtype=np.float32)
-        needs[:, 0] = sigmoid(0.9 * income_z + rng.normal(0, 1, n))  # saving
-        needs[:, 1] = sigmoid(2.0 * (age0 < 66) - 1.0 + 0.5 * income_z + rng.normal(0, 1, n))  # income
-        needs[:, 2] = sigmoid((age0 - 52) / 9 + 0.5 * income_z + rng.normal(0, 1, n))  # preservation
-        needs[:, 3] = sigmoid(-(age0 - 36) / 11 + 0.3 * income_z + rng.normal(0, 1, n))  # credit
-        needs[:, 4] = rng.beta(5, 2, n)  # everyday
         self.needs = needs
 
         weights = np.zeros((len(NEEDS), n_prod), dtype=np.float32)
@@ -88,10 +154,15 @@ class Population:
             self.base[j], init_logit[j], self.close_rate[j] = base, init, close
             for need, w in loadings.items():
                 weights[NEEDS.index(need), j] = w
+        # How strongly needs drive intent, against the taste nobody observes: the calibration
+        # shifts every product's logits so that its mean hazards stay those of the reference bank.
+        self.base, init_logit = calibrate(self.base, init_logit, weights, spec.need_weight, spec.taste_sd,
+                                          spec.need_noise)
+        weights *= spec.need_weight
         self.weights = weights
         # Unobserved taste per customer and product: the part no feature can fully recover.
         self.taste = rng.standard_normal((n, n_prod), dtype=np.float32)
-        self.taste *= 0.5
+        self.taste *= spec.taste_sd
 
         self.min_age = np.array([catalogue.by_id()[p].eligibility.min_age for p in self.products])
         self.max_age = np.array([catalogue.by_id()[p].eligibility.max_age for p in self.products])
@@ -108,10 +179,7 @@ class Population:
         self.join_month = np.where(self.is_prospect, 10_000, -tenure_months)  # month index of joining
 
         # Initial holdings: needs-driven, with the entry account first and prerequisites respected.
-        z0 = needs @ weights
-        z0 *= 1.2
-        z0 += init_logit + self.taste
-        z0 -= needs.mean(1, keepdims=True) @ weights.sum(0, keepdims=True) * 0.6
+        z0 = initial_logit(needs, weights, init_logit, self.taste)
         held = rng.random((n, n_prod), dtype=np.float32) < sigmoid_(z0)
         del z0
         self.held = self.respect_requirements(held)
@@ -129,6 +197,8 @@ class Population:
         self.dissat = rng.beta(1, 12, n)
         self.balance = self.income / 12 * rng.gamma(2, 0.8, n) * (0.5 + needs[:, 0])
         self.deposit_balance = self.income * needs[:, 0] * rng.gamma(2, 0.5, n)
+        if spec.need_traces:  # the preserving keep more of their wealth in deposits and funds
+            self.deposit_balance *= 0.4 + 1.5 * needs[:, 2]
         self.complaints_hist = [np.zeros(n)] * 3
         self.opt_out = rng.random(n) < 0.07
         self.consent = {c: rng.random(n) < p for c, p in
