@@ -15,8 +15,10 @@ bank, split and baselines stay; only the network's initialisation and batch orde
 prints every seed's ratios beside the shipped seed's, with their worst, mean and spread: a target
 met at one seed only is luck.
 
-It also measures how much of the oracle any model can reach (`--ceiling-only` runs just that, and
-writes no result file).
+It also measures how much of the oracle any model can reach, and how far above popularity
+(`--ceiling-only` runs just that, in a minute, and writes no result file). `--need-weight`,
+`--taste-sd`, `--need-noise` and `--[no-]need-traces` set the bank's signal (docs/simulator.md,
+"Signal"); left out, the default bank.
 The simulator gives each customer an unobserved taste per product (docs/simulator.md), which the
 oracle knows and no feature reveals beyond a trace in page views. The same bank is simulated again
 in memory, and each month from the seventh on, its clients' realised acquisitions are ranked (a)
@@ -50,16 +52,20 @@ from nextbest.training.pipeline import prepare, train_model
 END = pd.Timestamp("2026-10-31")
 
 
-def observable_ceiling(customers: int, months: int, seed: int, warmup: int = 6) -> list[tuple[str, float, float]]:
-    """(month end, oracle MAP@7, MAP@7 of the taste-free truth) per month after `warmup`, on the
-    clients of the bank that `run` generates (same spec, same seed: the same bank)."""
+def observable_ceiling(customers: int, months: int, seed: int, warmup: int = 6,
+                       settings: dict | None = None) -> list[tuple[str, float, float, float]]:
+    """(month end, oracle MAP@7, MAP@7 of the taste-free truth, popularity's MAP@7) per month after
+    `warmup`, on the clients of the bank that `run` generates (same spec, same seed: the same bank).
+    Popularity ranks by each product's acquisition rate over the months before, among those who
+    could take it."""
     import numpy as np
 
     from nextbest.simulation.bank import _Bank
 
-    spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=END)
+    spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=END, **(settings or {}))
     bank = _Bank(load_catalogue(), spec)
     ids = np.asarray(bank.ids.to_pylist())
+    taken, could = np.zeros(bank.P), np.zeros(bank.P)
     out = []
     for t, month_end in enumerate(spec.month_ends()):
         held = bank.held.copy()
@@ -67,13 +73,18 @@ def observable_ceiling(customers: int, months: int, seed: int, warmup: int = 6) 
         open_ = (bank.eligible(t) & ~held)[clients]
         no_taste = bank.intent(t, taste=False)[clients]
         truth = bank.step(t).tables["truth/acquisition"].to_pandas().set_index("customer_id")
-        if t < warmup or t == months - 1:  # the last month's acquisitions are not observed
-            continue
+        if t == months - 1:  # the last month's acquisitions are not observed
+            break
         acquired = (bank.held & ~held)[clients] & open_
-        oracle = truth.reindex(ids[clients])[bank.products].to_numpy(float)
-        score = lambda s: np.where(open_, s, -np.inf)  # noqa: E731
-        out.append((str(month_end.date()), map_at_k(acquired.astype(np.int8), score(oracle)),
-                    map_at_k(acquired.astype(np.int8), score(no_taste))))
+        if t >= warmup:
+            oracle = truth.reindex(ids[clients])[bank.products].to_numpy(float)
+            score = lambda s: np.where(open_, s, -np.inf)  # noqa: E731
+            popularity = np.broadcast_to(taken / np.maximum(could, 1), open_.shape)
+            out.append((str(month_end.date()), map_at_k(acquired.astype(np.int8), score(oracle)),
+                        map_at_k(acquired.astype(np.int8), score(no_taste)),
+                        map_at_k(acquired.astype(np.int8), score(popularity))))
+        taken += acquired.sum(0)
+        could += open_.sum(0)
     return out
 
 
@@ -84,19 +95,23 @@ def _markdown(columns: Sequence[str], align: str, rows: Sequence[Sequence[str]])
         print("| " + " | ".join(row) + " |")
 
 
-def print_ceiling(rows: list[tuple[str, float, float]], result=None) -> None:
+def print_ceiling(rows: list[tuple[str, float, float, float]], result=None) -> None:
     import numpy as np
 
-    ratios = np.array([c / o for _, o, c in rows])
-    columns = ["month", "oracle MAP@7", "MAP@7 knowing all but the taste", "ratio"]
-    cells = [[month, f"{o:.4f}", f"{c:.4f}", f"{r:.3f}"] for (month, o, c), r in zip(rows, ratios)]
-    _markdown(columns, "lrrr", cells)
+    ratios = np.array([c / o for _, o, c, _ in rows])
+    lift = np.array([c / p for _, _, c, p in rows])
+    columns = ["month", "oracle MAP@7", "MAP@7 knowing all but the taste", "ratio", "popularity MAP@7",
+               "ceiling / popularity"]
+    cells = [[month, f"{o:.4f}", f"{c:.4f}", f"{r:.3f}", f"{p:.4f}", f"{x:.3f}"]
+             for (month, o, c, p), r, x in zip(rows, ratios, lift)]
+    _markdown(columns, "lrrrrr", cells)
     verdict = (f"ceiling of any model: {ratios.mean():.3f} x the oracle's MAP@7 (months {ratios.min():.3f}-"
-               f"{ratios.max():.3f})")
+               f"{ratios.max():.3f}), {lift.mean():.3f} x popularity's (months {lift.min():.3f}-{lift.max():.3f})")
     print(f"\n{verdict}")
     if result is not None:
-        result.figures["ceiling"] = [{"month": m, "oracle_map_at_7": o, "no_taste_map_at_7": c} for m, o, c in rows]
-        result.table("The ceiling of any model, month by month", columns, cells, align="lrrr")
+        result.figures["ceiling"] = [
+            {"month": m, "oracle_map_at_7": o, "no_taste_map_at_7": c, "popularity_map_at_7": p} for m, o, c, p in rows]
+        result.table("The ceiling of any model, month by month", columns, cells, align="lrrrrr")
         result.note(verdict)
 
 
@@ -167,12 +182,13 @@ def print_signal(nbp_metrics: dict, ceiling_ratio: float, result=None) -> float:
 
 
 def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequence[int] = (), result=None,
-        seeds_result=None, test_months: int = 3) -> None:
+        seeds_result=None, test_months: int = 3, settings: dict | None = None) -> None:
     """Trains, evaluates and prints; fills `result` (and `seeds_result`, with `train_seeds`) when given."""
     paths = Paths.from_workdir(workdir).ensure()
     catalogue = load_catalogue()
     t = time.perf_counter()
-    generate_to(paths, catalogue, BankSpec(n_customers=customers, n_months=months, seed=seed, end=END))
+    generate_to(paths, catalogue, BankSpec(n_customers=customers, n_months=months, seed=seed, end=END,
+                                           **(settings or {})))
     build_features_to(paths, catalogue)
     feast_store.apply(paths)
     print(f"bank: {customers:,} customers x {months} months, "
@@ -213,10 +229,10 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
         result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed}, shipped configs",
                      columns, cells, align="llrrrrrrrlr")
         result.note(verdict)
-    ceiling = observable_ceiling(customers, months, seed)
+    ceiling = observable_ceiling(customers, months, seed, settings=settings)
     print_ceiling(ceiling, result)
     tested = nbp[8].split(",")
-    in_test = [c / o for m, o, c in ceiling if m in tested]
+    in_test = [c / o for m, o, c, _ in ceiling if m in tested]
     if len(in_test) != len(tested):
         raise SystemExit(f"the ceiling has no figure for some of the test months {tested}")
     nbp_ceiling = print_signal(nbp_metrics, sum(in_test) / len(in_test), result)
@@ -230,12 +246,19 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=18)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--test-months", type=int, default=3, help="months in the test window (default 3)")
+    # The bank's signal settings (docs/simulator.md, "Signal"); left out: the default bank.
+    ap.add_argument("--need-weight", type=float, default=None)
+    ap.add_argument("--taste-sd", type=float, default=None)
+    ap.add_argument("--need-noise", type=float, default=None)
+    ap.add_argument("--need-traces", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the work directory here (default: temporary)")
     ap.add_argument("--train-seeds", default="", help="comma-separated extra training seeds, e.g. 43,44,45")
     ap.add_argument("--ceiling-only", action="store_true", help="only the ceiling of any model against the oracle")
     args = ap.parse_args()
+    settings = {k: v for k, v in (("need_weight", args.need_weight), ("taste_sd", args.taste_sd),
+                                  ("need_noise", args.need_noise), ("need_traces", args.need_traces)) if v is not None}
     if args.ceiling_only:
-        print_ceiling(observable_ceiling(args.customers, args.months, args.seed))
+        print_ceiling(observable_ceiling(args.customers, args.months, args.seed, settings=settings))
         return
     try:
         seeds = [int(s) for s in args.train_seeds.split(",") if s.strip()]
@@ -246,10 +269,12 @@ def main() -> None:
     # With --train-seeds, every seed's table is a result of its own, beside the shipped seed's.
     result, seeds_result = Run("bench_models"), (Run("bench_models_seeds") if seeds else None)
     if args.workdir:
-        run(args.workdir, args.customers, args.months, args.seed, seeds, result, seeds_result, args.test_months)
+        run(args.workdir, args.customers, args.months, args.seed, seeds, result, seeds_result, args.test_months,
+            settings)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), args.customers, args.months, args.seed, seeds, result, seeds_result, args.test_months)
+            run(Path(tmp), args.customers, args.months, args.seed, seeds, result, seeds_result, args.test_months,
+                settings)
     result.write()
     if seeds_result is not None:
         seeds_result.write()
