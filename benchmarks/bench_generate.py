@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generate.py [--customers 1000000] [--months 18] [--seed 1] [--marginals]
 
-Target (issue): 1,000,000 customers x 18 months in under 10 minutes wall and under 8 GB peak RSS
+Target: 1,000,000 customers x 18 months in under 10 minutes wall and under 8 GB peak RSS
 on 2 cores. Prints the wall and CPU time, the rows written per table and their size on disk,
 customer-months per second, and the peak RSS of this process (`ru_maxrss` of RUSAGE_SELF: the
 simulation and the parquet writers run in this one process, no child process is involved).

@@ -1,7 +1,7 @@
 """Model quality against its targets, on one simulated bank, in one run:
 
     python benchmarks/bench_models.py [--customers 20000] [--months 18] [--test-months 3] [--workdir DIR]
-                                      [--train-seeds 43,44,45]
+                                      [--train-seeds 43,44,45] [--signal observable]
 
 Trains the next-best-product and churn models with the shipped configs (training sets from Feast
 by FeatureService), and prints each beside popularity, LightGBM and the oracle (the simulator's
@@ -16,9 +16,9 @@ prints every seed's ratios beside the shipped seed's, with their worst, mean and
 met at one seed only is luck.
 
 It also measures how much of the oracle any model can reach, and how far above popularity
-(`--ceiling-only` runs just that, in a minute, and writes no result file). `--need-weight`,
-`--taste-sd`, `--need-noise` and `--[no-]need-traces` set the bank's signal (docs/simulator.md,
-"Signal"); left out, the default bank.
+(`--ceiling-only` runs just that, in a minute, and writes no result file). `--signal observable`
+makes the bank whose data carries most of the intent; `--need-weight`, `--taste-sd`,
+`--need-noise` and `--[no-]need-traces` override its parts (docs/simulator.md, "Signal").
 The simulator gives each customer an unobserved taste per product (docs/simulator.md), which the
 oracle knows and no feature reveals beyond a trace in page views. The same bank is simulated again
 in memory, and each month from the seventh on, its clients' realised acquisitions are ranked (a)
@@ -44,7 +44,7 @@ from nextbest.config import load_catalogue, load_train_config
 from nextbest.feature_repo import store as feast_store
 from nextbest.features.pipeline import build_features_to
 from nextbest.settings import Paths
-from nextbest.simulation.bank import BankSpec
+from nextbest.simulation.bank import SIGNALS, BankSpec
 from nextbest.simulation.write import generate_to
 from nextbest.training.metrics import map_at_k
 from nextbest.training.pipeline import prepare, train_model
@@ -225,8 +225,11 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
             {"model": task, "metric": metric, "pytorch": ours, "popularity": pop, "lightgbm": lgb, "oracle": oracle,
              "seconds": secs, "train_rows": n, "test_month": month}
             for task, metric, ours, pop, lgb, oracle, secs, n, month in rows]
-        result.figures.update({"customers": customers, "months": months, "seed": seed})
-        result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed}, shipped configs",
+        result.figures.update({"customers": customers, "months": months, "seed": seed,
+                               "bank_settings": settings or {}})
+        bank = ", ".join(f"{k} {v}" for k, v in (settings or {}).items()) or "the reference bank"
+        result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed} ({bank}), shipped configs, "
+                     f"{test_months}-month test window",
                      columns, cells, align="llrrrrrrrlr")
         result.note(verdict)
     ceiling = observable_ceiling(customers, months, seed, settings=settings)
@@ -246,7 +249,9 @@ def main() -> None:
     ap.add_argument("--months", type=int, default=18)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--test-months", type=int, default=3, help="months in the test window (default 3)")
-    # The bank's signal settings (docs/simulator.md, "Signal"); left out: the default bank.
+    # The bank's signal (docs/simulator.md, "Signal"): a named setting, each part of which an option
+    # below can override.
+    ap.add_argument("--signal", choices=sorted(SIGNALS), default="reference")
     ap.add_argument("--need-weight", type=float, default=None)
     ap.add_argument("--taste-sd", type=float, default=None)
     ap.add_argument("--need-noise", type=float, default=None)
@@ -255,8 +260,9 @@ def main() -> None:
     ap.add_argument("--train-seeds", default="", help="comma-separated extra training seeds, e.g. 43,44,45")
     ap.add_argument("--ceiling-only", action="store_true", help="only the ceiling of any model against the oracle")
     args = ap.parse_args()
-    settings = {k: v for k, v in (("need_weight", args.need_weight), ("taste_sd", args.taste_sd),
-                                  ("need_noise", args.need_noise), ("need_traces", args.need_traces)) if v is not None}
+    settings = {**SIGNALS[args.signal], **{
+        k: v for k, v in (("need_weight", args.need_weight), ("taste_sd", args.taste_sd),
+                          ("need_noise", args.need_noise), ("need_traces", args.need_traces)) if v is not None}}
     if args.ceiling_only:
         print_ceiling(observable_ceiling(args.customers, args.months, args.seed, settings=settings))
         return

@@ -36,6 +36,11 @@ from nextbest.simulation.response import accept_probability
 from nextbest.simulation.tables import (customers_table, holdings_table, interactions_table, latent_table,
                                         transactions_table, truth_tables)
 
+# Named signal settings for `BankSpec` (`nextbest generate --signal`; docs/simulator.md, "Signal").
+SIGNALS: dict[str, dict] = {
+    "reference": {},
+    "observable": {"need_weight": 6.0, "taste_sd": 0.3, "need_traces": True},
+}
 ENTRY_PRODUCTS = ("current_account", "e_account")
 SALARY_PRODUCTS = ("payroll_account", "salary_project")
 LIFE_EVENTS = ("salary_rise", "large_deposit", "new_loan", "birthday")
@@ -66,13 +71,15 @@ class BankSpec:
     offer_share: float = 0.05
     drift: DriftSpec | None = None  # injected drift (simulation.drift); None: the bank as calibrated
     # How much of intent the bank can observe (docs/simulator.md, "Signal"): the scale of the needs'
-    # loadings, the sd of the unobserved taste, and whether needs leave traces in money flows.
-    # need_weight=1, taste_sd=0.5, need_traces=False is the reference bank, whose personalisation
-    # barely beats popularity; the calibration keeps the marginals of any setting beside it.
-    need_weight: float = 6.0
-    taste_sd: float = 0.3
-    need_traces: bool = True
-    need_noise: float = 1.0  # sd (logit) of the part of each need that demographics do not explain
+    # loadings, the sd of the unobserved taste, whether needs leave traces in money flows, and the
+    # sd (logit) of the part of each need that demographics do not explain. The defaults are the
+    # reference bank, whose personalisation barely beats popularity; `SIGNALS["observable"]` is one
+    # whose data carries most of the intent. The calibration keeps any setting's marginals beside
+    # the reference's.
+    need_weight: float = 1.0
+    taste_sd: float = 0.5
+    need_traces: bool = False
+    need_noise: float = 1.0
 
     def month_ends(self) -> pd.DatetimeIndex:
         return pd.date_range(end=pd.Timestamp(self.end), periods=self.n_months, freq="ME")

@@ -103,11 +103,14 @@ def generate(
                                         "(see simulation/drift.py)."),
     drift_from: Optional[str] = typer.Option(None, "--drift-from", help="First drifted month, YYYY-MM (default: the "
                                              "last snapshot month)."),
+    signal: str = typer.Option("reference", help="How much of intent the data shows: reference (the taste nobody "
+                               "observes dominates) or observable (needs drive intent and show in the data); "
+                               "docs/simulator.md."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Generate a synthetic bank into raw/ (and its truth into truth/)."""
     paths = workdir_paths(workdir)
-    rows = run_stage(do_generate, paths, customers, months, seed, end, drift, drift_from)
+    rows = run_stage(do_generate, paths, customers, months, seed, end, drift, drift_from, signal)
     for name, n in sorted(rows.items()):
         console.print(f"  {name}.parquet: {n:,} rows")
     import pandas as pd

@@ -16,11 +16,12 @@ from nextbest.settings import Paths
 
 
 def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str],
-                drift: Optional[str] = None, drift_from: Optional[str] = None) -> dict[str, int]:
+                drift: Optional[str] = None, drift_from: Optional[str] = None,
+                signal: str = "reference") -> dict[str, int]:
     import pandas as pd
 
     from nextbest.config import load_catalogue
-    from nextbest.simulation.bank import BankSpec, last_month_end
+    from nextbest.simulation.bank import SIGNALS, BankSpec, last_month_end
     from nextbest.simulation.drift import DRIFT_KINDS, DriftSpec
     from nextbest.simulation.write import generate_to
 
@@ -28,9 +29,11 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
         raise StageError(f"--customers must be at least 10, got {customers}")
     if months < 4:
         raise StageError(f"--months must be at least 4 (train, validation and test months need history), got {months}")
+    if signal not in SIGNALS:
+        raise StageError(f"--signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     spec = BankSpec(n_customers=customers, n_months=months, seed=seed,
-                    end=pd.Timestamp(end) if end else last_month_end())
-    what = ""
+                    end=pd.Timestamp(end) if end else last_month_end(), **SIGNALS[signal])
+    what = "" if signal == "reference" else f", {signal} signal"
     if drift is not None:
         if drift not in DRIFT_KINDS:
             raise StageError(f"--drift must be one of {', '.join(DRIFT_KINDS)}, got {drift!r}")
@@ -47,8 +50,8 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
                                  f"({month_ends[1]:%Y-%m} .. {month_ends[-1]:%Y-%m})")
             start = found[0]
         spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=spec.end,
-                        drift=DriftSpec(drift, start))
-        what = f", {drift} drift from {month_ends[start]:%Y-%m}"
+                        drift=DriftSpec(drift, start), **SIGNALS[signal])
+        what += f", {drift} drift from {month_ends[start]:%Y-%m}"
     elif drift_from is not None:
         raise StageError("--drift-from needs --drift")
     with stage(f"generate a synthetic bank ({customers:,} customers x {months} months, seed {seed}{what})"):

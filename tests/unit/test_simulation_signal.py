@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from nextbest.simulation.bank import BankSpec, _Bank, simulate_frames
+from nextbest.simulation.bank import SIGNALS, BankSpec, _Bank, simulate_frames
 from tests.conftest import END
 
-REFERENCE = dict(need_weight=1.0, taste_sd=0.5, need_traces=False)
+OBSERVABLE, REFERENCE = SIGNALS["observable"], SIGNALS["reference"]
 
 
 def _acquisitions(catalogue, months: int = 8, **knobs) -> dict:
@@ -42,8 +42,8 @@ def _acquisitions(catalogue, months: int = 8, **knobs) -> dict:
 
 
 @pytest.fixture(scope="module")
-def default_bank(catalogue):
-    return _acquisitions(catalogue)
+def observable_bank(catalogue):
+    return _acquisitions(catalogue, **OBSERVABLE)
 
 
 @pytest.fixture(scope="module")
@@ -51,27 +51,27 @@ def reference_bank(catalogue):
     return _acquisitions(catalogue, **REFERENCE)
 
 
-def test_what_a_bank_can_know_ranks_who_acquires_a_product(default_bank, reference_bank):
+def test_what_a_bank_can_know_ranks_who_acquires_a_product(observable_bank, reference_bank):
     """Everything but the taste (needs, life events, tenure, loans) ranks a product's acquirers
-    well on the shipped bank; on the reference bank the taste dominates and it barely does."""
-    assert default_bank["auc"] >= 0.8, default_bank["auc"]
+    well on the observable bank; on the reference bank the taste dominates and it barely does."""
+    assert observable_bank["auc"] >= 0.8, observable_bank["auc"]
     assert reference_bank["auc"] <= 0.66, reference_bank["auc"]
 
 
-def test_the_calibration_keeps_the_reference_marginals(default_bank, reference_bank):
-    """The stronger needs are shifted per product so that each product's share of clients and the
+def test_the_calibration_keeps_the_reference_marginals(observable_bank, reference_bank):
+    """The observable bank's stronger needs are shifted per product so that each product's share of clients and the
     monthly add rate stay those of the reference bank."""
-    ours, ref = default_bank["shares"], reference_bank["shares"]
-    off = {p: (round(a, 3), round(b, 3)) for p, a, b in zip(default_bank["products"], ours, ref)
+    ours, ref = observable_bank["shares"], reference_bank["shares"]
+    off = {p: (round(a, 3), round(b, 3)) for p, a, b in zip(observable_bank["products"], ours, ref)
            if abs(a - b) > 0.01 + 0.25 * b}
     assert not off, off
-    assert abs(default_bank["add_rate"] / reference_bank["add_rate"] - 1) < 0.15, (default_bank["add_rate"],
+    assert abs(observable_bank["add_rate"] / reference_bank["add_rate"] - 1) < 0.15, (observable_bank["add_rate"],
                                                                                   reference_bank["add_rate"])
 
 
 def test_the_calibration_does_not_depend_on_the_banks_size_or_seed(catalogue):
-    small = _Bank(catalogue, BankSpec(n_customers=500, n_months=2, seed=1, end=END))
-    large = _Bank(catalogue, BankSpec(n_customers=5_000, n_months=2, seed=2, end=END))
+    small = _Bank(catalogue, BankSpec(n_customers=500, n_months=2, seed=1, end=END, **OBSERVABLE))
+    large = _Bank(catalogue, BankSpec(n_customers=5_000, n_months=2, seed=2, end=END, **OBSERVABLE))
     np.testing.assert_array_equal(small.base, large.base)
     np.testing.assert_array_equal(small.weights, large.weights)
 
@@ -92,7 +92,7 @@ def _traces(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return out[(by_kind.sum(1) > 0).reindex(out.index)]
 
 
-@pytest.mark.parametrize("knobs, strong", [({}, True), (REFERENCE, False)])
+@pytest.mark.parametrize("knobs, strong", [(OBSERVABLE, True), (REFERENCE, False)])
 def test_needs_leave_traces_in_the_money_flows(catalogue, knobs, strong):
     """Discretionary spending follows the credit need, the everyday share of spending the everyday
     need, income paid in from elsewhere (by clients paid no salary here) the need for a salary
@@ -116,3 +116,24 @@ def test_needs_leave_traces_in_the_money_flows(catalogue, knobs, strong):
         assert saving > 0.5, saving
     else:
         assert abs(credit) < 0.1 and abs(income) < 0.1, (credit, income)
+
+
+def test_generate_makes_the_observable_bank_on_request(tmp_path, catalogue):
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+
+    def generate(*args):
+        return CliRunner().invoke(app, ["generate", "--customers", "300", "--months", "4", "--end", "2026-09-30",
+                                        "--seed", "3", *args])
+
+    bad = generate("--signal", "loud", "--workdir", str(tmp_path / "bad"))
+    assert bad.exit_code == 2 and "--signal must be one of reference, observable, got 'loud'" in bad.output
+    assert not (tmp_path / "bad" / "raw" / "holdings.parquet").exists()
+    for signal in ("reference", "observable"):
+        result = generate("--signal", signal, "--workdir", str(tmp_path / signal))
+        assert result.exit_code == 0, result.output
+        written = pd.read_parquet(tmp_path / signal / "raw" / "transactions.parquet")
+        spec = BankSpec(n_customers=300, n_months=4, seed=3, end=pd.Timestamp("2026-09-30"), **SIGNALS[signal])
+        expected = simulate_frames(catalogue, spec)["raw/transactions"]
+        np.testing.assert_allclose(written["amount"].to_numpy(), expected["amount"].to_numpy())
