@@ -228,8 +228,8 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
         result.figures.update({"customers": customers, "months": months, "seed": seed,
                                "bank_settings": settings or {}})
         bank = ", ".join(f"{k} {v}" for k, v in (settings or {}).items()) or "the reference bank"
-        result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed} ({bank}), shipped configs, "
-                     f"{test_months}-month test window",
+        result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed} ({bank}), "
+                     f"shipped configs, {test_months}-month test window",
                      columns, cells, align="llrrrrrrrlr")
         result.note(verdict)
     ceiling = observable_ceiling(customers, months, seed, settings=settings)
