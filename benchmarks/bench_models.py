@@ -6,8 +6,8 @@
 Trains the next-best-product and churn models with the shipped configs (training sets from Feast
 by FeatureService), and prints each beside popularity, LightGBM and the oracle (the simulator's
 true probabilities) on the same test window: the last `--test-months` months with a known outcome
-(three by default, about 2,000 acquisitions on the default bank, so that training seeds move the
-figures by less than a point; the shipped configs test on one). Targets: next-best-product
+(three by default, three times the acquisitions of one month, so that a change can be told from
+the spread over training seeds; the shipped configs test on one). Targets: next-best-product
 MAP@7 >= 0.9 x the ceiling of any model (below) and >= LightGBM; churn ROC AUC >= 0.97 x oracle.
 
 `--train-seeds` trains the PyTorch models again with those seeds on the same prepared data (the

@@ -18,6 +18,8 @@ from nextbest.settings import Paths
 def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str],
                 drift: Optional[str] = None, drift_from: Optional[str] = None,
                 signal: str = "reference") -> dict[str, int]:
+    import dataclasses
+
     import pandas as pd
 
     from nextbest.config import load_catalogue
@@ -49,8 +51,7 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
                 raise StageError(f"--drift-from {drift_from}: must be one of the simulated months after the first "
                                  f"({month_ends[1]:%Y-%m} .. {month_ends[-1]:%Y-%m})")
             start = found[0]
-        spec = BankSpec(n_customers=customers, n_months=months, seed=seed, end=spec.end,
-                        drift=DriftSpec(drift, start), **SIGNALS[signal])
+        spec = dataclasses.replace(spec, drift=DriftSpec(drift, start))
         what += f", {drift} drift from {month_ends[start]:%Y-%m}"
     elif drift_from is not None:
         raise StageError("--drift-from needs --drift")
