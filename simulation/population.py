@@ -103,14 +103,15 @@ def calibrate(base: np.ndarray, init_logit: np.ndarray, weights: np.ndarray, nee
     reference_needs, needs = reference_needs.astype(np.float64), needs.astype(np.float64)
     noise = np.random.default_rng(CALIBRATION_SEED + 1).standard_normal((CALIBRATION_CUSTOMERS, len(base)))
     weights = weights.astype(np.float64)
+    strong = weights * need_weight
     reference_init = initial_logit(reference_needs, weights, init_logit, REFERENCE_TASTE_SD * noise)
-    init_logit = init_logit + _matching_shift(
-        reference_init, initial_logit(needs, weights * need_weight, init_logit, taste_sd * noise))
+    init_logit = init_logit + _matching_shift(reference_init,
+                                              initial_logit(needs, strong, init_logit, taste_sd * noise))
     # (floored: a product nearly everyone holds, such as the current account, still gets a hazard)
     not_held_reference = np.maximum(1 - sigmoid(reference_init), 1e-3)
-    not_held = np.maximum(1 - sigmoid(initial_logit(needs, weights * need_weight, init_logit, taste_sd * noise)), 1e-3)
+    not_held = np.maximum(1 - sigmoid(initial_logit(needs, strong, init_logit, taste_sd * noise)), 1e-3)
     shift = _matching_shift(base + reference_needs @ weights + REFERENCE_TASTE_SD * noise,
-                            base + need_weight * (needs @ weights) + taste_sd * noise,
+                            base + needs @ strong + taste_sd * noise,
                             not_held_reference, not_held)
     return (base + shift).astype(np.float32), init_logit.astype(np.float32)
 
