@@ -1,7 +1,7 @@
 """Model quality against its targets, on one simulated bank, in one run:
 
     python benchmarks/bench_models.py [--customers 20000] [--months 18] [--test-months 3] [--workdir DIR]
-                                      [--train-seeds 43,44,45] [--signal observable]
+                                      [--train-seeds 43,44,45] [--signal observable|reference]
 
 Trains the next-best-product and churn models with the shipped configs (training sets from Feast
 by FeatureService), and prints each beside popularity, LightGBM and the oracle (the simulator's
@@ -16,9 +16,10 @@ prints every seed's ratios beside the shipped seed's, with their worst, mean and
 met at one seed only is luck.
 
 It also measures how much of the oracle any model can reach, and how far above popularity
-(`--ceiling-only` runs just that, in a minute, and writes no result file). `--signal observable`
-makes the bank whose data carries most of the intent; `--need-weight`, `--taste-sd`,
-`--need-noise` and `--[no-]need-traces` override its parts (docs/simulator.md, "Signal").
+(`--ceiling-only` runs just that, in a minute, and writes no result file). The bank is the
+observable one, whose data carries most of the intent (`--signal reference`: the earlier bank, where
+an unobserved taste dominates); `--need-weight`, `--taste-sd`, `--need-noise` and
+`--[no-]need-traces` override its parts (docs/simulator.md, "Signal").
 The simulator gives each customer an unobserved taste per product (docs/simulator.md), which the
 oracle knows and no feature reveals beyond a trace in page views. The same bank is simulated again
 in memory, and each month from the seventh on, its clients' realised acquisitions are ranked (a)
@@ -227,7 +228,7 @@ def run(workdir: Path, customers: int, months: int, seed: int, train_seeds: Sequ
             for task, metric, ours, pop, lgb, oracle, secs, n, month in rows]
         result.figures.update({"customers": customers, "months": months, "seed": seed,
                                "bank_settings": settings or {}})
-        bank = ", ".join(f"{k} {v}" for k, v in (settings or {}).items()) or "the reference bank"
+        bank = ", ".join(f"{k} {v}" for k, v in (settings or {}).items()) or "the default bank"
         result.table(f"Model quality, {customers:,} customers x {months} months, seed {seed} ({bank}), "
                      f"shipped configs, {test_months}-month test window",
                      columns, cells, align="llrrrrrrrlr")
@@ -251,7 +252,7 @@ def main() -> None:
     ap.add_argument("--test-months", type=int, default=3, help="months in the test window (default 3)")
     # The bank's signal (docs/simulator.md, "Signal"): a named setting, each part of which an option
     # below can override.
-    ap.add_argument("--signal", choices=sorted(SIGNALS), default="reference")
+    ap.add_argument("--signal", choices=sorted(SIGNALS), default="observable")
     ap.add_argument("--need-weight", type=float, default=None)
     ap.add_argument("--taste-sd", type=float, default=None)
     ap.add_argument("--need-noise", type=float, default=None)

@@ -12,9 +12,11 @@ probability 1 - explore_share by the posterior mean (exploit), otherwise by one 
 (explore), except that a `uniform_share` part of the exploration ranks uniformly at random. The
 propensity of each served offer in its slot is the probability of that slot under this mixture:
 exact for the greedy and uniform parts, estimated by Monte Carlo over posterior samples for the
-Thompson part. The uniform part gives every allowed offer an exact propensity of at least
-uniform_share / n, which off-policy evaluation needs for candidates far from the logging policy
-(the Monte-Carlo estimate of a rarely drawn offer's probability is too coarse to weight it by).
+Thompson part, on draws independent of the served one; for an explored offer, by drawing until it
+has come up a fixed number of times, so that its inverse, the weight off-policy evaluation gives
+it, is unbiased however rarely the offer is drawn. The uniform part gives every allowed offer an
+exact propensity of at least uniform_share / n, which bounds the weights of a candidate far from
+the logging policy.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ from nextbest.constants import CHANNELS, DIGITAL_CHANNELS
 # Channels where a weekend behaves differently (staffed by people) from the digital ones.
 _STAFFED = ("branch", "call_center")
 _P_CLIP = 1e-4
-LOGIT_MAX = math.log((1 - _P_CLIP) / _P_CLIP)  # |logit(base probability)| after clipping
+LOGIT_MAX = math.log((1 - _P_CLIP) / _P_CLIP)
+# A rarely explored offer's Thompson propensity: draws until it lands in its slot this many times,
+# at most this many draws (serving/bandit.py `_thompson_hits`).
+RARE_HITS = 16
+RARE_MAX_DRAWS = 65_536  # |logit(base probability)| after clipping
 ENGAGEMENT_MAX = math.log1p(1000.0)  # engagement (log1p of logins in 30 days) is clipped here
 
 
@@ -255,11 +261,12 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
         k: slots to fill (at most n are filled).
         explore_share: probability that this decision ranks by a posterior sample.
         rng: the policy's random generator.
-        samples: Monte-Carlo draws for the propensities of the explore branch.
+        samples: Monte-Carlo draws for the propensities of the explore branch (more for a rare offer).
         uniform_share: the part of explore_share that ranks uniformly at random (at most explore_share).
 
     Returns:
-        The choice, with the marginal probability of each served offer in its slot under the policy.
+        The choice, with the marginal probability of each served offer in its slot under the policy
+        (for an explored offer, an estimate whose inverse, the off-policy weight, is unbiased).
     """
     n = x.shape[0]
     k = min(k, n)
@@ -277,18 +284,57 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
         served = rng.permutation(n)[:k]
     if thompson > 0:
         drawn = exploring and not uniform
-        draws = posterior.sample(rng, samples + int(drawn))  # (d, m)
-        sampled = sigmoid(x @ draws) * value[:, None]             # (n, m)
-        ranks = np.argsort(-sampled, axis=0, kind="stable")[:k]    # (k, m): candidate in each slot per draw
         if drawn:
-            served = ranks[:, -1]
-        # P(candidate i in slot j | Thompson), the served draw included when it is one of them.
-        hits = (ranks == served[:, None]).mean(axis=1)
+            served = _top(posterior.sample(rng, 1), x, value, k)[:, 0]
+        # Only a drawn ranking needs its rare slots estimated closely: a uniform one has its exact floor.
+        hits = _thompson_hits(posterior, x, value, k, served, rng, samples, rare=(served != greedy) & drawn)
     # A uniform ranking puts each candidate in each slot with probability 1/n.
     prop = (1 - explore_share) * (served == greedy) + thompson * hits + uniform_share / n
     return Choice(order=[int(i) for i in served], propensity=[float(p) for p in prop],
                   explored=[bool(s != g) for s, g in zip(served, greedy)], exploring=bool(exploring),
                   probability=prob, expected_value=ev)
+
+
+def _top(draws: np.ndarray, x: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+    """The candidate in each of the k slots under each posterior draw, shape (k, m)."""
+    return np.argsort(-(sigmoid(x @ draws) * value[:, None]), axis=0, kind="stable")[:k]
+
+
+def _thompson_hits(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, served: np.ndarray,
+                   rng: np.random.Generator, samples: int, rare: np.ndarray) -> np.ndarray:
+    """P(served[j] in slot j | Thompson), estimated on draws independent of the served one.
+
+    `samples` draws estimate every slot. A slot in `rare` (an offer the exploit ranking does not put
+    there) is weighed by 1 / propensity in off-policy evaluation, so its estimate is made for that:
+    draws continue until the offer has landed in the slot RARE_HITS times, and the estimate is
+    RARE_HITS / (draws up to that one), whose inverse is unbiased for 1 / P (inverse binomial
+    sampling). An estimate that includes the served draw, or stops after a fixed number of draws,
+    overstates a rarely drawn offer's probability and so understates its weight. Its cost is
+    bounded on average (RARE_HITS / P draws for an offer served with probability P, at most
+    RARE_HITS x n per slot in expectation) and in the worst case by RARE_MAX_DRAWS.
+    """
+    ranks = _top(posterior.sample(rng, samples), x, value, k)
+    hits = (ranks == served[:, None]).mean(axis=1)
+    todo = np.flatnonzero(rare)
+    if not len(todo):
+        return hits
+    seen = np.zeros(len(todo), dtype=int)    # hits so far
+    first = np.zeros(len(todo), dtype=int)   # draws up to and including the RARE_HITS-th hit (0: not yet)
+    drawn = 0
+    batch = max(samples, 64)
+    while (first == 0).any() and drawn < RARE_MAX_DRAWS:
+        hit = _top(posterior.sample(rng, batch), x, value, k)[todo] == served[todo][:, None]  # (t, batch)
+        cum = seen[:, None] + np.cumsum(hit, axis=1)
+        for row in np.flatnonzero(first == 0):
+            at = np.searchsorted(cum[row], RARE_HITS)  # first index where the count reaches RARE_HITS
+            if at < batch:
+                first[row] = drawn + at + 1
+        seen = cum[:, -1]
+        drawn += batch
+    # At the cap (an offer drawn less than RARE_HITS times in RARE_MAX_DRAWS), the plain share, floored.
+    capped = np.maximum(seen, 1) / drawn
+    hits[todo] = np.where(first > 0, RARE_HITS / np.maximum(first, 1), capped)
+    return hits
 
 
 def slot_propensities(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,

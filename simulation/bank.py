@@ -38,8 +38,8 @@ from nextbest.simulation.tables import (customers_table, holdings_table, interac
 
 # Named signal settings for `BankSpec` (`nextbest generate --signal`; docs/simulator.md, "Signal").
 SIGNALS: dict[str, dict] = {
-    "reference": {},
-    "observable": {"need_weight": 6.0, "taste_sd": 0.3, "need_traces": True},
+    "observable": {"need_weight": 6.0, "taste_sd": 0.3, "need_traces": True, "need_noise": 1.0},
+    "reference": {"need_weight": 1.0, "taste_sd": 0.5, "need_traces": False, "need_noise": 1.0},
 }
 ENTRY_PRODUCTS = ("current_account", "e_account")
 SALARY_PRODUCTS = ("payroll_account", "salary_project")
@@ -73,12 +73,12 @@ class BankSpec:
     # How much of intent the bank can observe (docs/simulator.md, "Signal"): the scale of the needs'
     # loadings, the sd of the unobserved taste, whether needs leave traces in money flows, and the
     # sd (logit) of the part of each need that demographics do not explain. The defaults are the
-    # reference bank, whose personalisation barely beats popularity; `SIGNALS["observable"]` is one
-    # whose data carries most of the intent. The calibration keeps any setting's marginals beside
-    # the reference's.
-    need_weight: float = 1.0
-    taste_sd: float = 0.5
-    need_traces: bool = False
+    # observable bank, whose data carries most of the intent; `SIGNALS["reference"]` is the earlier
+    # bank, where an unobserved taste dominates and personalisation barely beats popularity. The
+    # calibration keeps any setting's marginals beside the reference's.
+    need_weight: float = 6.0
+    taste_sd: float = 0.3
+    need_traces: bool = True
     need_noise: float = 1.0
 
     def month_ends(self) -> pd.DatetimeIndex:

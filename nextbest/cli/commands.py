@@ -103,8 +103,8 @@ def generate(
                                         "(see simulation/drift.py)."),
     drift_from: Optional[str] = typer.Option(None, "--drift-from", help="First drifted month, YYYY-MM (default: the "
                                              "last snapshot month)."),
-    signal: str = typer.Option("reference", help="How much of intent the data shows: reference (the taste nobody "
-                               "observes dominates) or observable (needs drive intent and show in the data); "
+    signal: str = typer.Option("observable", help="How much of intent the data shows: observable (needs drive "
+                               "intent and show in the data) or reference (a taste nobody observes dominates); "
                                "docs/simulator.md."),
     workdir: Optional[Path] = WorkdirOpt,
 ):

@@ -17,7 +17,7 @@ from nextbest.settings import Paths
 
 def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optional[str],
                 drift: Optional[str] = None, drift_from: Optional[str] = None,
-                signal: str = "reference") -> dict[str, int]:
+                signal: str = "observable") -> dict[str, int]:
     import dataclasses
 
     import pandas as pd
@@ -35,7 +35,7 @@ def do_generate(paths: Paths, customers: int, months: int, seed: int, end: Optio
         raise StageError(f"--signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     spec = BankSpec(n_customers=customers, n_months=months, seed=seed,
                     end=pd.Timestamp(end) if end else last_month_end(), **SIGNALS[signal])
-    what = "" if signal == "reference" else f", {signal} signal"
+    what = "" if signal == "observable" else f", {signal} signal"
     if drift is not None:
         if drift not in DRIFT_KINDS:
             raise StageError(f"--drift must be one of {', '.join(DRIFT_KINDS)}, got {drift!r}")

@@ -118,7 +118,7 @@ def test_needs_leave_traces_in_the_money_flows(catalogue, knobs, strong):
         assert abs(credit) < 0.1 and abs(income) < 0.1, (credit, income)
 
 
-def test_generate_makes_the_observable_bank_on_request(tmp_path, catalogue):
+def test_generate_makes_the_observable_bank_by_default_and_the_reference_one_on_request(tmp_path, catalogue):
     from typer.testing import CliRunner
 
     from nextbest.cli import app
@@ -128,12 +128,18 @@ def test_generate_makes_the_observable_bank_on_request(tmp_path, catalogue):
                                         "--seed", "3", *args])
 
     bad = generate("--signal", "loud", "--workdir", str(tmp_path / "bad"))
-    assert bad.exit_code == 2 and "--signal must be one of reference, observable, got 'loud'" in bad.output
+    assert bad.exit_code == 2 and "--signal must be one of observable, reference, got 'loud'" in bad.output
     assert not (tmp_path / "bad" / "raw" / "holdings.parquet").exists()
-    for signal in ("reference", "observable"):
-        result = generate("--signal", signal, "--workdir", str(tmp_path / signal))
+    for signal in ("reference", "observable", None):
+        name = signal or "default"
+        result = generate(*(("--signal", signal) if signal else ()), "--workdir", str(tmp_path / name))
         assert result.exit_code == 0, result.output
-        written = pd.read_parquet(tmp_path / signal / "raw" / "transactions.parquet")
-        spec = BankSpec(n_customers=300, n_months=4, seed=3, end=pd.Timestamp("2026-09-30"), **SIGNALS[signal])
+        written = pd.read_parquet(tmp_path / name / "raw" / "transactions.parquet")
+        spec = BankSpec(n_customers=300, n_months=4, seed=3, end=pd.Timestamp("2026-09-30"),
+                        **SIGNALS[signal or "observable"])
         expected = simulate_frames(catalogue, spec)["raw/transactions"]
         np.testing.assert_allclose(written["amount"].to_numpy(), expected["amount"].to_numpy())
+    # The default bank is the observable one, named or not.
+    assert {k: getattr(BankSpec(), k) for k in OBSERVABLE} == OBSERVABLE
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "default" / "raw" / "transactions.parquet")["amount"],
+                                  pd.read_parquet(tmp_path / "observable" / "raw" / "transactions.parquet")["amount"])
