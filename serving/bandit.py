@@ -227,15 +227,31 @@ class Posterior:
                 step = step * share
         self.mean = self.mean + step
         self.n_updates += 1
-        self._chol = None
         return share
 
-    def sample(self, rng: np.random.Generator, m: int) -> np.ndarray:
-        """m posterior draws of the weights, shape (d, m)."""
-        chol = getattr(self, "_chol", None)
-        if chol is None:  # recomputed only after an update
-            chol = self._chol = np.linalg.cholesky(self.cov + np.eye(len(self.mean)) * 1e-12)
-        return self.mean[:, None] + chol @ rng.standard_normal((len(self.mean), m))
+    def logit_sampler(self, x: np.ndarray) -> "LogitSampler":
+        """Draws of the logits x @ w of the rows of x under this posterior (see `LogitSampler`)."""
+        return LogitSampler(self, x)
+
+
+class LogitSampler:
+    """Posterior draws of the logits of n candidate rows, drawn in their own n dimensions.
+
+    x @ w is Gaussian with mean x @ mean and covariance x cov x^T, so ranking the candidates by a
+    posterior sample needs n normal draws, not d weights: with n about 15 offers and d in the
+    hundreds, a draw costs n^2 instead of d^2. The factor of the n x n covariance is computed once
+    per decision (eigendecomposition: two offers with the same row make it singular).
+    """
+
+    def __init__(self, posterior: Posterior, x: np.ndarray):
+        self.mean = x @ posterior.mean
+        cov = x @ posterior.cov @ x.T
+        values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+        self.factor = vectors * np.sqrt(np.clip(values, 0.0, None))
+
+    def draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """m draws of the logits, shape (n, m)."""
+        return self.mean[:, None] + self.factor @ rng.standard_normal((len(self.mean), m))
 
 
 @dataclass(frozen=True)
@@ -284,10 +300,11 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
         served = rng.permutation(n)[:k]
     if thompson > 0:
         drawn = exploring and not uniform
+        sampler = posterior.logit_sampler(x)
         if drawn:
-            served = _top(posterior.sample(rng, 1), x, value, k)[:, 0]
+            served = _top(sampler.draw(rng, 1), value, k)[:, 0]
         # Only a drawn ranking needs its rare slots estimated closely: a uniform one has its exact floor.
-        hits = _thompson_hits(posterior, x, value, k, served, rng, samples, rare=(served != greedy) & drawn)
+        hits = _thompson_hits(sampler, value, k, served, rng, samples, rare=(served != greedy) & drawn)
     # A uniform ranking puts each candidate in each slot with probability 1/n.
     prop = (1 - explore_share) * (served == greedy) + thompson * hits + uniform_share / n
     return Choice(order=[int(i) for i in served], propensity=[float(p) for p in prop],
@@ -295,12 +312,12 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
                   probability=prob, expected_value=ev)
 
 
-def _top(draws: np.ndarray, x: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
-    """The candidate in each of the k slots under each posterior draw, shape (k, m)."""
-    return np.argsort(-(sigmoid(x @ draws) * value[:, None]), axis=0, kind="stable")[:k]
+def _top(logits: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+    """The candidate in each of the k slots under each draw of the logits (n, m), shape (k, m)."""
+    return np.argsort(-(sigmoid(logits) * value[:, None]), axis=0, kind="stable")[:k]
 
 
-def _thompson_hits(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, served: np.ndarray,
+def _thompson_hits(sampler: LogitSampler, value: np.ndarray, k: int, served: np.ndarray,
                    rng: np.random.Generator, samples: int, rare: np.ndarray) -> np.ndarray:
     """P(served[j] in slot j | Thompson), estimated on draws independent of the served one.
 
@@ -313,7 +330,7 @@ def _thompson_hits(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: in
     bounded on average (RARE_HITS / P draws for an offer served with probability P, at most
     RARE_HITS x n per slot in expectation) and in the worst case by RARE_MAX_DRAWS.
     """
-    ranks = _top(posterior.sample(rng, samples), x, value, k)
+    ranks = _top(sampler.draw(rng, samples), value, k)
     hits = (ranks == served[:, None]).mean(axis=1)
     todo = np.flatnonzero(rare)
     if not len(todo):
@@ -321,9 +338,9 @@ def _thompson_hits(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: in
     seen = np.zeros(len(todo), dtype=int)    # hits so far
     first = np.zeros(len(todo), dtype=int)   # draws up to and including the RARE_HITS-th hit (0: not yet)
     drawn = 0
-    batch = max(samples, 64)
+    batch = max(samples, 1024)
     while (first == 0).any() and drawn < RARE_MAX_DRAWS:
-        hit = _top(posterior.sample(rng, batch), x, value, k)[todo] == served[todo][:, None]  # (t, batch)
+        hit = _top(sampler.draw(rng, batch), value, k)[todo] == served[todo][:, None]  # (t, batch)
         cum = seen[:, None] + np.cumsum(hit, axis=1)
         for row in np.flatnonzero(first == 0):
             at = np.searchsorted(cum[row], RARE_HITS)  # first index where the count reaches RARE_HITS
@@ -351,7 +368,7 @@ def slot_propensities(posterior: Posterior, x: np.ndarray, value: np.ndarray, k:
     uniform_share = min(uniform_share, explore_share)
     thompson = explore_share - uniform_share
     if thompson > 0 and k:
-        ranks = np.argsort(-(sigmoid(x @ posterior.sample(rng, samples)) * value[:, None]), axis=0, kind="stable")[:k]
+        ranks = _top(posterior.logit_sampler(x).draw(rng, samples), value, k)
         for j in range(k):
             out[:, j] += thompson * np.bincount(ranks[j], minlength=n) / samples
     out += uniform_share / max(n, 1)

@@ -1,5 +1,12 @@
-"""Off-policy evaluation recovers a candidate policy's true value from 50,000 decisions logged by
-another, in two synthetic worlds (slow: every decision samples the logging policy's propensities)."""
+"""Off-policy evaluation recovers a candidate policy's true value from 100,000 decisions logged by
+another, in two synthetic worlds (slow: every decision samples the logging policy's propensities).
+
+The candidate often takes offers the logging policy explores rarely, whose logged propensities are
+estimated so that their weights are unbiased (serving/bandit.py). At 50,000 decisions DR's interval
+held the truth in the worlds of seeds 0, 1, 3 and 4 but was wider than the check below allows at
+seeds 0, 3 and 4; with propensities that counted the served draw among 256, DR's narrower interval
+missed the truth at seeds 3 and 4, below it. (The worlds of seeds 2 and 5 fail the first check: their
+candidate is not better enough than the logging policy.)"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ips_and_doubly_robust_recover_the_true_value(seed):
     f, truth, logging, target_post, rng = world(seed)
-    n, k, share = 50_000, 2, 0.3
+    n, k, share = 100_000, 2, 0.3
     served, prop, reward = np.full((n, k), -1), np.ones((n, k)), np.zeros((n, k))
     target, predicted, true_values = np.zeros((n, len(ARMS), k)), np.zeros((n, len(ARMS))), np.zeros(n)
     exact = np.zeros((n, len(ARMS)))  # the true expected reward of every candidate

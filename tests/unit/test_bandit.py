@@ -61,7 +61,8 @@ def test_the_weight_of_a_rarely_explored_offer_is_unbiased():
                      for s in (3, 4)])
     assert 0.0008 < exact < 0.003  # rarer than one in 256 draws
     rng = np.random.default_rng(4)
-    weights = [1 / _thompson_hits(post, x, value, 1, np.array([0]), rng, 256, rare=np.array([True]))[0]
+    sampler = post.logit_sampler(x)
+    weights = [1 / _thompson_hits(sampler, value, 1, np.array([0]), rng, 256, rare=np.array([True]))[0]
                for _ in range(200)]
     # Each weight is within about 25% of 1 / p (16 hits); the mean of 200 within about 2%, and the
     # exact figure within about 3%.
