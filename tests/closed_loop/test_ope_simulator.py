@@ -4,8 +4,8 @@ Our policy logs decisions through the real decision engine (the simulation's dec
 estimators of `nextbest.monitoring.ope` then value a candidate policy -- greedy on the final posterior --
 from that log alone, and the simulator's truth gives the candidate's true value on the same
 logged contexts. At 50,000 decisions the benchmark (benchmarks/bench_bandit.py) checks DR within
-5% of the truth; here 12,000 decisions must put the truth inside the estimators' 95% intervals on the
-second half of the log, where the logging policy has settled (as in the benchmark's later window).
+5% of the truth; here 12,000 decisions must put the truth inside the estimators' 95% intervals, on
+the whole log and on its second half, where the logging policy has settled.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# 12,000 requests, about 9,200 logged decisions: the test evaluates the last 4,600 or so. One explored
-# high-value acceptance widens a log's interval a lot (see the test's docstring).
+# 12,000 requests, about 9,200 logged decisions. One explored high-value acceptance widens a log's
+# interval a lot (see the test's docstring).
 STEPS = 12000
 
 
@@ -62,33 +62,34 @@ def coverage_runs(logged_run, quickstart_workdir, tmp_path_factory):
 
 def test_doubly_robust_recovers_the_true_value_of_a_candidate(coverage_runs):
     """On four independent logs the truth lies in the 95% intervals of DR and of IPS in at least
-    three of the four, and the intervals say something.
+    three of the four, on the whole log and on its second half, and the intervals say something.
 
     Each interval misses the truth with probability about 5% by design (more with heavy tails), so
     one draw cannot carry the check: at 95% coverage, two misses in four happen 1.4% of the time,
     while a biased estimator misses in most draws. The seeds are the consecutive 11-14, not chosen
     by looking.
 
-    The window is the log's second half. Early on the logging posterior is far from the final one,
-    so the candidate's value there rests on a few offers explored with weights in the hundreds: an
-    accepted mortgage is worth 1,400 EUR, and one such acceptance at weight 100 moves a 6,000-decision
-    mean by 23 EUR against a value of about 2.5. On the whole log the same four runs gave DR
-    half-widths of 0.24 to 0.95 x the value (median 0.67), and at 24,000 decisions 0.33 to 2.8: the
-    estimate is unbiased but its normal interval says little there (docs/bandit-and-ope.md)."""
+    The candidate's value rests on a few offers explored with weights in the hundreds: an accepted
+    mortgage is worth 1,400 EUR, and one such acceptance at weight 100 moves a 9,000-decision mean by
+    15 EUR against a value of about 2.7. So the width of the intervals is partly the luck of the draw:
+    on these four logs the median DR half-width was 0.39 x the value on the whole log and 0.50 on
+    its second half; with the same estimators and another random stream of the policy, 0.67 and
+    under 0.3 (docs/experiments.md, "The synthetic bank's signal")."""
     for whole, settled in coverage_runs:
         assert whole["n"] > 0.5 * STEPS  # most requests were allowed an offer, and all of those are evaluable
-        assert settled["n"] >= whole["n"] // 2 and settled["true_value"] > 0
-    settled = [s for _, s in coverage_runs]
-    for name in ("dr", "ips"):
-        covered = [ope[name]["ci95"][0] < ope["true_value"] < ope[name]["ci95"][1] for ope in settled]
-        assert sum(covered) >= 3, (name, [(ope[name], ope["true_value"]) for ope in settled])
+        assert whole["true_value"] > 0 and settled["true_value"] > 0 and settled["n"] >= whole["n"] // 2
+    for window in (0, 1):
+        runs = [run[window] for run in coverage_runs]
+        for name in ("dr", "ips"):
+            covered = [ope[name]["ci95"][0] < ope["true_value"] < ope[name]["ci95"][1] for ope in runs]
+            assert sum(covered) >= 3, (window, name, [(ope[name], ope["true_value"]) for ope in runs])
     # ...and the intervals say something. The tolerance is the interval itself: rewards are
     # value-weighted (an accepted mortgage is worth 1,400 EUR, most offers 20-500, ~2% accepted),
-    # so one decision's reward has a standard deviation of ~30 EUR against a value of ~2.5 EUR, and
-    # exploration adds importance weights up to ~100; at ~4,500 evaluable decisions the 95% half-width
-    # is ~25-50% of the value, shrinking as 1/sqrt(n) (the benchmark measures 50,000). One log with an
-    # explored high-value acceptance can be far wider, so the median of the four is checked.
-    half = [(ope["dr"]["ci95"][1] - ope["dr"]["ci95"][0]) / 2 / ope["true_value"] for ope in settled]
+    # so one decision's reward has a standard deviation of ~30 EUR against a value of ~2.7 EUR, and
+    # exploration adds importance weights up to ~100 or more; at ~9,000 evaluable decisions the 95%
+    # half-width is ~20-60% of the value, shrinking as 1/sqrt(n) (the benchmark measures 50,000). One
+    # log with an explored high-value acceptance can be far wider, so the median of the four is checked.
+    half = [(whole["dr"]["ci95"][1] - whole["dr"]["ci95"][0]) / 2 / whole["true_value"] for whole, _ in coverage_runs]
     assert float(np.median(half)) < 0.6, half
 
 
