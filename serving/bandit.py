@@ -32,11 +32,11 @@ from nextbest.constants import CHANNELS, DIGITAL_CHANNELS
 # Channels where a weekend behaves differently (staffed by people) from the digital ones.
 _STAFFED = ("branch", "call_center")
 _P_CLIP = 1e-4
-LOGIT_MAX = math.log((1 - _P_CLIP) / _P_CLIP)
+LOGIT_MAX = math.log((1 - _P_CLIP) / _P_CLIP)  # |logit(base probability)| after clipping
 # A rarely explored offer's Thompson propensity: draws until it lands in its slot this many times,
-# at most this many draws (serving/bandit.py `_thompson_hits`).
+# at most this many draws (`_thompson_hits`).
 RARE_HITS = 16
-RARE_MAX_DRAWS = 65_536  # |logit(base probability)| after clipping
+RARE_MAX_DRAWS = 65_536
 ENGAGEMENT_MAX = math.log1p(1000.0)  # engagement (log1p of logins in 30 days) is clipped here
 
 
