@@ -81,7 +81,7 @@ def month_grid(customers: pd.DataFrame, holdings: pd.DataFrame, interactions: pd
     seen = np.zeros((len(cust_index), len(months)), dtype=bool)
     if len(interactions):
         ici = cust_index.get_indexer(interactions[CUSTOMER_ID])
-        imi = np.searchsorted(months.values, pd.to_datetime(interactions["event_date"]).values)
+        imi = np.searchsorted(months.values, pd.to_datetime(interactions["event_date"]).values.astype("datetime64[D]"))
         ok = (ici >= 0) & (imi < len(months))
         seen[ici[ok], imi[ok]] = True
     known = np.logical_or.accumulate(held.any(2) | seen, axis=1)

@@ -233,9 +233,13 @@ def parse_time(value) -> float | None:
 
 
 def holdout_campaigns(bandit_yaml: Path | None = None) -> dict[str, list[str] | str]:
-    """Campaigns to measure: the global holdout ("all") and the validated `holdout.campaigns` of bandit.yaml."""
+    """Campaigns to measure: the global holdout ("all"), the validated `holdout.campaigns` of bandit.yaml and
+    the outbound campaigns of campaigns.yaml."""
+    from nextbest.config import load_campaigns
+
     cfg = load_bandit(bandit_yaml, catalogue=load_catalogue())
-    return {GLOBAL: GLOBAL, **{name: list(c.products) for name, c in cfg.holdout.campaigns.items()}}
+    outbound = {name: list(c.products) for name, c in load_campaigns().campaigns.items()}
+    return {GLOBAL: GLOBAL, **{name: list(c.products) for name, c in cfg.holdout.campaigns.items()}, **outbound}
 
 
 def _clean(x):

@@ -102,18 +102,28 @@ def uplift(events_db: Path, catalogue, campaigns: dict[str, list[str] | str] | N
     rng = np.random.default_rng(seed)
     result["empty"] = False
     result["exposed"] = int(len(first))
-    result["campaigns"] = {name: _campaign(first, acquisitions, name, products, margins, window, as_of, z, n_boot, rng)
+    result["campaigns"] = {name: _campaign(first if name == GLOBAL else _first_exposures(exposures, name), acquisitions,
+                                           name, products, margins, window, as_of, z, n_boot, rng)
                            for name, products in campaigns.items()}
     return result
 
 
-def _first_exposures(exposures: pd.DataFrame) -> pd.DataFrame:
-    """One row per customer: the time, segment and groups of their first decision in the period."""
-    first = exposures.sort_values("t0", kind="stable").drop_duplicates("pseudonym", keep="first").copy()
+def _first_exposures(exposures: pd.DataFrame, campaign: str | None = None) -> pd.DataFrame:
+    """One row per customer: the time, segment and groups of their first decision in the period (with a
+    campaign other than the global one: their first decision that carries that campaign's group, as an
+    outbound campaign's contacts do and served decisions do not)."""
+    # Few distinct group assignments exist: parse each once.
+    parsed = {text: json.loads(text) if text else {} for text in exposures["groups"].dropna().unique()}
+    ordered = exposures.sort_values("t0", kind="stable")
+    first = ordered.drop_duplicates("pseudonym", keep="first")
+    if campaign not in (None, GLOBAL):
+        carrying = ordered[ordered["groups"].isin([t for t, g in parsed.items() if campaign in g])]
+        carrying = carrying.drop_duplicates("pseudonym", keep="first")
+        # A customer never assigned to the campaign keeps their first decision (counted as unassigned).
+        first = pd.concat([carrying, first[~first["pseudonym"].isin(carrying["pseudonym"])]])
+    first = first.copy()
     first["t0"] = first["t0"].astype(float)
     first["segment"] = first["segment"].fillna(UNKNOWN)
-    # Few distinct group assignments exist: parse each once.
-    parsed = {text: json.loads(text) if text else {} for text in first["groups"].dropna().unique()}
     first["groups"] = first["groups"].map(lambda g: parsed.get(g) or {})
     return first.reset_index(drop=True)
 

@@ -39,6 +39,8 @@ exist here (every command checks). |
 | `configs/nbp.yaml`, `configs/churn.yaml`, `configs/campaign.yaml` | model hyper-parameters and promotion margin |
 | `configs/features.yaml` | your own customer feature tables (files or database queries) that the models read \
 beside the built features: `nextbest features import`, then `features apply` and `features materialize` |
+| `configs/campaigns.yaml` | outbound campaigns for `nextbest plan`: products, audience, channels with daily capacity \
+and cost, quotas, budget, send window, control and exploration shares, contact caps |
 | `configs/monitoring.yaml` | drift tests, KPI windows and the monitoring gate's limits |
 | `configs/adapters/santander_products.yaml` | how the Santander extract's product flags map onto the catalogue |
 | `nextbest.yaml` | `workdir` (default `work`), `mlflow_uri` (a shared MLflow tracking server, http://HOST:PORT) |

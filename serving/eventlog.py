@@ -102,6 +102,44 @@ class EventLog:
                 self._conn.execute("ROLLBACK")
                 raise
 
+    def log_decisions(self, rows: list[tuple]) -> None:
+        """Commits many decisions (an outbound plan's contacts) in one transaction: all or none.
+
+        Args:
+            rows: (decision_id, at, customer_pseudonym, channel, k, offers, model_versions, context),
+                the last three as dicts or lists.
+        """
+        encoded = [(d, at, who, ch, k, json.dumps(offers), json.dumps(versions), json.dumps(ctx))
+                   for d, at, who, ch, k, offers, versions, ctx in rows]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", encoded)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def plan_decisions(self, plan: str) -> int:
+        """How many decisions the outbound plan `plan` (`campaign@date`) logged."""
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM decisions WHERE json_extract(context, '$.plan') = ?",
+                                      (plan,)).fetchone()[0]
+
+    def contact_history(self, week_since: float, until: float,
+                        rejected_since: float) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+        """Every customer's history at once, as `history` gives it for one: (pseudonym, channel, decisions
+        with offers in [week_since, until)) and (pseudonym, product) rejected or dismissed since `rejected_since`."""
+        with self._lock:
+            contacts = self._conn.execute(
+                "SELECT customer_pseudonym, channel, COUNT(*) FROM decisions WHERE created_at >= ? AND created_at < ? "
+                "AND offers != '[]' GROUP BY customer_pseudonym, channel", (week_since, until)).fetchall()
+            rejected = self._conn.execute(
+                "SELECT DISTINCT d.customer_pseudonym, f.product_id FROM decisions d JOIN feedback f USING "
+                f"(decision_id) WHERE f.event IN ({_REJECTED_MARKS}) AND f.created_at >= ?",
+                (*REJECTED, rejected_since)).fetchall()
+        return contacts, rejected
+
     def get_decision(self, decision_id: str) -> Decision | None:
         with self._lock:
             row = self._conn.execute("SELECT decision_id, channel, offers, context FROM decisions "

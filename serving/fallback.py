@@ -71,11 +71,23 @@ def segment_popularity(latest: pd.DataFrame, catalogue: Catalogue, months: int =
     return out
 
 
-def _latest_snapshot(features_dir: Path) -> pd.DataFrame:
-    frames = [pd.read_parquet(features_dir / f"{v}.parquet") for v in (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW,
-                                                                      SEGMENTS_VIEW)]
-    last = frames[0][EVENT_TIMESTAMP].max()
-    keep = [f[f[EVENT_TIMESTAMP] == last].set_index(CUSTOMER_ID) for f in frames]
+def latest_snapshot(features_dir: Path, columns: set[str] | None = None) -> pd.DataFrame:
+    """Every customer's row of the latest snapshot of the built feature views, joined (what the online
+    store holds after `materialize`); only the latest month is read from disk.
+
+    Args:
+        columns: keep only these feature columns (None: all).
+    """
+    import pyarrow.parquet as pq
+
+    paths = [features_dir / f"{v}.parquet" for v in (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW, SEGMENTS_VIEW)]
+    last = pq.read_table(paths[0], columns=[EVENT_TIMESTAMP]).column(0).to_pandas().max()
+    keep = []
+    for path in paths:
+        names = pq.read_schema(path).names
+        wanted = [c for c in names if columns is None or c in columns or c in (CUSTOMER_ID, EVENT_TIMESTAMP)]
+        frame = pd.read_parquet(path, columns=wanted, filters=[(EVENT_TIMESTAMP, "==", last)])
+        keep.append(frame.set_index(CUSTOMER_ID))
     out = keep[0]
     for f in keep[1:]:
         out = out.join(f.drop(columns=[EVENT_TIMESTAMP]), how="left")
@@ -86,7 +98,7 @@ def build(db_path: Path, features_dir: Path, catalogue: Catalogue, rules: RulesC
     """Writes the fallback table from the latest feature snapshot (temp file, then rename). Returns rows."""
     import json
 
-    latest = _latest_snapshot(features_dir)
+    latest = latest_snapshot(features_dir)
     snapshot = pd.Timestamp(latest[EVENT_TIMESTAMP].max()).timestamp()
     tmp = db_path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)

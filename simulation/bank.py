@@ -8,7 +8,8 @@ is over months.
 
 The truth kept for every customer-month: the probability of acquiring each product next month
 (`truth/acquisition.parquet`), the churn hazard (`truth/churn.parquet`), the latent traits
-(`truth/latent.parquet`) and the life events (`truth/life_events.parquet`).
+(`truth/latent.parquet`, the preferred contact hour among them) and the life events
+(`truth/life_events.parquet`).
 
 Speed (1,000,000 customers x 18 months written to parquet in about 90 s of CPU and under 2 GB;
 benchmarks/bench_generate.py, docs/simulator.md) comes from three habits: customer x product
@@ -30,7 +31,7 @@ from nextbest.config import Catalogue
 from nextbest.constants import CHANNELS, DEFAULT_SEED
 from nextbest.simulation.columns import constant_timestamps, decode, label_array, running_ids, timestamps
 from nextbest.simulation.drift import DriftSpec
-from nextbest.simulation.params import SPEND_CATEGORIES
+from nextbest.simulation.params import SPEND_CATEGORIES, TIME_PREFERENCE_WEIGHT
 from nextbest.simulation.population import Population, sigmoid, sigmoid_
 from nextbest.simulation.response import accept_probability
 from nextbest.simulation.tables import (customers_table, holdings_table, interactions_table, latent_table,
@@ -80,6 +81,10 @@ class BankSpec:
     taste_sd: float = 0.3
     need_traces: bool = True
     need_noise: float = 1.0
+    # Logit amplitude of each customer's preferred contact hour in the offer-response truth
+    # (docs/simulator.md, "Time preference"); it also gives the logins their times of day. 0: no
+    # time preference (no preferred hours, every event dated at midnight).
+    time_preference: float = TIME_PREFERENCE_WEIGHT
 
     def month_ends(self) -> pd.DatetimeIndex:
         return pd.date_range(end=pd.Timestamp(self.end), periods=self.n_months, freq="ME")
@@ -278,7 +283,7 @@ class _Bank(Population):
                       + minute * np.timedelta64(1, "m"))
         weekday = (offered_at.astype("datetime64[D]").astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
         p_accept = accept_probability(p_acq[off_idx, prod], channel, hour, weekday, self.digital[off_idx],
-                                      self.categories[prod])
+                                      self.categories[prod], self.preferred_hour[off_idx], self.spec.time_preference)
         accepted = rng.random(k) < p_accept
         responded = accepted | (rng.random(k) < 0.45)
         response = np.where(accepted, 0, np.where(responded, 1, 2))

@@ -95,3 +95,24 @@ CHANNEL_PEAK_HOUR = {
     "mobile_app": 20, "web": 21, "email": 8, "push": 12, "sms": 18, "branch": 11, "call_center": 18,
 }
 DIGITAL_CHANNELS = ("mobile_app", "web", "push", "email")
+
+# Time preference (docs/simulator.md, "Time preference"): each customer has a latent preferred
+# contact hour. Offers sent near it are answered more often: `TIME_PREFERENCE_WEIGHT` x
+# cos(2 pi (hour - preferred hour) / 24) on the logit, +0.7 at the preferred hour and -0.7
+# twelve hours away, zero on average over the day, so the bank's marginals barely move.
+TIME_PREFERENCE_WEIGHT = 0.7
+# The preferred hour is drawn from a mixture of the day's habits: (mean hour, sd in hours) per mode.
+PREFERRED_HOUR_MODES = {"commute": (7.5, 0.8), "morning": (10.5, 1.2), "lunch": (12.5, 0.8), "evening": (20.0, 1.3),
+                        "spread": (15.0, 4.0)}
+# Each mode's share by age band (age at the window's start below 35, below 65, 65 and over), in
+# the order of PREFERRED_HOUR_MODES: the young read in the evening, the employed on the way to
+# work and at lunch, the retired in the morning.
+PREFERRED_HOUR_SHARES = {35: (0.15, 0.05, 0.15, 0.55, 0.10),
+                         65: (0.30, 0.05, 0.25, 0.30, 0.10),
+                         float("inf"): (0.10, 0.45, 0.15, 0.20, 0.10)}
+# The trace it leaves: a login's time of day is the preferred hour plus normal noise of this sd
+# with probability LOGIN_NEAR_PREFERENCE, otherwise an hour of the bank-wide login profile below.
+LOGIN_NEAR_PREFERENCE = 0.65
+LOGIN_HOUR_SD = 1.5
+LOGIN_HOUR_PROFILE = (0.2, 0.1, 0.1, 0.1, 0.1, 0.3, 0.8, 1.5, 1.8, 1.5, 1.3, 1.3,
+                      1.6, 1.4, 1.2, 1.2, 1.3, 1.5, 1.8, 2.0, 2.1, 1.9, 1.3, 0.6)

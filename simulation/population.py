@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from nextbest.config import Catalogue
 from nextbest.simulation.columns import fixed_width_take, label_array, running_ids
-from nextbest.simulation.params import CATEGORY_BEHAVIOUR, NEEDS, PRODUCT_BEHAVIOUR
+from nextbest.simulation.params import (CATEGORY_BEHAVIOUR, NEEDS, PREFERRED_HOUR_MODES, PREFERRED_HOUR_SHARES,
+                                        PRODUCT_BEHAVIOUR)
 
 if TYPE_CHECKING:
     from nextbest.simulation.bank import BankSpec
@@ -24,6 +25,10 @@ REGIONS = ("north", "south", "east", "west", "capital", "islands")
 # The reference bank, whose marginals are calibrated beside Santander's: needs loaded once, taste sd 0.5.
 REFERENCE_TASTE_SD = 0.5
 CALIBRATION_SEED, CALIBRATION_CUSTOMERS = 20_240_101, 40_000
+# The key of the time-of-day stream (`Population.time_rng`), beside the bank's seed: the preferred
+# hours and the logins' times of day are drawn from it, so switching the time preference on or off
+# leaves every draw of the main stream where it was.
+TIME_STREAM = 2_400
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -60,6 +65,17 @@ def draw_people(rng: np.random.Generator, n: int, need_noise: float = 1.0) -> di
     needs[:, 4] = rng.beta(5, 2, n)  # everyday
     out["needs"] = needs
     return out
+
+
+def draw_preferred_hours(rng: np.random.Generator, age: np.ndarray) -> np.ndarray:
+    """Each customer's preferred contact hour in [0, 24), from the mixture of `PREFERRED_HOUR_MODES`
+    with the shares of the customer's age band (`PREFERRED_HOUR_SHARES`), shape (n,)."""
+    means, sds = np.array(list(PREFERRED_HOUR_MODES.values()), dtype=float).T
+    bands = np.array(list(PREFERRED_HOUR_SHARES))
+    shares = np.array(list(PREFERRED_HOUR_SHARES.values()), dtype=float)
+    cumulative = np.cumsum(shares / shares.sum(1, keepdims=True), axis=1)[np.searchsorted(bands, age, side="right")]
+    mode = np.minimum((rng.random(len(age))[:, None] >= cumulative).sum(1), len(means) - 1)
+    return (means[mode] + sds[mode] * rng.standard_normal(len(age))) % 24
 
 
 def initial_logit(needs: np.ndarray, weights: np.ndarray, init_logit: np.ndarray, taste: np.ndarray) -> np.ndarray:
@@ -206,6 +222,11 @@ class Population:
                         (("email", 0.7), ("push", 0.55), ("sms", 0.5), ("call", 0.35))}
         self.offer_seq = 0
         self.txn_seq = 0
+        # The time preference comes last and from its own stream (TIME_STREAM), so that every other
+        # draw is the same with it or without it. NaN: no preferred hour.
+        self.time_rng = np.random.default_rng([spec.seed, TIME_STREAM])
+        self.preferred_hour = (draw_preferred_hours(self.time_rng, age0) if spec.time_preference
+                               else np.full(n, np.nan))
 
     def cols(self, products: tuple[str, ...]) -> list[int]:
         """Column indices of those of `products` that are in the catalogue."""

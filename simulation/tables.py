@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 
 from nextbest.simulation.columns import constant_timestamps, days_after, decode, label_array, running_ids
-from nextbest.simulation.params import NEEDS, SPEND_CATEGORIES
+from nextbest.simulation.params import (LOGIN_HOUR_PROFILE, LOGIN_HOUR_SD, LOGIN_NEAR_PREFERENCE, NEEDS,
+                                        SPEND_CATEGORIES)
 from nextbest.simulation.population import Population
 
 # Transaction kinds in the order they are emitted, with their direction.
@@ -20,6 +21,8 @@ TXN_CATEGORIES = ("salary", "transfer_in", *SPEND_CATEGORIES, "transfer_out")
 TXN_DIRECTIONS = ("in", "in", *("out",) * len(SPEND_CATEGORIES), "out")
 # Interaction kinds in the order `interactions_table` receives their counts, page views last.
 EVENT_KINDS = ("login_app", "login_web", "call", "complaint", "page_view")
+LOGIN_KINDS = (EVENT_KINDS.index("login_app"), EVENT_KINDS.index("login_web"))
+_US_PER_S = np.int64(1_000_000)
 
 
 def holdings_table(bank: Population, t: int) -> pa.Table:
@@ -69,7 +72,10 @@ def transactions_table(bank: Population, t: int, amounts: np.ndarray) -> pa.Tabl
 
 def interactions_table(bank: Population, t: int, counts: tuple[np.ndarray, ...], views: np.ndarray) -> pa.Table:
     """Login, call and complaint counts per customer (`counts`, in the order of `EVENT_KINDS`)
-    and page views per customer and product (`views`, shape (n, P))."""
+    and page views per customer and product (`views`, shape (n, P)).
+
+    With a time preference (`BankSpec.time_preference`), logins carry a time of day
+    (`login_times`); every other event is dated at midnight, its day only."""
     rng = bank.rng
     cust_parts, kind_parts, count_parts = [], [], []
     for code, c in enumerate(counts):
@@ -84,13 +90,33 @@ def interactions_table(bank: Population, t: int, counts: tuple[np.ndarray, ...],
     product = np.concatenate([np.full(len(cust) - len(vc), -1), vp])  # products only on page views
     count = np.concatenate([*count_parts, views[vc, vp]]).astype(np.int32)
     day = rng.integers(0, bank.dates[t].day, len(cust))
+    when = days_after(bank.month_start[t], day)
+    if bank.spec.time_preference:
+        when += login_times(bank, cust, kind)
     return pa.table({
         "customer_id": bank.customer_ids(cust),
-        "event_date": pa.array(days_after(bank.month_start[t], day)),
+        "event_date": pa.array(when),
         "event_type": decode(label_array(EVENT_KINDS), kind),
         "product_id": decode(bank.product_labels, product),
         "count": pa.array(count),
     })
+
+
+def login_times(bank: Population, cust: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """Time of day, in microseconds after midnight, of each interaction row (customer `cust`, kind
+    code `kind`): for logins, the customer's preferred hour plus noise with probability
+    LOGIN_NEAR_PREFERENCE, else an hour of the bank-wide LOGIN_HOUR_PROFILE, to the second; 0 for
+    the other kinds. Drawn from `bank.time_rng`, so the main stream is untouched."""
+    rng = bank.time_rng
+    login = np.flatnonzero(np.isin(kind, LOGIN_KINDS))
+    m = len(login)
+    near = rng.random(m) < LOGIN_NEAR_PREFERENCE
+    profile = np.asarray(LOGIN_HOUR_PROFILE) / sum(LOGIN_HOUR_PROFILE)
+    generic = rng.choice(24, m, p=profile) + rng.random(m)
+    hour = np.where(near, bank.preferred_hour[cust[login]] + rng.normal(0, LOGIN_HOUR_SD, m), generic) % 24
+    out = np.zeros(len(cust), dtype=np.int64)
+    out[login] = np.minimum(np.floor(hour * 3600), 86_399).astype(np.int64) * _US_PER_S
+    return out
 
 
 def truth_tables(bank: Population, t: int, rows: np.ndarray, p_acq: np.ndarray,
@@ -135,8 +161,13 @@ def customers_table(bank: Population) -> pa.Table:
 
 
 def latent_table(bank: Population) -> pa.Table:
-    """`truth/latent`: digital affinity and needs per customer."""
+    """`truth/latent`: digital affinity, needs and, with a time preference, the preferred contact hour
+    per customer. The time preference's weight is in the table's metadata (`time_preference`), for
+    the replay's truth to answer offers as the bank did."""
     cols = {"customer_id": bank.ids, "digital_affinity": pa.array(bank.digital.astype(np.float32))}
     for i, need in enumerate(NEEDS):
         cols[f"need_{need}"] = pa.array(bank.needs[:, i].astype(np.float32))
-    return pa.table(cols)
+    if not bank.spec.time_preference:
+        return pa.table(cols)
+    cols["preferred_hour"] = pa.array(bank.preferred_hour.astype(np.float32))
+    return pa.table(cols, metadata={"time_preference": repr(float(bank.spec.time_preference))})

@@ -57,7 +57,9 @@ def read_grid(raw_dir: Path, products: list[str]) -> MonthGrid:
     for batch in _batches(raw_dir, "interactions", products):
         ci = _positions(batch.column(CUSTOMER_ID), value_set)
         when = pc.cast(batch.column("event_date"), pa.timestamp("ns"), safe=False).cast(pa.int64())
-        mi = np.searchsorted(edges, when.to_numpy(zero_copy_only=False))
+        ns = when.to_numpy(zero_copy_only=False)
+        # A day's events belong to that day's month, whatever their time of day (as features/build.py counts them).
+        mi = np.searchsorted(edges, ns - ns % 86_400_000_000_000)
         ok = (ci >= 0) & (mi < len(months))
         seen[ci[ok], mi[ok]] = True
     known = np.logical_or.accumulate(held.any(2) | seen, axis=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nextbest.constants import CUSTOMER_ID, SNAPSHOT_DATE
+from nextbest.simulation.params import TIME_PREFERENCE_WEIGHT
 from nextbest.simulation.response import accept_probability
 
 # Share of requests per channel (owned digital channels carry most of the traffic).
@@ -44,6 +45,9 @@ class Truth:
         affinity: latent digital affinity per customer, (n,).
         snapshot: the snapshot date the state is frozen at.
         categories: product category per product (the channel fit of the offer-response truth).
+        preferred_hour: latent preferred contact hour per customer, (n,); None or NaN: no time
+            preference (a bank generated without one).
+        time_preference: the logit amplitude of the preferred hour in the offer-response truth.
     """
 
     customer_ids: list[str]
@@ -53,6 +57,8 @@ class Truth:
     affinity: np.ndarray
     snapshot: datetime
     categories: dict[str, str] = field(default_factory=dict)
+    preferred_hour: np.ndarray | None = None
+    time_preference: float = TIME_PREFERENCE_WEIGHT
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,18 +73,27 @@ class Truth:
     @classmethod
     def load(cls, truth_dir: Path, products: list[str], actions: dict[str, float] | None = None,
              categories: dict[str, str] | None = None) -> "Truth":
-        """The latest snapshot of `truth/acquisition.parquet` and the latent affinity."""
+        """The latest snapshot of `truth/acquisition.parquet`, the latent affinity and, where the bank
+        has one, the preferred contact hour with its weight (`truth/latent.parquet` and its metadata)."""
         import pandas as pd
+        import pyarrow.parquet as pq
 
         acq = pd.read_parquet(truth_dir / "acquisition.parquet")
         latest = acq[SNAPSHOT_DATE].max()
         acq = acq[acq[SNAPSHOT_DATE] == latest].sort_values(CUSTOMER_ID)
-        latent = pd.read_parquet(truth_dir / "latent.parquet", columns=[CUSTOMER_ID, "digital_affinity"])
-        affinity = latent.set_index(CUSTOMER_ID)["digital_affinity"].reindex(acq[CUSTOMER_ID]).to_numpy(float)
+        schema = pq.read_schema(truth_dir / "latent.parquet")
+        timed = "preferred_hour" in schema.names
+        columns = [CUSTOMER_ID, "digital_affinity"] + (["preferred_hour"] if timed else [])
+        latent = pd.read_parquet(truth_dir / "latent.parquet", columns=columns).set_index(CUSTOMER_ID)
+        latent = latent.reindex(acq[CUSTOMER_ID])
+        affinity = latent["digital_affinity"].to_numpy(float)
+        weight = (schema.metadata or {}).get(b"time_preference")
         return cls(acq[CUSTOMER_ID].astype(str).tolist(), list(products),
                    dict(ACTION_TRUTH if actions is None else actions),
                    acq[products].to_numpy(np.float64), np.nan_to_num(affinity, nan=0.5),
-                   pd.Timestamp(latest).to_pydatetime().replace(tzinfo=timezone.utc), dict(categories or {}))
+                   pd.Timestamp(latest).to_pydatetime().replace(tzinfo=timezone.utc), dict(categories or {}),
+                   latent["preferred_hour"].to_numpy(float) if timed else None,
+                   TIME_PREFERENCE_WEIGHT if weight is None else float(weight))
 
     def column(self, arm: str) -> int:
         return self._col[arm]
@@ -89,8 +104,38 @@ class Truth:
         if n == 0:
             return np.zeros(0)
         p = self._p[customer, [self._col[a] for a in arms]]
+        preferred = None if self.preferred_hour is None else np.full(n, self.preferred_hour[customer])
         return accept_probability(p, np.full(n, channel), np.full(n, hour), np.full(n, weekday),
-                                  np.full(n, self.affinity[customer]), [self.categories.get(a) for a in arms])
+                                  np.full(n, self.affinity[customer]), [self.categories.get(a) for a in arms],
+                                  preferred, self.time_preference)
+
+    def acceptance_grid(self, customers: np.ndarray, arms: list[str], channel: str, hours: np.ndarray,
+                        weekday: int | np.ndarray) -> np.ndarray:
+        """True P(accept) for many customers at once, each arm and send hour (what `acceptance` gives one
+        customer at a time).
+
+        Args:
+            customers: indices into `customer_ids`, (n,).
+            arms: products or actions, (A,).
+            channel: one channel for all.
+            hours: send hour per customer, (n,), or per customer and slot, (n, S).
+            weekday: 0 = Monday .. 6 = Sunday, one for all or per customer, (n,).
+
+        Returns:
+            (n, A) for hours (n,), (n, A, S) for hours (n, S).
+        """
+        customers = np.asarray(customers, dtype=np.int64)
+        hours = np.asarray(hours, dtype=float)
+        per_slot = hours if hours.ndim == 2 else hours.reshape(-1, 1)
+        weekday = np.asarray(weekday)
+        weekday = weekday.reshape(-1, 1, 1) if weekday.ndim == 1 else weekday
+        p = self._p[np.ix_(customers, [self._col[a] for a in arms])][:, :, None]  # (n, A, 1)
+        categories = np.array([self.categories.get(a) for a in arms], dtype=object).reshape(1, -1, 1)
+        preferred = None if self.preferred_hour is None else self.preferred_hour[customers].reshape(-1, 1, 1)
+        out = accept_probability(p, np.array(channel), per_slot[:, None, :], weekday,
+                                 self.affinity[customers].reshape(-1, 1, 1), categories, preferred,
+                                 self.time_preference)  # (n, A, S)
+        return out if hours.ndim == 2 else out[:, :, 0]
 
     def acquire(self, customer: int, arm: str) -> None:
         """The customer now holds the product: no more unprompted acquisition of it."""

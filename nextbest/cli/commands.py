@@ -23,6 +23,7 @@ from nextbest.cli.common import (WorkdirOpt, check_task, console, print_error, r
 from nextbest.cli.registry import registry_app
 from nextbest.cli.render import command_path, metrics_table
 from nextbest.cli.server import demo_request, free_port, preflight, serve_command, serve_env
+from nextbest.cli.plan import plan as plan_command
 from nextbest.cli.simulate import simulate as simulate_command
 from nextbest.cli.stages import (do_campaign, do_evaluate, do_features_apply, do_features_build, do_features_import,
                                  do_features_materialize, do_generate, do_ingest, do_monitor, do_ope, do_train,
@@ -320,9 +321,7 @@ def ope(
 
 
 app.command("simulate")(simulate_command)
-
-
-app.command("simulate")(simulate_command)
+app.command("plan")(plan_command)
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""`nextbest simulate`: the replay simulator from the command line (registered in nextbest/cli/commands.py).
+"""`nextbest simulate`: the replay simulator from the command line (registered in nextbest/cli/commands.py);
+with `--outbound`, weekly outbound campaigns in closed loop against the simulator's truth.
 
 The simulator and its libraries (torch, Feast, MABWiser, Vowpal Wabbit) load inside the command,
 so `nextbest --help` stays fast.
@@ -40,15 +41,24 @@ def simulate(
                                           "(sets the simulated period, so how often caps bind)."),
     customers: Optional[int] = typer.Option(None, min=1, help="Draw requests from a random sample of this many "
                                             "customers (default: all of the latest snapshot)."),
+    outbound: bool = typer.Option(False, "--outbound", help="Simulate weekly outbound campaigns instead: our plan, "
+                                  "greedy, random and the oracle under the same capacities, quotas and budget."),
+    weeks: int = typer.Option(8, min=1, help="With --outbound: weekly sends to simulate."),
+    campaign: Optional[str] = typer.Option(None, help="With --outbound: a campaign of configs/campaigns.yaml "
+                                           "(default: its first)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Replay the bank's customers through the real decision path against the offer-response truth;
-    write cumulative reward and regret against the oracle (CSV, JSON, plot) under reports/<date>/simulation/."""
+    write cumulative reward and regret against the oracle (CSV, JSON, plot) under reports/<date>/simulation/.
+    With --outbound, send a campaign once a week in closed loop and write each planner's value and regret."""
     from rich.progress import Progress
     from rich.table import Table
 
     from nextbest.cli.common import StageError, console, run_stage, workdir_paths
 
+    if outbound:
+        _outbound(campaign, weeks, seed, workdir)
+        return
     shadows = tuple(dict.fromkeys(p.value for p in (compare or []) if p != policy))
     if PolicyName.nextbest.value in shadows:
         run_stage(_fail, StageError("--compare takes baselines only: nextbest runs on the decision path "
@@ -79,6 +89,38 @@ def simulate(
     for kind, path in files.items():
         console.print(f"{kind}: {path}")
     console.print(f"decision log: {result.events_db}")
+
+
+def _outbound(campaign: Optional[str], weeks: int, seed: int, workdir: Optional[Path]) -> None:
+    from rich.table import Table
+
+    from nextbest.cli.common import console, run_stage, workdir_paths
+
+    paths = workdir_paths(workdir)
+
+    def go():
+        from nextbest.monitoring.replay.outbound import simulate_outbound
+
+        with console.status("outbound simulation") as status:
+            return simulate_outbound(paths, campaign, weeks, seed, progress=lambda m: status.update(m))
+
+    outcome, files = run_stage(go)
+    s = outcome.summary
+    table = Table(title=f"campaign {s['campaign']}: {weeks} weekly sends from {s['first_day']}, "
+                        f"{s['eligible']:,} customers eligible, {s['control']:,} in its control group")
+    # Values in EUR: realised (accepted margin - cost), expected (true P x margin - cost), planned (the model's).
+    for col in ("planner", "contacts", "accepted", "cost", "realised", "expected", "regret", "planned"):
+        table.add_column(col, justify="left" if col == "planner" else "right")
+    for name, t in s["planners"].items():
+        table.add_row(name, f"{t['contacts']:,}", f"{t['accepted']:,}", f"{t['cost']:,.2f}",
+                      f"{t['realised_value']:,.0f}", f"{t['expected_value']:,.0f}", f"{t['regret']:,.0f}",
+                      f"{t['planned_value']:,.0f}")
+    console.print(table)
+    ratios = {k: "n/a" if v is None else f"{v:.3f}" for k, v in s["ratios"].items()}
+    console.print(f"expected value: plan / greedy {ratios['plan_over_greedy']}, plan / oracle "
+                  f"{ratios['plan_over_oracle']}, greedy / oracle {ratios['greedy_over_oracle']}")
+    for kind, path in files.items():
+        console.print(f"{kind}: {path}", soft_wrap=True)
 
 
 def _fail(exc: Exception):

@@ -3,12 +3,15 @@
 
 Each config family has one module, and every schema has one home: `catalogue` (products.yaml),
 `segments` (segments.yaml), `policy` (rules.yaml and bandit.yaml, the `Channel` type),
-`training` (nbp.yaml, churn.yaml, campaign.yaml), `features` (features.yaml: the bank's own feature
+`training` (nbp.yaml, churn.yaml, campaign.yaml), `campaigns`
+(campaigns.yaml: outbound campaigns), `features` (features.yaml: the bank's own feature
 tables), `monitoring` (monitoring.yaml), `project`
 (nextbest.yaml and `validate_all`), `loading` (YAML into a model, `ConfigError`). Import them from
 here: `from nextbest.config import Catalogue, load_catalogue`.
 """
 
+from nextbest.config.campaigns import (Audience, CampaignPlan, CampaignsConfig, ChannelPlan, Window,
+                                       load_campaigns)
 from nextbest.config.catalogue import Catalogue, Category, Eligibility, Product, load_catalogue
 from nextbest.config.features import BankTable, FeaturesConfig, SqlSource, load_features_config
 from nextbest.config.loading import ConfigError, validated
@@ -24,7 +27,8 @@ from nextbest.config.segments import (Condition, LifecycleConfig, Rule, SegmentG
 from nextbest.config.training import TrainConfig, load_train_config
 
 __all__ = [
-    "CATEGORICAL_METHODS", "CONFIG_NAMES", "GLOBAL_HOLDOUT", "NUMERICAL_METHODS", "Action", "BankTable",
+    "CATEGORICAL_METHODS", "CONFIG_NAMES", "Audience", "CampaignPlan", "CampaignsConfig", "ChannelPlan", "Window",
+    "load_campaigns", "GLOBAL_HOLDOUT", "NUMERICAL_METHODS", "Action", "BankTable",
     "BanditConfig", "BanditPrior", "Campaign", "Catalogue", "Category", "Channel", "ColdStartConfig", "ColumnRule",
     "Condition", "ConfigError", "CreditCooldown", "Eligibility", "FeatureSection", "FeaturesConfig", "GateSection",
     "HoldoutConfig", "KpiSection", "Levers", "LifecycleConfig", "MonitoringConfig", "OutcomeSection",

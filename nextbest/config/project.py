@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nextbest.config.campaigns import load_campaigns
 from nextbest.config.catalogue import load_catalogue
 from nextbest.config.features import load_features_config
 from nextbest.config.loading import validated
@@ -35,7 +36,7 @@ def load_project_file(path: Path) -> dict:
 
 # The configs every stage reads, in the order they are checked (a later one may name an earlier one).
 CONFIG_NAMES = ("products.yaml", "segments.yaml", "bandit.yaml", "rules.yaml", "nbp.yaml", "churn.yaml",
-                "campaign.yaml", "monitoring.yaml", "features.yaml")
+                "campaign.yaml", "monitoring.yaml", "features.yaml", "campaigns.yaml")
 
 
 def validate_all() -> dict[str, Path]:
@@ -51,11 +52,12 @@ def validate_all() -> dict[str, Path]:
 
     project_settings(find_project())  # nextbest.yaml itself
     catalogue = load_catalogue()
-    load_segments(catalogue=catalogue)
+    segments = load_segments(catalogue=catalogue)
     bandit = load_bandit(catalogue=catalogue)
-    load_rules(catalogue=catalogue, bandit=bandit)
+    rules = load_rules(catalogue=catalogue, bandit=bandit)
     for task in ("nbp", "churn", "campaign"):
         load_train_config(task, catalogue=catalogue)
     load_monitoring()
     load_features_config()
+    load_campaigns(catalogue=catalogue, segments=segments, rules=rules, bandit=bandit)
     return {name: config_file(name) for name in CONFIG_NAMES}

@@ -290,14 +290,17 @@ def test_holdout_campaigns_from_the_validated_bandit_config(tmp_path):
     from nextbest.config import ConfigError
     from nextbest.settings import default_config_dir
 
-    assert set(holdout_campaigns()) == {"all", "deposits", "investments"}  # configs/bandit.yaml
+    from nextbest.config import load_campaigns
+
+    outbound = {name: list(c.products) for name, c in load_campaigns().campaigns.items()}  # campaigns.yaml
+    assert set(holdout_campaigns()) == {"all", "deposits", "investments", *outbound}  # and configs/bandit.yaml
     base = (default_config_dir() / "bandit.yaml").read_text().split("\nholdout:")[0]
     path = tmp_path / "bandit.yaml"
     path.write_text(base)
-    assert holdout_campaigns(path) == {"all": "all"}
+    assert holdout_campaigns(path) == {"all": "all", **outbound}
     path.write_text(base + "\nholdout:\n  share: 0.1\n  campaigns:\n"
                     "    loans: {products: [consumer_loan], share: 0.2}\n")
-    assert holdout_campaigns(path) == {"all": "all", "loans": ["consumer_loan"]}
+    assert holdout_campaigns(path) == {"all": "all", "loans": ["consumer_loan"], **outbound}
     path.write_text(base + "\nholdout:\n  campaigns:\n    loans: {products: [consumer_lone], share: 0.2}\n")
     with pytest.raises(ConfigError, match="consumer_lone"):
         holdout_campaigns(path)
