@@ -1,6 +1,7 @@
 """Planning an outbound campaign day at bank scale, and the assignment beside HiGHS and greedy.
 
-    python benchmarks/bench_plan.py [--customers 1000000] [--months 4] [--lp-customers 100000]
+    python benchmarks/bench_plan.py [--customers 1000000] [--months 4] [--lp-customers 50000]
+                                    [--keep .nextbest/plan-bench]
 
 Two measurements in one run:
 
@@ -144,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--months", type=int, default=4)
-    ap.add_argument("--lp-customers", type=int, default=100_000)
+    ap.add_argument("--lp-customers", type=int, default=50_000)
     ap.add_argument("--keep", type=Path, default=None, help="set up in (and reuse) this folder")
     args = ap.parse_args()
     from results import Run

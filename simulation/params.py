@@ -95,6 +95,8 @@ CHANNEL_PEAK_HOUR = {
     "mobile_app": 20, "web": 21, "email": 8, "push": 12, "sms": 18, "branch": 11, "call_center": 18,
 }
 DIGITAL_CHANNELS = ("mobile_app", "web", "push", "email")
+# Channels where the bank chooses when the customer hears from it: the time preference applies there.
+SENT_CHANNELS = ("email", "push", "sms", "call_center")
 
 # Time preference (docs/simulator.md, "Time preference"): each customer has a latent preferred
 # contact hour. Offers sent near it are answered more often: `TIME_PREFERENCE_WEIGHT` x

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from nextbest.simulation.params import (CATEGORY_CHANNEL_FIT, CHANNEL_LIFT, CHANNEL_PEAK_HOUR, DIGITAL_CHANNELS,
-                                        TIME_PREFERENCE_WEIGHT)
+                                        SENT_CHANNELS, TIME_PREFERENCE_WEIGHT)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -85,5 +85,8 @@ def accept_probability(
         fit = np.array([[CATEGORY_CHANNEL_FIT.get(g, {}).get(c, 0.0) for c in names] for g in groups], dtype=float)
         z = z + fit.reshape(len(groups), len(names))[group_code, code]
     if preferred_hour is not None and time_preference:
-        z = z + preference_effect(hour, preferred_hour, time_preference)
+        # Only where the bank picks the moment: a customer in the app, on the web or in the branch has
+        # chosen to be there, so the hour of the offer is their own.
+        sent = np.isin(channel, SENT_CHANNELS)
+        z = z + np.where(sent, preference_effect(hour, preferred_hour, time_preference), 0.0)
     return 1.0 / (1.0 + np.exp(-z))
