@@ -71,27 +71,28 @@ def segment_popularity(latest: pd.DataFrame, catalogue: Catalogue, months: int =
     return out
 
 
-def latest_snapshot(features_dir: Path, columns: set[str] | None = None) -> pd.DataFrame:
+def latest_snapshot(features_dir: Path, columns=None) -> pd.DataFrame:
     """Every customer's row of the latest snapshot of the built feature views, joined (what the online
-    store holds after `materialize`); only the latest month is read from disk.
+    store holds after `materialize`); only the latest month is kept while reading, batch by batch.
 
     Args:
-        columns: keep only these feature columns (None: all).
+        columns: which feature columns to keep: a set of names or a predicate on a name (None: all).
     """
+    import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
+    keep_column = columns if callable(columns) else (lambda c: columns is None or c in columns)
     paths = [features_dir / f"{v}.parquet" for v in (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW, SEGMENTS_VIEW)]
     last = pq.read_table(paths[0], columns=[EVENT_TIMESTAMP]).column(0).to_pandas().max()
-    keep = []
+    out = None
     for path in paths:
-        names = pq.read_schema(path).names
-        wanted = [c for c in names if columns is None or c in columns or c in (CUSTOMER_ID, EVENT_TIMESTAMP)]
-        frame = pd.read_parquet(path, columns=wanted, filters=[(EVENT_TIMESTAMP, "==", last)])
-        keep.append(frame.set_index(CUSTOMER_ID))
-    out = keep[0]
-    for f in keep[1:]:
-        out = out.join(f.drop(columns=[EVENT_TIMESTAMP]), how="left")
-    return out.reset_index()
+        first = out is None
+        wanted = [c for c in pq.read_schema(path).names
+                  if c == CUSTOMER_ID or (c == EVENT_TIMESTAMP and first) or (c != EVENT_TIMESTAMP and keep_column(c))]
+        table = ds.dataset(path).to_table(columns=wanted, filter=ds.field(EVENT_TIMESTAMP) == last)
+        # Arrow's hash join: joining in pandas holds more copies of a million rows at once.
+        out = table if first else out.join(table, keys=CUSTOMER_ID, join_type="left outer")
+    return out.sort_by(CUSTOMER_ID).to_pandas()
 
 
 def build(db_path: Path, features_dir: Path, catalogue: Catalogue, rules: RulesConfig, key: bytes) -> int:

@@ -130,6 +130,16 @@ def send_hours(paths: Paths, ids: list[str], snapshot: pd.DataFrame, window: lis
     return hours
 
 
+# What the rules, the audience and the valuation read besides the models' inputs.
+_RULE_COLUMNS = {"marketing_opt_out", "age", "logins_app_30d", "logins_web_30d", "lifecycle", "relationship",
+                 "product_load", "balance_tier", "value_tier"}
+_RULE_PREFIXES = ("consent_", "held_", "months_since_acq_", "views_", "need_")
+
+
+def _rule_column(name: str) -> bool:
+    return name in _RULE_COLUMNS or (name.startswith(_RULE_PREFIXES) and not name.startswith("held_lag"))
+
+
 def _score(model: LoadedModel, frame: pd.DataFrame) -> np.ndarray:
     parts = [model.scorer.predict_proba(frame.iloc[i:i + SCORE_CHUNK]) for i in range(0, len(frame), SCORE_CHUNK)]
     return np.vstack(parts) if parts else np.zeros((0, len(model.meta.outputs)))
@@ -164,10 +174,11 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
             if changed:
                 raise ValueError(f"model '{model.registered.name}' v{model.registered.version} was {changed} "
                                  f"(nextbest train {model.registered.name})")
-        snapshot = latest_snapshot(paths.features)
-        missing = sorted((set(nbp.meta.preprocessor.numeric) | set(nbp.meta.preprocessor.categorical)
-                          | set(churn.meta.preprocessor.numeric) | set(churn.meta.preprocessor.categorical))
-                         - set(snapshot.columns))
+        inputs = (set(nbp.meta.preprocessor.numeric) | set(nbp.meta.preprocessor.categorical)
+                  | set(churn.meta.preprocessor.numeric) | set(churn.meta.preprocessor.categorical))
+        snapshot = latest_snapshot(paths.features,
+                                   lambda c: c in inputs or c in camp.audience.segments or _rule_column(c))
+        missing = sorted(inputs - set(snapshot.columns))
         if missing:
             raise ValueError(f"the models read feature columns the built feature tables lack: {missing[:8]}")
         taken_at = pd.Timestamp(snapshot[EVENT_TIMESTAMP].max()).timestamp()
