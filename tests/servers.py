@@ -103,3 +103,32 @@ def latest_customers(workdir: Path) -> list[str]:
     frame = pd.read_parquet(workdir / "features" / "customer_holdings.parquet",
                             columns=["customer_id", "event_timestamp"])
     return sorted(map(str, frame[frame.event_timestamp == frame.event_timestamp.max()].customer_id.unique()))
+
+
+# The quickstart bank fills these daily capacities of the `savings` campaign (with the quota and budget below).
+TIGHT_CAPACITY = {"email": 40, "push": 25, "sms": 8, "call_center": 3}
+
+
+def tight_campaign_project(quickstart_workdir: Path, root: Path) -> tuple[Path, Path]:
+    """A project folder whose `savings` campaign has capacities, a quota and a budget that bind on the
+    quickstart bank (every other config: the package default), and a private copy of the work dir.
+
+    Returns:
+        (project folder, work dir).
+    """
+    import yaml
+
+    from nextbest.settings import default_config_dir
+
+    wd = copy_workdir(quickstart_workdir, root / "wd")
+    (root / "bank" / "configs").mkdir(parents=True)
+    (root / "bank" / "nextbest.yaml").write_text("name: bank\n")
+    cfg = yaml.safe_load((default_config_dir() / "campaigns.yaml").read_text())
+    savings = cfg["campaigns"]["savings"]
+    savings["audience"] = {"lifecycle": ["new", "active", "dormant"]}
+    for channel, capacity in TIGHT_CAPACITY.items():
+        savings["channels"][channel]["capacity"] = capacity
+    savings["quotas"] = {"term_deposit": 5}
+    savings["budget"] = 30
+    (root / "bank" / "configs" / "campaigns.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "bank", wd

@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from nextbest.monitoring.replay.outbound import (FATIGUE_LOGIT, PLANNERS, Limits, State, World, available, check,
                                                  fatigued, first_send_day, prepare, run)
 from nextbest.serving.outbound.assign import NONE
 from nextbest.serving.outbound.plan import Valued
-from tests.servers import copy_workdir, run_cli
+from tests.servers import TIGHT_CAPACITY, run_cli, tight_campaign_project
 
-TIGHT = {"email": 40, "push": 25, "sms": 8, "call_center": 3}
 COST = {"email": 0.02, "push": 0.01, "sms": 0.08, "call_center": 4.0}
 WEEKS = 4
 
@@ -91,21 +89,7 @@ def test_a_breach_raises_never_clipped():
 @pytest.fixture(scope="module")
 def project(quickstart_workdir, tmp_path_factory) -> tuple[Path, Path]:
     """A project whose savings campaign has capacities the quickstart bank fills, on a copy of its work dir."""
-    root = tmp_path_factory.mktemp("outbound")
-    wd = copy_workdir(quickstart_workdir, root / "wd")
-    from nextbest.settings import default_config_dir
-
-    (root / "bank" / "configs").mkdir(parents=True)
-    (root / "bank" / "nextbest.yaml").write_text("name: bank\n")
-    cfg = yaml.safe_load((default_config_dir() / "campaigns.yaml").read_text())
-    savings = cfg["campaigns"]["savings"]
-    savings["audience"] = {"lifecycle": ["new", "active", "dormant"]}
-    for channel, capacity in TIGHT.items():
-        savings["channels"][channel]["capacity"] = capacity
-    savings["quotas"] = {"term_deposit": 5}
-    savings["budget"] = 30
-    (root / "bank" / "configs" / "campaigns.yaml").write_text(yaml.safe_dump(cfg))
-    return root / "bank", wd
+    return tight_campaign_project(quickstart_workdir, tmp_path_factory.mktemp("outbound"))
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +131,12 @@ def test_no_planner_exceeds_a_limit_and_the_capacities_bind(outcome, bank_world)
     frame = pd.DataFrame(outcome.contacts)
     weekly = pd.DataFrame(outcome.rows)
     first = weekly[(weekly.week == 1) & (weekly.planner == "plan")].iloc[0]
-    assert any(first[f"{c}_contacts"] == cap for c, cap in TIGHT.items())  # a capacity binds
+    assert any(first[f"{c}_contacts"] == cap for c, cap in TIGHT_CAPACITY.items())  # a capacity binds
     caps = bank_world.limits.channel_caps
     for (planner, week), g in frame.groupby(["planner", "week"]):
         assert g.customer_id.is_unique
         counts = g.channel.value_counts()
-        assert all(counts.get(c, 0) <= cap for c, cap in TIGHT.items())
+        assert all(counts.get(c, 0) <= cap for c, cap in TIGHT_CAPACITY.items())
         assert (g.product_id == "term_deposit").sum() <= 5
         assert g.channel.map(COST).sum() <= 30 + 1e-9
         if week > 1:  # the 7 days before a send hold the planner's previous send

@@ -11,34 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from tests.servers import copy_workdir, run_cli
+from tests.servers import TIGHT_CAPACITY, run_cli, tight_campaign_project
 
 pytestmark = pytest.mark.slow
-
-TIGHT = {"email": 40, "push": 25, "sms": 8, "call_center": 3}
 
 
 @pytest.fixture(scope="module")
 def project(quickstart_workdir, tmp_path_factory) -> tuple[Path, Path]:
     """A project whose savings campaign has capacities the quickstart bank fills, on a copy of its work dir."""
-    root = tmp_path_factory.mktemp("plan")
-    wd = copy_workdir(quickstart_workdir, root / "wd")
-    from nextbest.settings import default_config_dir
-
-    (root / "bank" / "configs").mkdir(parents=True)
-    (root / "bank" / "nextbest.yaml").write_text("name: bank\n")  # every other config: the package default
-    path = root / "bank" / "configs" / "campaigns.yaml"
-    cfg = yaml.safe_load((default_config_dir() / "campaigns.yaml").read_text())
-    savings = cfg["campaigns"]["savings"]
-    savings["audience"] = {"lifecycle": ["new", "active", "dormant"]}
-    for channel, capacity in TIGHT.items():
-        savings["channels"][channel]["capacity"] = capacity
-    savings["quotas"] = {"term_deposit": 5}
-    savings["budget"] = 30
-    path.write_text(yaml.safe_dump(cfg))
-    return root / "bank", wd
+    return tight_campaign_project(quickstart_workdir, tmp_path_factory.mktemp("plan"))
 
 
 def _first_weekday_after(workdir: Path) -> pd.Timestamp:
@@ -78,7 +60,7 @@ def test_the_plan_respects_every_rule_and_limit(first_day, project):
     counts = contacts.channel.value_counts()
     withheld = pd.read_parquet(out / "control_withheld.parquet") if (out / "control_withheld.parquet").exists() \
         else pd.DataFrame(columns=contacts.columns)
-    for channel, capacity in TIGHT.items():
+    for channel, capacity in TIGHT_CAPACITY.items():
         assert counts.get(channel, 0) + (withheld.channel == channel).sum() <= capacity
     assert (contacts.product_id == "term_deposit").sum() + (withheld.product_id == "term_deposit").sum() <= 5
     cost = {"email": 0.02, "push": 0.01, "sms": 0.08, "call_center": 4.0}
