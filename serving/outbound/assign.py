@@ -249,12 +249,10 @@ def greedy(problem: Problem) -> np.ndarray:
 
 def _fill(problem: Problem, choice: np.ndarray, rows: np.ndarray) -> None:
     """Greedy completion of `rows` (free customers) within what the plan leaves (in place)."""
-    sub = Problem(problem.value[rows], problem.channel, problem.quota_of, problem.capacity, problem.cost,
-                  problem.quota, problem.budget)
     room = problem.rhs - used(problem, choice)
     cap, quota = room[:len(problem.capacity)], room[len(problem.capacity):-1]
-    sub = Problem(sub.value, sub.channel, sub.quota_of, np.maximum(cap, 0), sub.cost, np.maximum(quota, 0),
-                  max(float(room[-1]), 0.0))
+    sub = Problem(problem.value[rows], problem.channel, problem.quota_of, np.maximum(cap, 0), problem.cost,
+                  np.maximum(quota, 0), max(float(room[-1]), 0.0))
     extra = greedy(sub)
     choice[rows] = np.where(choice[rows] == NONE, extra, choice[rows])
 

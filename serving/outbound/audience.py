@@ -50,7 +50,8 @@ def _flag(frame: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
 
 
-def _number(frame: pd.DataFrame, column: str, default: float = np.nan) -> np.ndarray:
+def number(frame: pd.DataFrame, column: str, default: float = np.nan) -> np.ndarray:
+    """A numeric feature column as float64 (missing values NaN; a missing column: `default` everywhere)."""
     if column not in frame:
         return np.full(len(frame), default)
     return pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
@@ -80,17 +81,17 @@ def rule_inputs(snapshot: pd.DataFrame, catalogue: Catalogue, rules: RulesConfig
         pseudonyms: (n,) the customers' pseudonyms (needed with `events`).
     """
     ids = catalogue.ids
-    held = np.column_stack([np.nan_to_num(_number(snapshot, f"held_{p}"), nan=0.0) != 0 for p in ids]) \
+    held = np.column_stack([np.nan_to_num(number(snapshot, f"held_{p}"), nan=0.0) != 0 for p in ids]) \
         if ids else np.zeros((len(snapshot), 0), bool)
     credit = [p.product_id for p in catalogue.products if is_credit(p, rules)]
     months = np.full(len(snapshot), np.inf)
     for p in credit:
-        m = _number(snapshot, f"months_since_acq_{p}")
+        m = number(snapshot, f"months_since_acq_{p}")
         months = np.fmin(months, np.where(m < NEVER, m, np.inf))
     days = np.where(np.isfinite(months), months * DAYS_PER_MONTH + max(0.0, now - taken_at) / DAY, np.nan)
     out = RuleInputs(_flag(snapshot, "marketing_opt_out"),
                      {c: _flag(snapshot, c) for c in sorted(set(rules.channel_consent.values()))},
-                     held, _number(snapshot, "age"), days)
+                     held, number(snapshot, "age"), days)
     if events and pseudonyms is not None:
         index = {p: i for i, p in enumerate(pseudonyms)}
         records = snapshot.iloc[[index[p] for p in events if p in index]].to_dict("records")
@@ -245,7 +246,7 @@ def audience_mask(snapshot: pd.DataFrame, audience, churn: np.ndarray) -> tuple[
     for group, values in audience.segments.items():
         cut(f"segment {group}", snapshot[group].astype(str).isin(values).to_numpy())
     if audience.needs:
-        cut("needs", np.column_stack([_number(snapshot, f"need_{n}", 0.0) > 0 for n in audience.needs]).any(1))
+        cut("needs", np.column_stack([number(snapshot, f"need_{n}", 0.0) > 0 for n in audience.needs]).any(1))
     if audience.value_tiers:
         cut("value tier", snapshot["value_tier"].astype(str).isin(audience.value_tiers).to_numpy())
     risk = audience.churn_risk

@@ -31,7 +31,7 @@ from nextbest.serving.fallback import latest_snapshot
 from nextbest.serving.models import LoadedModel
 from nextbest.serving.outbound import assign
 from nextbest.serving.outbound.audience import (DAY, apply_batch_rules, audience_mask, customer_events,
-                                                history_arrays, holdout_masks, rule_inputs)
+                                                history_arrays, holdout_masks, number, rule_inputs)
 from nextbest.serving.outbound.plan import Served, Valued, explore, options, value_offers
 from nextbest.serving.privacy import load_key, pseudonymise
 from nextbest.settings import Paths
@@ -223,12 +223,10 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
         margins = np.array([by_id[p].margin * levers.products.get(p, 1.0) * levers.categories.get(by_id[p].category,
                                                                                                    1.0)
                             for p in camp.products])
-        viewed = np.column_stack([np.nan_to_num(pd.to_numeric(snapshot.get(f"views_{p}_30d", 0), errors="coerce")
-                                                .to_numpy(float) if f"views_{p}_30d" in snapshot else
-                                                np.zeros(len(ids))) > 0 for p in camp.products])
-        logins = sum(np.nan_to_num(pd.to_numeric(snapshot[c], errors="coerce").to_numpy(float))
-                     for c in ("logins_app_30d", "logins_web_30d") if c in snapshot)
-        engagement = np.log1p(logins) if not np.isscalar(logins) else np.zeros(len(ids))
+        # The rule inputs of `profile_fields`: recent page views and log1p(logins in 30 days).
+        viewed = np.column_stack([number(snapshot, f"views_{p}_30d", 0.0) > 0 for p in camp.products])
+        logins = [np.nan_to_num(number(snapshot, c, 0.0)) for c in ("logins_app_30d", "logins_web_30d")]
+        engagement = np.log1p(logins[0] + logins[1])
         costs = np.array([camp.channels[c].cost for c in channels])
         say("valuing offers")
         valued = value_offers(featuriser, policy.posterior.mean, list(camp.products), margins, probs[:, cols], viewed,
@@ -338,6 +336,6 @@ def _summary(camp, channels, problem, solution, greedy_value, planned, control, 
         "value": {"plan": solution.value, "lp_bound": solution.bound, "greedy": greedy_value,
                   "plan_over_bound": solution.value / solution.bound if solution.bound > 0 else 1.0,
                   "greedy_over_bound": greedy_value / solution.bound if solution.bound > 0 else 1.0},
-        "binding": [c for c, j in zip(channels, range(len(channels))) if solution.prices[j] > 1e-9],
+        "binding": [c for j, c in enumerate(channels) if solution.prices[j] > 1e-9],
         "marginal_customers": solution.marginal, "seconds": round(time.perf_counter() - started, 2),
     }
