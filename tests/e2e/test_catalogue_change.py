@@ -119,9 +119,22 @@ def _edit_configs(configs: Path, kept: dict[str, str]) -> None:
             group["rules"] = [r for r in map(rule, group["rules"]) if r]
         data["needs"] = {name: r for name, r in ((n, rule(r)) for n, r in data["needs"].items()) if r}
 
+    def campaigns(data: dict) -> None:
+        needs = set(yaml.safe_load((configs / "segments.yaml").read_text())["needs"])  # after its edit above
+        for name in list(data["campaigns"]):
+            campaign = data["campaigns"][name]
+            campaign["products"] = ids(campaign["products"])
+            campaign["quotas"] = {kept[p]: q for p, q in (campaign.get("quotas") or {}).items() if p in kept}
+            audience = campaign.get("audience") or {}
+            if "needs" in audience:
+                audience["needs"] = [n for n in audience["needs"] if n in needs]
+            if not campaign["products"]:
+                del data["campaigns"][name]
+
     edit("bandit.yaml", bandit)
     edit("rules.yaml", rules)
     edit("segments.yaml", segments)
+    edit("campaigns.yaml", campaigns)
     # Few epochs and one network: this test is about the flow, not model quality.
     edit("nbp.yaml", lambda d: d.update(max_epochs=3, patience=2, ensemble=1))
     edit("churn.yaml", lambda d: d.update(max_epochs=3, patience=2, ensemble=1))
