@@ -111,13 +111,26 @@ class Preprocessor:
 
     def _numeric(self, x: np.ndarray) -> np.ndarray:
         """Raw numeric values [n, n_numeric] -> network inputs [n, width]; missing values sit at the mean."""
-        x = np.sign(x) * np.log1p(np.abs(x))
-        x = (x - np.asarray(self.means)) / np.asarray(self.stds)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        # sign(x) log1p(|x|), standardised, in place on one new array (batches of a million rows).
+        k = x.shape[1]
+        width = k if self.encoding != "piecewise" else self.width
+        out = np.empty((x.shape[0], width), dtype=np.float64)
+        y = out[:, :k]
+        np.abs(x, out=y)
+        np.log1p(y, out=y)
+        np.copysign(y, x, out=y)
+        y -= np.asarray(self.means)
+        y /= np.asarray(self.stds)
+        y[~np.isfinite(y)] = 0.0
         if self.encoding != "piecewise":
-            return x
+            return out
         lo, hi, col = self._bins()
-        return np.concatenate([x, np.clip((x[:, col] - lo) / (hi - lo), 0.0, 1.0)], axis=1)
+        pieces = out[:, k:]
+        pieces[...] = y[:, col]
+        pieces -= lo
+        pieces /= hi - lo
+        np.clip(pieces, 0.0, 1.0, out=pieces)
+        return out
 
     def _bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lower edges, upper edges, source column) of every piecewise input, cached."""

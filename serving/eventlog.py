@@ -50,11 +50,16 @@ class Contradiction(ValueError):
 class EventLog:
     """Thread-safe writer over one SQLite connection."""
 
-    def __init__(self, path: Path, durable: bool = True):
-        """`durable=False` (simulations only) skips the fsync per write: a crash may lose the last writes."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Owner-only (0600): the log holds pseudonyms and every customer's decisions.
-        self._conn = sqlite3.connect(str(private_file(path)), check_same_thread=False, isolation_level=None)
+    def __init__(self, path: Path | None, durable: bool = True):
+        """`durable=False` (simulations only) skips the fsync per write: a crash may lose the last writes.
+        `path=None`: an empty log in memory, for reading a history that does not exist yet without
+        creating a file."""
+        if path is None:
+            self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only (0600): the log holds pseudonyms and every customer's decisions.
+            self._conn = sqlite3.connect(str(private_file(path)), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # FULL: an acknowledged decision survives a crash of the process and of the machine.
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")

@@ -30,6 +30,7 @@ import numpy as np
 
 NONE = -1  # no option chosen / no quota
 _EPS = 1e-9
+_GREEDY_BLOCK = 65_536  # cells screened at once against the columns that still fit
 
 
 @dataclass(frozen=True)
@@ -227,23 +228,30 @@ def greedy(problem: Problem) -> np.ndarray:
     constraint it uses has room. The baseline a plan is compared with."""
     n, k = problem.value.shape
     choice = np.full(n, NONE)
-    flat = problem.value.ravel()
-    order = np.flatnonzero(np.isfinite(flat) & (flat > 0))
-    order = order[np.argsort(-flat[order], kind="stable")]
     a, room = problem.usage, problem.rhs.copy()
-    n_channels = len(problem.capacity)
     need = [np.flatnonzero(a[:, col] > 0) for col in range(k)]
     amount = [a[need[col], col] for col in range(k)]
-    for cell in order.tolist():
-        i, col = divmod(cell, k)
-        if choice[i] != NONE:
-            continue
-        rows = need[col]
-        if (room[rows] >= amount[col] - _EPS).all():
-            room[rows] -= amount[col]
-            choice[i] = col
-            if (room[:n_channels] < 1).all():  # every channel full: nothing more fits
-                break
+    # A column that does not fit once never fits again (room only shrinks): it is dropped for good.
+    alive = np.array([bool((room[need[col]] >= amount[col] - _EPS).all()) for col in range(k)], dtype=bool)
+    if not alive.any():
+        return choice
+    flat = problem.value.ravel()
+    order = np.flatnonzero(np.isfinite(flat) & (flat > 0) & np.tile(alive, n))
+    order = order[np.argsort(-flat[order], kind="stable")]
+    for start in range(0, len(order), _GREEDY_BLOCK):
+        if not alive.any():
+            break
+        rows, cols = np.divmod(order[start:start + _GREEDY_BLOCK], k)
+        keep = alive[cols] & (choice[rows] == NONE)
+        for i, col in zip(rows[keep].tolist(), cols[keep].tolist()):
+            if choice[i] != NONE or not alive[col]:
+                continue
+            need_rows = need[col]
+            if (room[need_rows] >= amount[col] - _EPS).all():
+                room[need_rows] -= amount[col]
+                choice[i] = col
+            else:
+                alive[col] = False
     return choice
 
 
@@ -318,6 +326,16 @@ def solve(problem: Problem, max_marginal: int = 4_000) -> Solution:
         choice = _trim(problem, choice)
     _fill(problem, choice, np.flatnonzero(choice == NONE))
     return Solution(choice, plan_value(problem, choice), bound, prices, int(len(marginal)), iterations)
+
+
+def at_prices(problem: Problem, prices: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each of `rows`' best option at `prices` (NONE where none is worth its price): what the plan
+    would give a customer left out of it, such as one of a control group."""
+    reduced = problem.value[rows] - (prices @ problem.usage)[None, :]
+    if reduced.shape[1] == 0:
+        return np.full(len(rows), NONE)
+    best = reduced.argmax(1)
+    return np.where(reduced[np.arange(len(rows)), best] > 0, best, NONE)
 
 
 def _trim(problem: Problem, choice: np.ndarray) -> np.ndarray:

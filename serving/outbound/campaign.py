@@ -11,6 +11,7 @@ comparison the campaign's uplift is measured against, and their contacts are not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -161,7 +162,8 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
         raise ConfigError(f"campaign {name!r}: {day.isoformat()} is a {WEEKDAYS[weekday]}, outside its send days "
                           f"{camp.window.days}")
     plan_id = f"{name}@{day.isoformat()}"
-    eventlog = EventLog(paths.events_db)
+    logged = paths.events_db.exists()
+    eventlog = EventLog(paths.events_db if logged else None)  # no log yet: no history, and no file made
     try:
         already = eventlog.plan_decisions(plan_id)
         if already:
@@ -190,14 +192,19 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
         scored = _score(nbp, snapshot)
         index = {p: j for j, p in enumerate(nbp.meta.outputs)}
         probs = scored[:, [index[p] for p in catalogue.ids]]
-        risk = _score(churn, snapshot)[:, 0]
+        # Churn risk for everyone only when the audience reads it; else for the planned customers alone.
+        bounded = camp.audience.churn_risk.min is not None or camp.audience.churn_risk.max is not None
+        risk = _score(churn, snapshot)[:, 0] if bounded else np.full(len(ids), np.nan)
         in_audience, left_out = audience_mask(snapshot, camp.audience, risk)
 
         say("applying the rules")
         from nextbest.eventlog import EventLogReader
 
-        with EventLogReader(paths.events_db) as reader:
-            events = customer_events(reader.customer_events(until=now))
+        if logged:
+            with EventLogReader(paths.events_db) as reader:
+                events = customer_events(reader.customer_events(until=now))
+        else:
+            events = {}
         channels = list(camp.channels)
         contacts, rejected = eventlog.contact_history(now - 7 * DAY, now, now - rules.rejection_cooldown_days * DAY)
         per_channel, outbound, rej = history_arrays(pseudonyms, catalogue.ids, channels, contacts, rejected, OUTBOUND)
@@ -237,14 +244,20 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
         budget = np.inf if camp.budget is None else float(camp.budget)
         opts = options(valued, capacity, costs, quota_products, quotas, budget)
         say("assigning contacts")
-        solution = assign.solve(opts.problem)
-        greedy = assign.greedy(opts.problem)
-        greedy_value = assign.plan_value(opts.problem, greedy)
-        chosen = solution.choice
+        # The control group is left out of the assignment, so the capacity goes to customers who are
+        # sent; its would-be contacts are what the plan's prices would have given each of them.
+        treated = dataclasses.replace(opts.problem, value=np.where(control[:, None], -np.inf, opts.problem.value))
+        solution = assign.solve(treated)
+        greedy_value = assign.plan_value(treated, assign.greedy(treated))
+        chosen = solution.choice.copy()
+        held = np.flatnonzero(control)
+        chosen[held] = assign.at_prices(opts.problem, solution.prices, held)
         rows = np.flatnonzero(chosen >= 0)
         planned = np.full(len(ids), assign.NONE)
         planned[rows] = opts.product[rows, chosen[rows]]
         channel_of = np.where(chosen >= 0, opts.problem.channel[np.maximum(chosen, 0)], assign.NONE)
+        if not bounded and len(rows):
+            risk[rows] = _score(churn, snapshot.iloc[rows])[:, 0]
         key_explore = f"{name}@{day.isoformat()}"
         sent = planned.copy()
         sent[control] = assign.NONE
@@ -254,7 +267,7 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
             plan_id, name, day, ids, pseudonyms, snapshot, channels, camp.products, planned, control, channel_of,
             served, valued, probs[:, cols], viewed, margins, hours, weekday, engagement, risk, groups, versions,
             policy.name)
-        summary = _summary(camp, channels, opts.problem, solution, greedy_value, planned, control, channel_of, served,
+        summary = _summary(camp, channels, solution, greedy_value, planned, control, channel_of, served,
                            valued, suppressed, left_out, in_audience, in_global, len(ids), started)
     finally:
         eventlog.close()
@@ -313,14 +326,14 @@ def _decisions(plan_id, name, day, ids, pseudonyms, snapshot, channels, products
     return contacts, withheld, rows
 
 
-def _summary(camp, channels, problem, solution, greedy_value, planned, control, channel_of, served, valued,
+def _summary(camp, channels, solution, greedy_value, planned, control, channel_of, served, valued,
              suppressed, left_out, in_audience, in_global, n, started) -> dict:
     contacted = (planned >= 0) & ~control
     used = {c: int(((channel_of == j) & contacted).sum()) for j, c in enumerate(channels)}
-    withheld = {c: int(((channel_of == j) & control).sum()) for j, c in enumerate(channels)}
+    withheld = {c: int(((channel_of == j) & control & (planned >= 0)).sum()) for j, c in enumerate(channels)}
     eligible = {c: int(np.isfinite(valued.value[:, :, j]).any(1).sum()) for j, c in enumerate(channels)}
     cost = float(sum(used[c] * camp.channels[c].cost for c in channels))
-    unfilled = [c for c in channels if used[c] + withheld[c] < camp.channels[c].capacity]
+    unfilled = [c for c in channels if used[c] < camp.channels[c].capacity]
     return {
         "customers": n, "audience": int(in_audience.sum()), "audience_left_out": left_out,
         "global_control": int(in_global.sum()), "suppressed": suppressed,
@@ -330,7 +343,8 @@ def _summary(camp, channels, problem, solution, greedy_value, planned, control, 
                          "eligible_customers": eligible[c], "cost_per_contact": camp.channels[c].cost}
                      for c in channels},
         "unfilled_channels": unfilled,
-        "quotas": {p: {"quota": q, "contacts": int(((planned == camp.products.index(p)) & (planned >= 0)).sum())}
+        # Sent contacts offering the product (exploration may offer a quota'd product only where planned).
+        "quotas": {p: {"quota": q, "contacts": int((contacted & (served.product == camp.products.index(p))).sum())}
                    for p, q in camp.quotas.items()},
         "budget": camp.budget, "cost": round(cost, 2),
         "value": {"plan": solution.value, "lp_bound": solution.bound, "greedy": greedy_value,

@@ -54,7 +54,7 @@ def render_html(plan) -> str:
     parts.append(_table(["channel", "capacity", "contacts", "control (not sent)", "use", "customers allowed",
                          "cost/contact"],
                         [[ch, f"{d['capacity']:,}", f"{d['contacts']:,}", f"{d['withheld']:,}",
-                          _bar((d['contacts'] + d['withheld']) / d['capacity'] if d['capacity'] else 0.0),
+                          _bar(d['contacts'] / d['capacity'] if d['capacity'] else 0.0),
                           f"{d['eligible_customers']:,}", f"{d['cost_per_contact']:.2f}"]
                          for ch, d in s["channels"].items()]))
     if s["quotas"]:
@@ -80,7 +80,8 @@ def render_html(plan) -> str:
     parts.append(_table(["rule", "customers"], rows))
     parts.append("<h2>Control group</h2>")
     parts.append(f"<p>{s['control_withheld']:,} customers of the campaign's control group would have been "
-                 "contacted; they are logged with their withheld offer and not sent anything, so the "
+                 "contacted at the plan's prices (they take no capacity); they are logged with their withheld "
+                 "offer and not sent anything, so the "
                  "monitor's uplift compares them with the contacted customers.</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Plan {html.escape(plan.plan_id)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")

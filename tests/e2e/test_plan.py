@@ -60,11 +60,17 @@ def test_the_plan_respects_every_rule_and_limit(first_day, project):
     counts = contacts.channel.value_counts()
     withheld = pd.read_parquet(out / "control_withheld.parquet") if (out / "control_withheld.parquet").exists() \
         else pd.DataFrame(columns=contacts.columns)
+    # The limits are on what is sent: the control group's would-be contacts take no capacity.
     for channel, capacity in TIGHT_CAPACITY.items():
-        assert counts.get(channel, 0) + (withheld.channel == channel).sum() <= capacity
-    assert (contacts.product_id == "term_deposit").sum() + (withheld.product_id == "term_deposit").sum() <= 5
+        assert counts.get(channel, 0) <= capacity
+        assert summary["channels"][channel]["contacts"] == counts.get(channel, 0)
+        assert summary["channels"][channel]["withheld"] == (withheld.channel == channel).sum()
+    assert len(withheld) > 0
+    assert (contacts.product_id == "term_deposit").sum() == summary["quotas"]["term_deposit"]["contacts"] <= 5
     cost = {"email": 0.02, "push": 0.01, "sms": 0.08, "call_center": 4.0}
-    assert contacts.channel.map(cost).sum() + withheld.channel.map(cost).sum() <= 30 + 1e-9
+    assert contacts.channel.map(cost).sum() <= 30 + 1e-9
+    full = [c for c in summary["binding"] if c in TIGHT_CAPACITY]
+    assert full and all(counts.get(c, 0) == TIGHT_CAPACITY[c] for c in full)  # filled by customers who are sent
     latest = _latest(project[1]).loc[contacts.customer_id]
     assert (latest.marketing_opt_out == 0).all()
     consent = {"email": "consent_email", "push": "consent_push", "sms": "consent_sms", "call_center": "consent_call"}
@@ -170,3 +176,17 @@ def test_a_day_is_planned_once_and_later_days_see_earlier_contacts_and_opt_outs(
     measured = result["campaigns"]["savings"]
     assert measured["assigned"] == len(set(plans.customer_id) | set(withheld.customer_id))
     assert measured["unassigned"] == 0 and measured["overall"]["n_control"] == withheld.customer_id.nunique()
+
+
+def test_planning_before_any_decision_creates_no_event_log(quickstart_workdir, tmp_path, monkeypatch):
+    """A bank that plans before serving anything: no contact history, and the plan writes nothing."""
+    from nextbest.serving.outbound.campaign import plan_campaign
+    from nextbest.settings import Paths
+
+    bank, wd = tight_campaign_project(quickstart_workdir, tmp_path)
+    for path in wd.glob("events.db*"):
+        path.unlink()
+    monkeypatch.setenv("NEXTBEST_PROJECT", str(bank))
+    plan = plan_campaign(Paths.from_workdir(wd), "savings", _first_weekday_after(wd).date())
+    assert plan.summary["contacts"] > 0 and len(plan.decisions) == plan.summary["contacts"] + len(plan.withheld)
+    assert not list(wd.glob("events.db*"))

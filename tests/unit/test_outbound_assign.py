@@ -83,3 +83,41 @@ def test_a_negative_capacity_is_refused():
     with pytest.raises(ValueError, match="capacities"):
         assign.Problem(np.zeros((2, 1)), np.array([0]), np.array([assign.NONE]), np.array([-1.0]), np.array([0.0]),
                        np.zeros(0))
+
+
+def reference_greedy(problem: assign.Problem) -> np.ndarray:
+    """Greedy by score in its plainest form: every positive cell, best first, taken if it fits."""
+    n, k = problem.value.shape
+    choice = np.full(n, assign.NONE)
+    room, a = problem.rhs.copy(), problem.usage
+    flat = problem.value.ravel()
+    cells = np.flatnonzero(np.isfinite(flat) & (flat > 0))
+    for cell in cells[np.argsort(-flat[cells], kind="stable")]:
+        i, col = divmod(int(cell), k)
+        if choice[i] == assign.NONE and (room >= a[:, col] - 1e-9).all():
+            room -= a[:, col]
+            choice[i] = col
+    return choice
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(0, 300), channels=st.integers(1, 4), quotas=st.integers(0, 2),
+       budget=st.booleans(), tight=st.floats(0.0, 1.5))
+def test_greedy_takes_the_cells_best_first_while_they_fit(seed, n, channels, quotas, budget, tight):
+    problem = random_problem(seed, n, channels, quotas, budget, tight)
+    assert np.array_equal(assign.greedy(problem), reference_greedy(problem))
+
+
+def test_at_prices_gives_each_customer_their_best_option_net_of_its_price():
+    problem = random_problem(3, 400)
+    plan = assign.solve(problem)
+    rows = np.arange(400)
+    reduced = problem.value - (plan.prices @ problem.usage)[None, :]
+    best = assign.at_prices(problem, plan.prices, rows)
+    for i in rows:
+        if best[i] == assign.NONE:
+            assert not (reduced[i] > 0).any()
+        else:
+            assert reduced[i, best[i]] == reduced[i].max() > 0
+    # a customer clear of the margin gets at the prices what the plan gave them
+    assert (best == plan.choice).mean() > 0.9
