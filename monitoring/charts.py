@@ -30,17 +30,17 @@ POSITIVE, NEGATIVE, NEUTRAL = "#2e7d32", "#c62828", "#777"
 
 
 # ----------------------------------------------------------------------------------------------- formatting
-def _num(x, digits: int = 0) -> str:
+def num(x, digits: int = 0) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return f"{x:,.{digits}f}"
 
 
-def _pct(x, digits: int = 1) -> str:
+def pct(x, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _ci(ci, fmt) -> str:
+def interval(ci, fmt) -> str:
     return "–" if not ci else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
@@ -48,13 +48,13 @@ def _when(t) -> str:
     return "–" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def html_table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def bar_chart(title: str, items: list[tuple[str, float | None]], fmt=_num, width: int = 440) -> str:
+def bar_chart(title: str, items: list[tuple[str, float | None]], fmt=num, width: int = 440) -> str:
     """A horizontal bar chart (inline SVG) of non-negative values; None is drawn as an empty bar."""
     items = list(items)
     if not items:
@@ -76,7 +76,7 @@ def bar_chart(title: str, items: list[tuple[str, float | None]], fmt=_num, width
     return "".join(parts)
 
 
-def ci_chart(title: str, rows: list[tuple[str, float | None, list | None]], fmt=_num, width: int = 480) -> str:
+def ci_chart(title: str, rows: list[tuple[str, float | None, list | None]], fmt=num, width: int = 480) -> str:
     """A forest plot (inline SVG): each row's estimate with its interval, against a zero line."""
     rows = [r for r in rows if r[1] is not None]
     if not rows:
@@ -105,12 +105,12 @@ def ci_chart(title: str, rows: list[tuple[str, float | None, list | None]], fmt=
                          f'stroke-width="2"/>')
         parts.append(f'<circle cx="{x(point):.1f}" cy="{y}" r="4" fill="{colour}"/>'
                      f'<text x="{label_w + plot_w + 8}" y="{y + 4}">{escape(fmt(point))} '
-                     f'{escape(_ci(ci, fmt))}</text>')
+                     f'{escape(interval(ci, fmt))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _page(title: str, body: str) -> str:
+def page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
 
@@ -121,9 +121,9 @@ KPI_HEADERS = ["", "decisions", "offers shown", "impressions", "click rate", "ac
 
 
 def _kpi_rows(groups: dict) -> list[list[str]]:
-    return [[key, _num(m["decisions"]), _num(m["offers_shown"]), _num(m["impressions"]), _pct(m["click_rate"]),
-             _pct(m["acceptance_rate"], 2), _num(m["value"]), _num(m["value_per_decision"], 2),
-             _pct(m["exploration_share"])] for key, m in groups.items()]
+    return [[key, num(m["decisions"]), num(m["offers_shown"]), num(m["impressions"]), pct(m["click_rate"]),
+             pct(m["acceptance_rate"], 2), num(m["value"]), num(m["value_per_decision"], 2),
+             pct(m["exploration_share"])] for key, m in groups.items()]
 
 
 def kpi_html(kpis: dict, full: bool = True) -> str:
@@ -133,47 +133,47 @@ def kpi_html(kpis: dict, full: bool = True) -> str:
              f'{"" if period["until"] is None else " (period ends " + _when(period["until"]) + ")"}.</p>']
     if kpis.get("empty"):
         parts.append("<p>No decisions in the period.</p>")
-        return _page("Business KPIs", "".join(parts)) if full else "".join(parts)
-    parts.append("<h2>Totals</h2>" + _table(KPI_HEADERS, _kpi_rows({"all decisions": kpis["totals"]})))
+        return page("Business KPIs", "".join(parts)) if full else "".join(parts)
+    parts.append("<h2>Totals</h2>" + html_table(KPI_HEADERS, _kpi_rows({"all decisions": kpis["totals"]})))
     for name, title in (("by_arm", "Policy arm (per decision)"), ("by_offer_kind", "Explored and exploited offers"),
                         ("by_policy", "Policy"), ("by_channel", "Channel"), ("by_segment", "Segment"),
                         ("by_product", "Product")):
-        parts.append(f"<h2>{escape(title)}</h2>" + _table(KPI_HEADERS, _kpi_rows(kpis[name])))
+        parts.append(f"<h2>{escape(title)}</h2>" + html_table(KPI_HEADERS, _kpi_rows(kpis[name])))
         if name in ("by_arm", "by_channel", "by_segment"):
             parts.append('<div class="charts">'
                          + bar_chart("Value per decision",
                                      [(k, m["value_per_decision"]) for k, m in kpis[name].items()],
-                                     lambda v: _num(v, 2))
+                                     lambda v: num(v, 2))
                          + bar_chart("Acceptance rate", [(k, m["acceptance_rate"]) for k, m in kpis[name].items()],
-                                     lambda v: _pct(v, 2)) + "</div>")
+                                     lambda v: pct(v, 2)) + "</div>")
         if name == "by_product":
             ranked = sorted(kpis[name].items(), key=lambda kv: -kv[1]["offers_shown"])
             parts.append('<div class="charts">'
                          + bar_chart("Offers shown", [(k, m["offers_shown"]) for k, m in ranked])
                          + bar_chart("Acceptance rate", [(k, m["acceptance_rate"]) for k, m in ranked],
-                                     lambda v: _pct(v, 2)) + "</div>")
+                                     lambda v: pct(v, 2)) + "</div>")
     ex = kpis["exploration"]
-    parts.append("<h2>Exploration</h2>" + _table(["", "share", "count"], [
-        ["offers explored", _pct(ex["offer_share"]), _num(ex["offers_explored"])],
-        ["decisions exploring", _pct(ex["decision_share"]), _num(ex["decisions_exploring"])]]))
+    parts.append("<h2>Exploration</h2>" + html_table(["", "share", "count"], [
+        ["offers explored", pct(ex["offer_share"]), num(ex["offers_explored"])],
+        ["decisions exploring", pct(ex["decision_share"]), num(ex["decisions_exploring"])]]))
     sup = kpis["suppression"]
-    parts.append("<h2>Rules</h2>" + _table(["rule", "offers removed", "decisions", "share of decisions"], [
-        [rule, _num(r["offers"]), _num(r["decisions"]), _pct(r["decision_share"])]
+    parts.append("<h2>Rules</h2>" + html_table(["rule", "offers removed", "decisions", "share of decisions"], [
+        [rule, num(r["offers"]), num(r["decisions"]), pct(r["decision_share"])]
         for rule, r in sup["rules"].items()]))
     parts.append(bar_chart("Offers removed per rule", [(rule, r["offers"]) for rule, r in sup["rules"].items()]))
     if sup["blocked"]:
-        parts.append("<h3>Decisions blocked on the whole channel</h3>" + _table(
+        parts.append("<h3>Decisions blocked on the whole channel</h3>" + html_table(
             ["reason", "decisions", "share of decisions"],
-            [[k, _num(b["decisions"]), _pct(b["decision_share"])] for k, b in sup["blocked"].items()]))
+            [[k, num(b["decisions"]), pct(b["decision_share"])] for k, b in sup["blocked"].items()]))
     cp = kpis["contact_pressure"]
-    parts.append(f"<h2>Contact pressure</h2><p class=\"muted\">{_num(cp['customers'])} customers over "
-                 f"{_num(cp['weeks'], 1)} weeks.</p>" + _table(["per customer", "mean", "p50", "p90", "max"], [
-                     [label, *(_num(cp[key][s], 2) for s in ("mean", "p50", "p90", "max"))]
+    parts.append(f"<h2>Contact pressure</h2><p class=\"muted\">{num(cp['customers'])} customers over "
+                 f"{num(cp['weeks'], 1)} weeks.</p>" + html_table(["per customer", "mean", "p50", "p90", "max"], [
+                     [label, *(num(cp[key][s], 2) for s in ("mean", "p50", "p90", "max"))]
                      for label, key in (("offers per week", "offers_per_week"),
                                         ("contacts per week", "contacts_per_week"),
                                         ("offers in the busiest week", "max_offers_in_a_week"))]))
     body = "".join(parts)
-    return _page("Business KPIs", body) if full else body
+    return page("Business KPIs", body) if full else body
 
 
 # -------------------------------------------------------------------------------------------------- uplift
@@ -181,12 +181,12 @@ UPLIFT_HEADERS = ["", "control", "treatment", "rate control", "rate treatment", 
                   "relative", "value / customer control", "value / customer treatment", "value uplift", "CI"]
 
 
-def _uplift_row(label: str, s: dict) -> list[str]:
-    pp = lambda v: _num(None if v is None else 100 * v, 2)  # noqa: E731
-    return [label, _num(s["n_control"]), _num(s["n_treatment"]), _pct(s["rate_control"], 2),
-            _pct(s["rate_treatment"], 2), pp(s["uplift"]), _ci(s["uplift_ci"], pp),
-            _pct(s["relative_uplift"]), _num(s["value_control"], 2), _num(s["value_treatment"], 2),
-            _num(s["value_uplift"], 2), _ci(s["value_uplift_ci"], lambda v: _num(v, 2))]
+def uplift_row(label: str, s: dict) -> list[str]:
+    pp = lambda v: num(None if v is None else 100 * v, 2)  # noqa: E731
+    return [label, num(s["n_control"]), num(s["n_treatment"]), pct(s["rate_control"], 2),
+            pct(s["rate_treatment"], 2), pp(s["uplift"]), interval(s["uplift_ci"], pp),
+            pct(s["relative_uplift"]), num(s["value_control"], 2), num(s["value_treatment"], 2),
+            num(s["value_uplift"], 2), interval(s["value_uplift_ci"], lambda v: num(v, 2))]
 
 
 def uplift_html(result: dict, full: bool = True) -> str:
@@ -196,7 +196,7 @@ def uplift_html(result: dict, full: bool = True) -> str:
     parts = [f'<p class="muted">Customers first exposed from '
              f'{"the start of the log" if since is None else _when(since)} to '
              f'{"now" if until is None else _when(until)}; outcome: acquired a campaign product within '
-             f'{_num(result["window_days"])} days, mature by {_when(result["as_of"])}; {conf} intervals '
+             f'{num(result["window_days"])} days, mature by {_when(result["as_of"])}; {conf} intervals '
              f'(conversion: Newcombe score; value: bootstrap).</p>']
     if result.get("empty") or not result["campaigns"]:
         parts.append("<p>No exposures in the period.</p>")
@@ -204,21 +204,21 @@ def uplift_html(result: dict, full: bool = True) -> str:
         products = "every product" if camp["products"] == GLOBAL else ", ".join(camp["products"])
         imm = camp["immature"]
         parts.append(f"<h2>Campaign {escape(name)}</h2><p class=\"muted\">Products: {escape(products)}. "
-                     f"{_num(camp['assigned'])} customers assigned; not yet mature: {_num(imm['control'])} control, "
-                     f"{_num(imm['treatment'])} treatment; unassigned: {_num(camp['unassigned'])}; in the global "
-                     f"control group: {_num(camp['in_global_control'])}.</p>")
+                     f"{num(camp['assigned'])} customers assigned; not yet mature: {num(imm['control'])} control, "
+                     f"{num(imm['treatment'])} treatment; unassigned: {num(camp['unassigned'])}; in the global "
+                     f"control group: {num(camp['in_global_control'])}.</p>")
         rows = [("overall", camp["overall"]), *camp["by_segment"].items()]
-        parts.append(_table(UPLIFT_HEADERS, [_uplift_row(k, s) for k, s in rows]))
+        parts.append(html_table(UPLIFT_HEADERS, [uplift_row(k, s) for k, s in rows]))
         parts.append('<div class="charts">'
                      + ci_chart("Uplift in conversion (pp)",
                                 [(k, None if s["uplift"] is None else 100 * s["uplift"],
                                   None if not s["uplift_ci"] else [100 * v for v in s["uplift_ci"]]) for k, s in rows],
-                                lambda v: _num(v, 2))
+                                lambda v: num(v, 2))
                      + ci_chart("Uplift in value per customer", [(k, s["value_uplift"], s["value_uplift_ci"])
-                                                                  for k, s in rows], lambda v: _num(v, 2))
+                                                                  for k, s in rows], lambda v: num(v, 2))
                      + "</div>")
     body = "".join(parts)
-    return _page("Control groups and uplift", body) if full else body
+    return page("Control groups and uplift", body) if full else body
 
 
 # ------------------------------------------------------------------------------------------ monitor hooks
@@ -242,12 +242,12 @@ def holdout_campaigns(bandit_yaml: Path | None = None) -> dict[str, list[str] | 
     return {GLOBAL: GLOBAL, **{name: list(c.products) for name, c in cfg.holdout.campaigns.items()}, **outbound}
 
 
-def _clean(x):
+def clean(x):
     """JSON-safe: non-finite floats become null."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [clean(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -297,7 +297,7 @@ def kpi_section(paths, config, out_dir: Path) -> tuple[str, dict, Path]:
         ("kpis", a short summary, the HTML path).
     """
     config = section_config(config, "kpi")
-    kpis = _clean(business_kpis(paths.events_db, load_catalogue(), parse_time(config.get("since")),
+    kpis = clean(business_kpis(paths.events_db, load_catalogue(), parse_time(config.get("since")),
                                 parse_time(config.get("until")), action_values=_action_values()))
     out_dir = Path(out_dir)
     write_atomic(out_dir / "kpis.json", json.dumps(kpis, indent=1))
@@ -327,7 +327,7 @@ def uplift_section(paths, config, out_dir: Path) -> tuple[str, dict, Path]:
     """
     config = section_config(config, "uplift")
     campaigns = config.get("campaigns") or holdout_campaigns()
-    result = _clean(uplift(paths.events_db, load_catalogue(), campaigns,
+    result = clean(uplift(paths.events_db, load_catalogue(), campaigns,
                            window_days=float(config.get("window_days", 30)),
                            since=parse_time(config.get("since")), until=parse_time(config.get("until")),
                            confidence=float(config.get("confidence", 0.95)), n_boot=int(config.get("n_boot", 1000)),
