@@ -87,6 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "campaign.csv"
         table.to_csv(path, index=False)
+        print(f"UCI file: {args.uci} ({'found' if args.uci.exists() else 'absent'})", flush=True)
         wall, _ = cli("--from", str(path), "--treatment", "arm", "--outcome", "bought", "--value", "revenue",
                       "--segment", "region", "--id", "customer_id", "--workdir", str(Path(tmp) / "wd"))
         result = json.loads((Path(tmp) / "wd" / "reports" / "uplift" / "campaign" / "uplift.json").read_text())
@@ -112,8 +113,8 @@ def main() -> None:
                                 "top_fifth_uplift": c["by_predicted_uplift"][0]["uplift"],
                                 "bottom_fifth_uplift": c["by_predicted_uplift"][-1]["uplift"]}
         rows.append([arm, f"{100 * effect.mean():+.2f}", f"{100 * o['uplift']:+.2f} [{100 * o['uplift_ci'][0]:+.2f}, "
-                     f"{100 * o['uplift_ci'][1]:+.2f}]", f"{oracle:.5f}", f"{q['t_learner']:.5f} "
-                     f"({q['t_learner'] / oracle:.2f})", f"{q['dr_learner']:.5f} ({q['dr_learner'] / oracle:.2f})",
+                     f"{100 * o['uplift_ci'][1]:+.2f}]", f"{oracle:.5f}",
+                     *(f"{q[k]:.5f} ({q[k] / oracle:.2f})" for k in ("t_learner", "x_learner", "dr_learner")),
                      f"{100 * c['by_predicted_uplift'][0]['uplift']:+.2f} / "
                      f"{100 * c['by_predicted_uplift'][-1]['uplift']:+.2f}"])
     print(json.dumps(figures, indent=1), flush=True)
@@ -121,7 +122,8 @@ def main() -> None:
     run.table(f"`nextbest uplift`: {args.rows:,} rows, three arms, wall time {wall:.1f} s (target < "
               f"{TARGET_SECONDS:.0f} s)",
               ["arm", "true mean uplift (pp)", "measured (pp) [95%]", "Qini of the truth", "Qini T-learner (x truth)",
-               "Qini DR-learner (x truth)", "observed uplift, top / bottom fifth (pp)"], rows, align="lrrrrrr")
+               "Qini X-learner (x truth)", "Qini DR-learner (x truth)", "observed uplift, top / bottom fifth (pp)"],
+              rows, align="lrrrrrrr")
     if uci is not None:
         c = uci["comparisons"]["cellular"]
         o = c["overall"]

@@ -4,7 +4,7 @@ from nextbest or from another system.
 
 Per treatment arm against the control: the conversion and value uplift with intervals, overall
 and per segment (the estimators of the monitor's uplift, `nextbest.monitoring.uplift.compare`);
-uplift models fitted on the table's other columns (T-learner and DR-learner, cross-fitted: see
+uplift models fitted on the table's other columns (T-, X- and DR-learner, cross-fitted: see
 `nextbest.training.uplift`) with their Qini and uplift curves; the observed uplift within each
 fifth of the customers ranked by predicted uplift, which is who to target next; and a check that
 the arms look randomised (standardised differences of the features between arm and control).
@@ -213,13 +213,14 @@ def campaign_uplift(path: Path, treatment: str, outcome: str, value: str | None 
                 f"{b['column']} (standardised difference {b['smd']:+.2f})" for b in unbalanced[:5])
                 + ": the assignment does not look random, so the uplift mixes the offer's effect with who got it")
         if fit:
-            t_score = learn.t_learner(mu, a)
-            dr_score = learn.dr_learner(design.x, y, arm, mu, shares, fold, design.categorical, a, seed=seed)
-            models = {}
-            for learner, score in (("t_learner", t_score), ("dr_learner", dr_score)):
-                models[learner] = learn.curves(score[pair], y[pair], arm[pair] == a).as_dict()
+            learned = {"t_learner": learn.t_learner(mu, a),
+                       "x_learner": learn.x_learner(design.x, y, arm, mu, shares, fold, design.categorical, a,
+                                                    seed=seed),
+                       "dr_learner": learn.dr_learner(design.x, y, arm, mu, shares, fold, design.categorical, a,
+                                                      seed=seed)}
+            models = {k: learn.curves(score[pair], y[pair], arm[pair] == a).as_dict() for k, score in learned.items()}
             best = max(models, key=lambda k: models[k]["qini_coefficient"])
-            chosen = dr_score if best == "dr_learner" else t_score
+            chosen = learned[best]
             out["models"] = models
             out["targeting_model"] = best
             out["by_predicted_uplift"] = _by_quantile(part, chosen[pair], z, n_boot, rng)
@@ -255,7 +256,7 @@ def curve_chart(title: str, curves: dict[str, dict], width: int = 480, height: i
     """Qini curves (inline SVG) of each model, with the random-targeting line."""
     from html import escape
 
-    colours = {"t_learner": "#4a7bb7", "dr_learner": "#2e7d32"}
+    colours = {"t_learner": "#4a7bb7", "x_learner": "#2e7d32", "dr_learner": "#8e44ad"}
     ys = [v for c in curves.values() for v in c["curve"]["qini"]] + [0.0]
     lo, hi = min(ys), max(ys)
     span = (hi - lo) or 1.0

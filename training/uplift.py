@@ -6,6 +6,10 @@ Learners, each cross-fitted (K folds: a row's uplift comes from models that neve
 drawn on those scores are honest):
 
 - T-learner: one outcome model per arm; uplift = mu_arm(x) - mu_control(x).
+- X-learner (Kunzel et al. 2019): each arm's imputed effects, treated Y - mu_c(x) and control
+  mu_t(x) - Y, regressed on x within the arm, blended by the arms' propensities. It borrows the
+  other arm's outcome model for each row, so the effect is fitted as a function in its own right
+  rather than as the difference of two noisy fits; on a randomised campaign it ranks best.
 - DR-learner (Kennedy 2023): per fold, outcome models mu_a(x) and propensities e_a(x) from the
   other folds give each row the doubly robust pseudo-outcome
       phi = mu_t - mu_c + [T] (Y - mu_t) / e_t - [C] (Y - mu_c) / e_c,
@@ -40,7 +44,7 @@ from nextbest.trees import tree_matrix
 FOLDS = 3
 MIN_PROPENSITY = 0.01  # estimated propensities are clipped here, so no row weighs over 100
 CURVE_POINTS = 101
-LEARNERS = ("t_learner", "dr_learner")
+LEARNERS = ("t_learner", "x_learner", "dr_learner")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,25 @@ def outcome_models(x: np.ndarray, y: np.ndarray, arm: np.ndarray, arms: int, fol
 def t_learner(mu: np.ndarray, treated: int, control: int = 0) -> np.ndarray:
     """T-learner uplift of arm `treated` over `control`, from `outcome_models`' predictions."""
     return mu[:, treated] - mu[:, control]
+
+
+def x_learner(x: np.ndarray, y: np.ndarray, arm: np.ndarray, mu: np.ndarray, propensity: np.ndarray,
+              fold: np.ndarray, categorical: list[int], treated: int, control: int = 0,
+              seed: int = DEFAULT_SEED) -> np.ndarray:
+    """X-learner uplift of arm `treated` over `control`, (n,), cross-fitted on `fold`: each arm's
+    imputed effects (treated: Y - mu_c(x); control: mu_t(x) - Y) regressed on x within that arm, the
+    two blended by the arms' propensities, g tau_c + (1 - g) tau_t with g = e_t / (e_t + e_c)."""
+    imputed_t, imputed_c = y - mu[:, control], mu[:, treated] - y
+    tau_t, tau_c = np.zeros(len(y)), np.zeros(len(y))
+    for f in np.unique(fold):
+        held = np.flatnonzero(fold == f)
+        on_t = np.flatnonzero((fold != f) & (arm == treated))
+        on_c = np.flatnonzero((fold != f) & (arm == control))
+        tau_t[held] = _fit_predict(x, imputed_t, on_t, held, categorical, binary=False, seed=seed, final=True)
+        tau_c[held] = _fit_predict(x, imputed_c, on_c, held, categorical, binary=False, seed=seed + 1, final=True)
+    e_t, e_c = propensity[:, treated], propensity[:, control]
+    g = e_t / np.maximum(e_t + e_c, 1e-12)
+    return g * tau_c + (1 - g) * tau_t
 
 
 def dr_learner(x: np.ndarray, y: np.ndarray, arm: np.ndarray, mu: np.ndarray, propensity: np.ndarray,

@@ -29,7 +29,7 @@ def uplift(
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Which customers did a campaign change: conversion and value uplift per arm and segment with intervals,
-    T- and DR-learner uplift models (cross-fitted) with Qini curves, the observed uplift per fifth of
+    T-, X- and DR-learner uplift models (cross-fitted) with Qini curves, the observed uplift per fifth of
     predicted uplift, and a randomisation check. Writes uplift.json, uplift.html, qini_<arm>.csv and
     scores.parquet (each customer's predicted uplift per arm)."""
     from nextbest.cli.common import console, run_stage, workdir_paths

@@ -67,7 +67,7 @@ def test_uplift_models_rank_customers_by_what_the_offer_changes(measured):
         pair = table.arm.isin(["control", arm]).to_numpy()
         y = (table.bought == "yes").to_numpy(float)[pair]
         oracle = curves(truth[pair], y, (table.arm == arm).to_numpy()[pair]).qini_coefficient
-        for learner in ("t_learner", "dr_learner"):
+        for learner in ("t_learner", "x_learner", "dr_learner"):
             assert c["models"][learner]["qini_coefficient"] > 0.5 * oracle > 0
         fifths = c["by_predicted_uplift"]
         assert fifths[0]["uplift"] > fifths[-1]["uplift"] + 0.03  # the top fifth is changed, the bottom is not
@@ -99,7 +99,8 @@ def test_the_report_names_no_customer_and_every_file_is_written(measured, tmp_pa
     for text in ("email against control", "Qini coefficient", "Who to target next", "dr-learner"):
         assert text in page
     assert not re.search(r"K\d{7}", page)
-    assert set(pd.read_csv(files["Qini curve email"]).columns) >= {"share", "qini_t_learner", "qini_dr_learner"}
+    curve = pd.read_csv(files["Qini curve email"])
+    assert set(curve.columns) >= {"share", "qini_t_learner", "qini_x_learner", "qini_dr_learner"}
     assert len(pd.read_parquet(files["scores"])) == result["rows"]
 
 
