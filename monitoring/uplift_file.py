@@ -34,6 +34,11 @@ BALANCE_SMD = 0.1  # a standardised mean difference above this flags an arm as n
 QUANTILES = 5
 
 
+def plain(value):
+    """A cell as a user wrote it: numpy scalars as Python numbers, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV (any of , ; tab | as separator, found from the header) or parquet file."""
     path = Path(path)
@@ -86,7 +91,8 @@ def outcome_values(column: pd.Series, name: str, path: Path) -> tuple[np.ndarray
         y = column.to_numpy(float)
         if not np.isfinite(y).all():
             bad = column[~np.isfinite(y)].iloc[0]
-            raise SchemaError(f"{path}: column {name!r} (outcome) has the value {bad!r}; expected finite numbers")
+            raise SchemaError(f"{path}: column {name!r} (outcome) has the value {plain(bad)!r}; expected finite "
+                              "numbers")
         return y, bool(np.isin(y, (0.0, 1.0)).all())
     words = column.astype(str).str.strip().str.lower()
     known = words.isin(list(BINARY_WORDS))
@@ -96,7 +102,7 @@ def outcome_values(column: pd.Series, name: str, path: Path) -> tuple[np.ndarray
     if numbers.notna().all():
         return outcome_values(numbers, name, path)
     i = int(np.flatnonzero((~known & numbers.isna()).to_numpy())[0])
-    raise SchemaError(f"{path}: column {name!r} (outcome) has the value {column.iloc[i]!r} (line {i + 2}); an "
+    raise SchemaError(f"{path}: column {name!r} (outcome) has the value {plain(column.iloc[i])!r} (line {i + 2}); an "
                       "outcome is 0/1, yes/no, true/false or a number")
 
 
@@ -173,7 +179,7 @@ def campaign_uplift(path: Path, treatment: str, outcome: str, value: str | None 
         if v.isna().any():
             i = int(np.flatnonzero(v.isna())[0])
             raw = frame[value].iloc[i]
-            what = "an empty value" if pd.isna(raw) else f"the value {raw!r}"
+            what = "an empty value" if pd.isna(raw) else f"the value {plain(raw)!r}"
             raise SchemaError(f"{path}: column {value!r} (value) has {what} (line {i + 2}); expected a number")
         v = v.to_numpy(float)
     else:

@@ -27,8 +27,8 @@ from nextbest.cli.plan import plan as plan_command
 from nextbest.cli.simulate import simulate as simulate_command
 from nextbest.cli.uplift import uplift as uplift_command
 from nextbest.cli.stages import (do_campaign, do_evaluate, do_features_apply, do_features_build, do_features_import,
-                                 do_features_materialize, do_generate, do_ingest, do_monitor, do_ope, do_train,
-                                 do_tune)
+                                 do_features_materialize, do_generate, do_ingest, do_monitor, do_ope, do_ope_file,
+                                 do_train, do_tune)
 from nextbest.constants import DEFAULT_PORT, DEFAULT_SEED, WAIT_FOR_MODELS_ENV, WORKDIR_ENV
 from nextbest.settings import Paths
 
@@ -314,11 +314,31 @@ def ope(
     explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Exploration share of the candidate policy."),
     model: Optional[str] = typer.Option(None, help="Score with this nbp model instead of the logged champion "
                                         "scores: an alias (challenger) or a version number."),
+    source: Optional[Path] = typer.Option(None, "--from", help="A logged-bandit file (CSV or parquet) instead of "
+                                          "the decision log: one row per action shown."),
+    action: str = typer.Option("action", help="With --from: the column of the action shown."),
+    propensity: str = typer.Option("propensity", help="With --from: the column of the logging policy's "
+                                   "probability of that action, in (0, 1]."),
+    reward: str = typer.Option("reward", help="With --from: the column of the reward."),
+    decision: Optional[str] = typer.Option(None, help="With --from: the column of the decision id (several rows, "
+                                           "one per position; default: each row is a decision)."),
+    position: Optional[str] = typer.Option(None, help="With --from: the column of the action's position."),
+    context: Optional[str] = typer.Option(None, help="With --from: comma-separated context columns for the DR "
+                                          "reward model (default: every other column)."),
+    policy: Optional[Path] = typer.Option(None, help="With --from: a policy to value, as a file of `action`, "
+                                          "`probability` (and the decision and position columns, for "
+                                          "probabilities per decision or slot)."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
-    """Off-policy evaluation (IPS, SNIPS, doubly robust, DR with shrunk weights, direct method) of the
-    current bandit posterior on the decision log."""
-    run_stage(do_ope, workdir_paths(workdir), explore_share, model)
+    """Off-policy evaluation (IPS, SNIPS, doubly robust, DR with shrunk weights, direct method): of the
+    current bandit posterior on the decision log; or, with --from, of the uniform policy, the logged
+    one and a policy file on any logged-bandit file."""
+    paths = workdir_paths(workdir)
+    if source is None:
+        run_stage(do_ope, paths, explore_share, model)
+        return
+    cols = [c.strip() for c in context.split(",") if c.strip()] if context else None
+    run_stage(do_ope_file, paths, source, action, propensity, reward, decision, position, cols, policy)
 
 
 app.command("simulate")(simulate_command)

@@ -343,6 +343,34 @@ def do_ope(paths: Paths, explore_share: float, model: Optional[str] = None) -> d
     return result
 
 
+def do_ope_file(paths: Paths, source: Path, action: str, propensity: str, reward: str, decision: Optional[str],
+                position: Optional[str], context: Optional[list[str]], policy: Optional[Path]) -> dict:
+    from nextbest.io import write_json
+    from nextbest.monitoring.ope_file import evaluate_file
+
+    with stage(f"off-policy evaluation of {source.name}"):
+        result = evaluate_file(source, action, propensity, reward, decision, position, context, policy)
+        out = write_json(paths.reports / "ope" / source.name.split(".")[0] / "ope.json", result)
+    table = Table(title=f"value per decision, {result['decisions']:,} logged decisions, {len(result['actions'])} "
+                        "actions")
+    for col in ("policy", "estimator", "value", "95% CI", "effective sample size"):
+        table.add_column(col)
+    v = result["logged_value"]
+    table.add_row("logged (observed)", "mean", f"{v['value']:.4f}", f"[{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]", "")
+    for name, est in result["policies"].items():
+        diag = est["diagnostics"]
+        for key, label in (("ips", "IPS"), ("snips", "SNIPS"), ("dr", "DR")):
+            if key not in est:  # the logged policy has no DR: its other actions' probabilities are unknown
+                continue
+            e = est[key]
+            table.add_row(name if key == "ips" else "", label, f"{e['value']:.4f}",
+                          f"[{e['ci95'][0]:.4f}, {e['ci95'][1]:.4f}]",
+                          f"{diag['ess_share']:.1%}" if key == "ips" else "")
+    console.print(table)
+    console.print(f"written: {out}")
+    return result
+
+
 def monitor_sections(paths: Paths) -> list:
     """The decision log's sections of the monitor report: business KPIs, control-group uplift, off-policy values."""
     if not paths.events_db.exists():
