@@ -10,7 +10,15 @@ is sent on the same weekday. The planners:
 - greedy: `assign.greedy` on the same values;
 - random: random allowed (customer, product, channel) picks until a limit is reached;
 - oracle: `assign.solve` on the true values, true P(accept) at the truth's best send hour among the
-  window's x margin - contact cost, its own fatigue included.
+  window's x margin - contact cost, its own fatigue included (the best targeting by propensity);
+- uplift_oracle: the same on the true uplift, max(P(accept) - P(acquire unprompted), 0) x margin -
+  contact cost (`Truth.uplift_grid`: the best targeting by incremental effect).
+
+Every contact is also counted by what it adds: an accepted offer is incremental only when the
+customer would not have acquired the product unprompted that month (the same uniform decides both:
+accepted iff U < P(accept), unprompted iff U < p0, incremental iff p0 <= U < P(accept)). Incremental
+conversions and incremental value (incremental margin - contact cost, realised and expected) are
+reported per week and per 1,000 contacts.
 
 The model's values do not learn in this loop: every week the three model-based planners see the
 values of the first day, less what their own state forbids. Each planner has its own world:
@@ -49,7 +57,7 @@ from nextbest.constants import DEFAULT_SEED
 from nextbest.serving.outbound.assign import NONE, feasible, greedy, solve
 from nextbest.serving.outbound.plan import Valued, options
 
-PLANNERS = ("plan", "greedy", "random", "oracle")
+PLANNERS = ("plan", "greedy", "random", "oracle", "uplift_oracle")
 # A contact in the last FATIGUE_WEEKS weeks lowers the customer's true acceptance logit by
 # FATIGUE_LOGIT (odds x 0.61 each). The bank simulator has no contact fatigue of its own; this is an
 # assumption of the loop, strong enough that writing to the same customers every week stops paying
@@ -92,6 +100,7 @@ class World:
         learned_hour: (n, C) the send hour the model-based planners use.
         true_learned: (n, P, C) true P(accept) at the learned hour, no fatigue.
         true_best, best_hour: (n, P, C) true P(accept) at the truth's best hour of the window, and that hour.
+        unprompted: (n, P) true P(acquire this month without an offer) (0 for customers the truth lacks).
         first_day: the first send day; week w is sent 7 w days later, on the same weekday.
     """
 
@@ -110,6 +119,10 @@ class World:
     limits: Limits
     first_day: date
     unknown_to_truth: int = 0
+    unprompted: np.ndarray | None = None
+
+    def p0(self) -> np.ndarray:
+        return np.zeros(self.allowed.shape[:2]) if self.unprompted is None else self.unprompted
 
 
 @dataclass
@@ -158,10 +171,12 @@ def build_world(campaign: str, inputs, truth, window_hours: list[int], limits: L
         true_best[known, :, j] = grid.max(2)
         best_hour[known, :, j] = slots[grid.argmax(2)].astype(int)
     allowed = np.isfinite(inputs.valued.value) & known[:, None, None] & ~inputs.control[:, None, None]
+    unprompted = np.zeros((n, p))
+    unprompted[known] = truth.unprompted(rows[known], inputs.products)
     return World(campaign, list(inputs.customer_ids), list(inputs.products), list(inputs.channels), inputs.valued,
                  allowed, inputs.control.copy(), np.asarray(inputs.margins, dtype=float),
                  np.asarray(inputs.hours, dtype=int), true_learned, true_best, best_hour, limits, first_day,
-                 int((~known).sum()))
+                 int((~known).sum()), unprompted)
 
 
 def available(world: World, state: State) -> np.ndarray:
@@ -183,8 +198,10 @@ def choose(planner: str, world: World, ok: np.ndarray, recent: np.ndarray,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One planner's week: (n,) product and channel index per customer (NONE: no contact)."""
     lim = world.limits
-    if planner == "oracle":
+    if planner in ("oracle", "uplift_oracle"):
         prob = fatigued(world.true_best, recent)
+        if planner == "uplift_oracle":
+            prob = np.maximum(prob - world.p0()[:, :, None], 0.0)
         value = np.where(ok, prob * world.margins[None, :, None] - lim.costs[None, None, :], -np.inf)
     elif planner == "random":
         # Scores drawn at random: options() then keeps a random allowed product per channel and
@@ -195,7 +212,7 @@ def choose(planner: str, world: World, ok: np.ndarray, recent: np.ndarray,
     else:
         raise ValueError(f"unknown planner {planner!r}; one of {', '.join(PLANNERS)}")
     opts = options(Valued(prob, value), lim.capacity, lim.costs, lim.quota_products, lim.quotas, lim.budget)
-    choice = solve(opts.problem).choice if planner in ("plan", "oracle") else greedy(opts.problem)
+    choice = solve(opts.problem).choice if planner in ("plan", "oracle", "uplift_oracle") else greedy(opts.problem)
     if not feasible(opts.problem, choice):
         raise RuntimeError(f"planner {planner}: the assignment breaks a capacity, quota or the budget")
     rows = np.flatnonzero(choice >= 0)
@@ -254,13 +271,17 @@ def run(world: World, weeks: int, seed: int, progress=None) -> Outcome:
             check(world, state, ok, product, channel, name, week)
             i = np.flatnonzero(product >= 0)
             pi, ci = product[i], channel[i]
-            oracle = name == "oracle"
+            oracle = name in ("oracle", "uplift_oracle")
             p_true = fatigued((world.true_best if oracle else world.true_learned)[i, pi, ci], recent[i])
             hour = world.best_hour[i, pi, ci] if oracle else world.learned_hour[i, ci]
             accepted = draws[i, pi, ci] < p_true
+            p0 = world.p0()[i, pi]
+            incremental = accepted & (draws[i, pi, ci] >= p0)
+            lift = np.maximum(p_true - p0, 0.0)
             cost = lim.costs[ci]
-            # What the planner expected of its contacts: the model's values (the oracle's are the truth's).
-            believed = p_true * world.margins[pi] - cost if oracle else world.model.value[i, pi, ci]
+            # What the planner expected of its contacts: the model's values (the oracles' are the truth's).
+            believed = ((lift if name == "uplift_oracle" else p_true) * world.margins[pi] - cost if oracle
+                        else world.model.value[i, pi, ci])
             state.acquired[i[accepted], pi[accepted]] = True
             state.channel.append(channel)
             used = np.bincount(ci, minlength=c)
@@ -269,11 +290,15 @@ def run(world: World, weeks: int, seed: int, progress=None) -> Outcome:
                                "realised_value": round(float((world.margins[pi] * accepted).sum() - cost.sum()), 4),
                                "expected_value": round(float((p_true * world.margins[pi] - cost).sum()), 4),
                                "planned_value": round(float(believed.sum()), 4),
+                               "incremental": int(incremental.sum()),
+                               "incremental_value": round(float((world.margins[pi] * incremental).sum() - cost.sum()),
+                                                          4),
+                               "expected_incremental_value": round(float((lift * world.margins[pi] - cost).sum()), 4),
                                **{f"{ch}_contacts": int(used[j]) for j, ch in enumerate(world.channels)}}
             contacts += [{"week": week + 1, "planner": name, "customer_id": world.customer_ids[a],
                           "product_id": world.products[b], "channel": world.channels[d], "hour": int(h),
-                          "p_true": float(q), "accepted": bool(y)}
-                         for a, b, d, h, q, y in zip(i, pi, ci, hour, p_true, accepted)]
+                          "p_true": float(q), "p_unprompted": float(u), "accepted": bool(y), "incremental": bool(z)}
+                         for a, b, d, h, q, u, y, z in zip(i, pi, ci, hour, p_true, p0, accepted, incremental)]
         best = week_rows["oracle"]["expected_value"]
         for name in PLANNERS:
             week_rows[name]["regret"] = round(best - week_rows[name]["expected_value"], 4)
@@ -285,12 +310,22 @@ def run(world: World, weeks: int, seed: int, progress=None) -> Outcome:
 
 def summarise(world: World, rows: list[dict], weeks: int, seed: int) -> dict:
     """Totals per planner and the ratios of expected value (plan/greedy, each planner/oracle)."""
-    keys = ("contacts", "accepted", "cost", "realised_value", "expected_value", "planned_value", "regret")
+    keys = ("contacts", "accepted", "cost", "realised_value", "expected_value", "planned_value", "regret",
+            "incremental", "incremental_value", "expected_incremental_value")
     totals = {name: {k: round(sum(r[k] for r in rows if r["planner"] == name), 4) for k in keys} for name in PLANNERS}
+    for t in totals.values():  # per 1,000 contacts
+        per = 1000 / t["contacts"] if t["contacts"] else 0.0
+        t["per_1000_contacts"] = {"incremental": round(t["incremental"] * per, 3),
+                                  "incremental_value": round(t["incremental_value"] * per, 3),
+                                  "expected_incremental_value": round(t["expected_incremental_value"] * per, 3)}
 
     def ratio(a: str, b: str) -> float | None:
         den = totals[b]["expected_value"]
         return round(totals[a]["expected_value"] / den, 4) if den > 0 else None
+
+    def incremental_ratio(a: str, b: str) -> float | None:
+        den = totals[b]["expected_incremental_value"]
+        return round(totals[a]["expected_incremental_value"] / den, 4) if den > 0 else None
 
     lim = world.limits
     return {
@@ -307,7 +342,9 @@ def summarise(world: World, rows: list[dict], weeks: int, seed: int) -> dict:
                    "max_contacts_per_week": None if not np.isfinite(lim.weekly_cap) else int(lim.weekly_cap)},
         "planners": totals,
         "ratios": {"plan_over_greedy": ratio("plan", "greedy"), "plan_over_oracle": ratio("plan", "oracle"),
-                   "greedy_over_oracle": ratio("greedy", "oracle"), "random_over_oracle": ratio("random", "oracle")},
+                   "greedy_over_oracle": ratio("greedy", "oracle"), "random_over_oracle": ratio("random", "oracle"),
+                   "uplift_oracle_over_oracle_incremental": incremental_ratio("uplift_oracle", "oracle"),
+                   "plan_over_uplift_oracle_incremental": incremental_ratio("plan", "uplift_oracle")},
     }
 
 
@@ -372,7 +409,7 @@ def write_outcome(outcome: Outcome, out_dir: Path, name: str) -> dict[str, Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     weekly = pd.DataFrame(outcome.rows)
     contacts = pd.DataFrame(outcome.contacts, columns=["week", "planner", "customer_id", "product_id", "channel",
-                                                       "hour", "p_true", "accepted"])
+                                                       "hour", "p_true", "p_unprompted", "accepted", "incremental"])
     files = {"csv": atomic_write(out_dir / f"{name}.csv", lambda t: weekly.to_csv(t, index=False)),
              "contacts": atomic_write_parquet(contacts, out_dir / f"{name}.contacts.parquet"),
              "json": out_dir / f"{name}.json"}

@@ -137,6 +137,25 @@ class Truth:
                                  self.time_preference)  # (n, A, S)
         return out if hours.ndim == 2 else out[:, :, 0]
 
+    def unprompted(self, customers: np.ndarray, arms: list[str]) -> np.ndarray:
+        """True P(acquire this month without any offer), (n, A): `p_next` (actions: their fixed rate)."""
+        return self._p[np.ix_(np.asarray(customers, dtype=np.int64), [self._col[a] for a in arms])]
+
+    def uplift_grid(self, customers: np.ndarray, arms: list[str], channel: str, hours: np.ndarray,
+                    weekday: int | np.ndarray) -> np.ndarray:
+        """True uplift of an offer: P(acquire | offer) - P(acquire | no offer), shaped as `acceptance_grid`.
+
+        The decomposition: one uniform draw U per customer and product decides both what the
+        customer does unprompted (acquires this month iff U < p0, p0 = `unprompted`) and how they
+        answer an offer (accept iff U < a, a = `acceptance_grid`). An offer therefore never stops an
+        acquisition that would have happened, P(acquire | offer) = max(a, p0), and an accepted offer
+        is incremental iff p0 <= U < a: the uplift is max(a - p0, 0). A customer who accepts a
+        product they would have acquired anyway that month is a conversion, not an incremental one.
+        """
+        a = self.acceptance_grid(customers, arms, channel, hours, weekday)
+        p0 = self.unprompted(customers, arms)
+        return np.maximum(a - (p0[:, :, None] if a.ndim == 3 else p0), 0.0)
+
     def acquire(self, customer: int, arm: str) -> None:
         """The customer now holds the product: no more unprompted acquisition of it."""
         if arm in self.products:
