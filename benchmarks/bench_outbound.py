@@ -60,7 +60,7 @@ def main() -> None:
             rows.append([str(seed), name, f"{t['contacts']:,.0f}", f"{t['accepted']:,.0f}",
                          f"{t['expected_value']:,.0f}", f"{t['regret']:,.0f}", f"{t['realised_value']:,.0f}",
                          f"{t['planned_value']:,.0f}"])
-        for name in ("plan", "oracle", "uplift_oracle", "random"):
+        for name in ("plan", "uplift", "oracle", "uplift_oracle", "random"):
             t = s["planners"][name]
             k = t["per_1000_contacts"]
             lift.append([str(seed), name, f"{t['accepted'] * 1000 / max(t['contacts'], 1):.1f}",

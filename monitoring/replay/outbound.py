@@ -11,7 +11,10 @@ is sent on the same weekday. The planners:
 - random: random allowed (customer, product, channel) picks until a limit is reached;
 - oracle: `assign.solve` on the true values, true P(accept) at the truth's best send hour among the
   window's x margin - contact cost, its own fatigue included (the best targeting by propensity);
-- uplift_oracle: the same on the true uplift, max(P(accept) - P(acquire unprompted), 0) x margin -
+- uplift: `assign.solve` on the models' uplift, max(P(accept) - P(acquire unprompted), 0) x margin -
+  contact cost, P(accept) the served policy's and P(acquire unprompted) the next-best-product
+  model's (learned from what customers acquire without offers);
+- uplift_oracle: `assign.solve` on the true uplift, max(P(accept) - P(acquire unprompted), 0) x margin -
   contact cost (`Truth.uplift_grid`: the best targeting by incremental effect).
 
 Every contact is also counted by what it adds: an accepted offer is incremental only when the
@@ -57,7 +60,7 @@ from nextbest.constants import DEFAULT_SEED
 from nextbest.serving.outbound.assign import NONE, feasible, greedy, solve
 from nextbest.serving.outbound.plan import Valued, options
 
-PLANNERS = ("plan", "greedy", "random", "oracle", "uplift_oracle")
+PLANNERS = ("plan", "greedy", "random", "oracle", "uplift", "uplift_oracle")
 # A contact in the last FATIGUE_WEEKS weeks lowers the customer's true acceptance logit by
 # FATIGUE_LOGIT (odds x 0.61 each). The bank simulator has no contact fatigue of its own; this is an
 # assumption of the loop, strong enough that writing to the same customers every week stops paying
@@ -94,6 +97,7 @@ class World:
 
     Attributes:
         model: the model's P(accept) and net value, (n, P, C), as planned on the first day.
+        model_unprompted: (n, P) the next-best-product model's P(acquire next month) (None: zero).
         allowed: (n, P, C) the rules allow it, the truth knows the customer, not in the control group.
         control: (n,) the campaign's control group.
         margins: (P,) value if accepted.
@@ -120,6 +124,7 @@ class World:
     first_day: date
     unknown_to_truth: int = 0
     unprompted: np.ndarray | None = None
+    model_unprompted: np.ndarray | None = None
 
     def p0(self) -> np.ndarray:
         return np.zeros(self.allowed.shape[:2]) if self.unprompted is None else self.unprompted
@@ -176,7 +181,7 @@ def build_world(campaign: str, inputs, truth, window_hours: list[int], limits: L
     return World(campaign, list(inputs.customer_ids), list(inputs.products), list(inputs.channels), inputs.valued,
                  allowed, inputs.control.copy(), np.asarray(inputs.margins, dtype=float),
                  np.asarray(inputs.hours, dtype=int), true_learned, true_best, best_hour, limits, first_day,
-                 int((~known).sum()), unprompted)
+                 int((~known).sum()), unprompted, getattr(inputs, "unprompted", None))
 
 
 def available(world: World, state: State) -> np.ndarray:
@@ -209,10 +214,14 @@ def choose(planner: str, world: World, ok: np.ndarray, recent: np.ndarray,
         prob, value = world.model.probability, np.where(ok, 1.0 + rng.random(ok.shape), -np.inf)
     elif planner in ("plan", "greedy"):
         prob, value = world.model.probability, np.where(ok, world.model.value, -np.inf)
+    elif planner == "uplift":
+        base = np.zeros(ok.shape[:2]) if world.model_unprompted is None else world.model_unprompted
+        prob = np.maximum(world.model.probability - base[:, :, None], 0.0)
+        value = np.where(ok, prob * world.margins[None, :, None] - lim.costs[None, None, :], -np.inf)
     else:
         raise ValueError(f"unknown planner {planner!r}; one of {', '.join(PLANNERS)}")
     opts = options(Valued(prob, value), lim.capacity, lim.costs, lim.quota_products, lim.quotas, lim.budget)
-    choice = solve(opts.problem).choice if planner in ("plan", "oracle", "uplift_oracle") else greedy(opts.problem)
+    choice = greedy(opts.problem) if planner in ("greedy", "random") else solve(opts.problem).choice
     if not feasible(opts.problem, choice):
         raise RuntimeError(f"planner {planner}: the assignment breaks a capacity, quota or the budget")
     rows = np.flatnonzero(choice >= 0)
@@ -280,8 +289,13 @@ def run(world: World, weeks: int, seed: int, progress=None) -> Outcome:
             lift = np.maximum(p_true - p0, 0.0)
             cost = lim.costs[ci]
             # What the planner expected of its contacts: the model's values (the oracles' are the truth's).
-            believed = ((lift if name == "uplift_oracle" else p_true) * world.margins[pi] - cost if oracle
-                        else world.model.value[i, pi, ci])
+            if oracle:
+                believed = (lift if name == "uplift_oracle" else p_true) * world.margins[pi] - cost
+            elif name == "uplift":
+                base = 0.0 if world.model_unprompted is None else world.model_unprompted[i, pi]
+                believed = np.maximum(world.model.probability[i, pi, ci] - base, 0.0) * world.margins[pi] - cost
+            else:
+                believed = world.model.value[i, pi, ci]
             state.acquired[i[accepted], pi[accepted]] = True
             state.channel.append(channel)
             used = np.bincount(ci, minlength=c)
@@ -344,7 +358,9 @@ def summarise(world: World, rows: list[dict], weeks: int, seed: int) -> dict:
         "ratios": {"plan_over_greedy": ratio("plan", "greedy"), "plan_over_oracle": ratio("plan", "oracle"),
                    "greedy_over_oracle": ratio("greedy", "oracle"), "random_over_oracle": ratio("random", "oracle"),
                    "uplift_oracle_over_oracle_incremental": incremental_ratio("uplift_oracle", "oracle"),
-                   "plan_over_uplift_oracle_incremental": incremental_ratio("plan", "uplift_oracle")},
+                   "plan_over_uplift_oracle_incremental": incremental_ratio("plan", "uplift_oracle"),
+                   "uplift_over_plan_incremental": incremental_ratio("uplift", "plan"),
+                   "uplift_over_uplift_oracle_incremental": incremental_ratio("uplift", "uplift_oracle")},
     }
 
 

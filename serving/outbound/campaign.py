@@ -70,6 +70,8 @@ class DayInputs:
         margins: (P,) value if accepted; costs: (C,) per contact.
         reachable: (n,) in the audience and outside the global control group.
         control: (n,) in the campaign's control group.
+        unprompted: (n, P) the next-best-product model's P(acquire next month): what the customer
+            would do without an offer.
     """
 
     customer_ids: list[str]
@@ -81,6 +83,7 @@ class DayInputs:
     costs: np.ndarray
     reachable: np.ndarray
     control: np.ndarray
+    unprompted: np.ndarray | None = None
 
 
 def _campaign(name: str) -> tuple[CampaignPlan, str, object, object, object]:
@@ -271,7 +274,8 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
                            valued, suppressed, left_out, in_audience, in_global, len(ids), started)
     finally:
         eventlog.close()
-    inputs = DayInputs(ids, list(camp.products), channels, valued, hours, margins, costs, reachable, control)
+    inputs = DayInputs(ids, list(camp.products), channels, valued, hours, margins, costs, reachable, control,
+                       probs[:, cols])
     return Plan(name, day, contacts_frame, withheld_frame, summary, decisions, inputs)
 
 
