@@ -191,7 +191,7 @@ class _Bank(Population):
         p_churn = np.where(is_client, sigmoid(churn_logit), 0.0)
 
         tables: dict[str, pa.Table] = {}
-        offers, forced = self._offers(t, is_client, eligible, p_acq)
+        offers, forced, declined = self._offers(t, is_client, eligible, p_acq)
         tables["raw/holdings"] = holdings_table(self, t)
         tables["raw/transactions"] = transactions_table(
             self, t, np.stack([salary, other_in, *spend.T, transfer_out]))
@@ -208,6 +208,9 @@ class _Bank(Population):
 
         # Transition to next month.
         acquire = rng.random(p_acq.shape, dtype=np.float32) < p_acq
+        if declined is not None:  # a declined offer's pair: the answer's uniform decides, against p0
+            i, j, v, p0 = declined
+            acquire[i, j] = v < p0
         acquire |= forced
         if drift is not None:
             drift.acquisitions(self, t, acquire, eligible, is_client)
@@ -256,11 +259,19 @@ class _Bank(Population):
         return np.concatenate([everyday, everyday, discretionary, discretionary, discretionary], axis=1)
 
     def _offers(self, t: int, is_client: np.ndarray, eligible: np.ndarray,
-                p_acq: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
+                p_acq: np.ndarray) -> tuple[pa.Table | None, np.ndarray, tuple | None]:
         """Offers from past campaigns, answered by the offer-response truth.
 
-        Updates `p_acq` in place so the truth accounts for the offer, and returns the offers
-        table and the (customer, product) pairs acquired by accepting one.
+        An offered product's answer and its unprompted acquisition that month share one uniform
+        v: accept iff v < a, acquire unprompted iff v < p0. So an offer never stops an acquisition
+        that would have happened, P(acquire | offer) = max(a, p0), and only an acceptance with
+        p0 <= v is incremental: the offer's uplift is max(a - p0, 0)
+        (`monitoring.replay.world.Truth.uplift_grid`).
+
+        Updates `p_acq` in place so the truth accounts for the answer (1 after an acceptance, else
+        P(v < p0 | v >= a) = max(p0 - a, 0) / (1 - a)), and returns the offers table, the
+        (customer, product) pairs acquired by accepting, and the declined pairs (rows, products,
+        their v and their hazard before the answer, p0), which the month's draw for them uses.
         """
         rng, n = self.rng, self.n
         date = self.dates[t]
@@ -268,7 +279,7 @@ class _Bank(Population):
         offered = is_client & ~self.opt_out & (rng.random(n) < self.spec.offer_share)
         off_idx = np.flatnonzero(offered)
         if not len(off_idx):
-            return None, forced
+            return None, forced, None
         cand = (~self.held[off_idx]) & eligible[off_idx]
         prod = (cand * rng.random(cand.shape)).argmax(1)
         has_cand = cand.any(1)
@@ -284,12 +295,18 @@ class _Bank(Population):
         weekday = (offered_at.astype("datetime64[D]").astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
         p_accept = accept_probability(p_acq[off_idx, prod], channel, hour, weekday, self.digital[off_idx],
                                       self.categories[prod], self.preferred_hour[off_idx], self.spec.time_preference)
-        accepted = rng.random(k) < p_accept
+        v = rng.random(k)
+        accepted = v < p_accept
         responded = accepted | (rng.random(k) < 0.45)
         response = np.where(accepted, 0, np.where(responded, 1, 2))
         forced[off_idx[accepted], prod[accepted]] = True
         # The answer is known by the month end: an accepted offer is acquired next month for sure;
-        # after any other answer the unprompted hazard stands. The truth is that probability.
+        # after any other answer, only an unprompted acquisition the offer would not have caught.
+        declined = ~accepted
+        rows, cols = off_idx[declined], prod[declined]
+        p0 = p_acq[rows, cols].copy()
+        a = p_accept[declined]
+        p_acq[rows, cols] = np.maximum(p0 - a, 0.0) / np.maximum(1.0 - a, 1e-9)
         p_acq[off_idx[accepted], prod[accepted]] = 1.0
         table = pa.table({
             "offer_id": running_ids("O", self.offer_seq, k, width=9),
@@ -300,7 +317,7 @@ class _Bank(Population):
             "response": decode(label_array(RESPONSES), response),
         })
         self.offer_seq += k
-        return table, forced
+        return table, forced, (rows, cols, v[declined], p0)
 
     def _close_multiplier(self) -> np.ndarray:
         """Per customer, what a product's monthly close rate is multiplied by: dissatisfaction
