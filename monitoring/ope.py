@@ -186,7 +186,7 @@ def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> d
 
 def from_event_log(db_path, posterior, featuriser, explore_share: float, samples: int = 256,
                    seed: int = 0, rescorer=None, reward_model=None,
-                   uniform_share: float = 0.0) -> tuple[Logged, np.ndarray, np.ndarray]:
+                   uniform_share: float = 0.0, cfg=None) -> tuple[Logged, np.ndarray, np.ndarray]:
     """Logged decisions of `events.db` and a Thompson-sampling candidate policy's view of them.
 
     The candidate is the policy of `serving/bandit.py` with the given posterior and exploration
@@ -194,7 +194,8 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     challenger's), replayed on each
     decision's logged candidates and context. Offers without a reward count as not accepted.
     With a `nextbest.monitoring.rescore.Rescorer`, the candidate policy scores the candidates with that
-    model (e.g. the `challenger`) on the features each customer had at decision time.
+    model (e.g. the `challenger`) on the features each customer had at decision time. With a bandit
+    config `cfg`, the candidate values offers by its `arbitration` (propensity or uplift).
 
     The DR estimate's reward model is `reward_model` (default: `posterior`) on the rows each
     decision was logged with. It should be the acceptance model learned from this log (the current
@@ -204,7 +205,7 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     Returns:
         (logged, target slot probabilities (n, m, k), predicted value-weighted rewards (n, m)).
     """
-    from nextbest.serving.bandit import sigmoid, slot_propensities
+    from nextbest.serving.bandit import sigmoid, slot_propensities, unprompted
 
     with EventLogReader(db_path) as log:
         given = log.rewards(("decision_id", "product_id", "reward"))
@@ -237,7 +238,8 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     predicted = np.zeros((n, m))
     for i, (decision_id, k_i, offers, cands, (arms, x), x_logged) in enumerate(decisions):
         value = np.array([c["value"] for c in cands])
-        probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples, uniform_share)
+        base = None if cfg is None else unprompted(cfg, cands)  # the candidate's arbitration (bandit.yaml)
+        probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples, uniform_share, base)
         target[i, :len(arms), :probs.shape[1]] = probs
         predicted[i, :len(arms)] = sigmoid(x_logged @ reward_model.mean) * value
         for o in offers:
@@ -277,7 +279,7 @@ def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dic
         rescorer = model_rescorer(paths, NBP_MODEL_NAME, model)
     logged, target, predicted = from_event_log(paths.events_db, posterior, featuriser, explore_share,
                                                cfg.propensity_samples, cfg.seed, rescorer=rescorer,
-                                               uniform_share=cfg.uniform_share)
+                                               uniform_share=cfg.uniform_share, cfg=cfg)
     if len(logged.served) == 0:
         raise LookupError("no logged decision with offers and propensities to evaluate")
     return {"policy": cfg.policy, "explore_share": explore_share, "updates": saved.n_updates,

@@ -7,7 +7,10 @@ acceptance model is logistic, P(accept) = sigmoid(x . w), with a Gaussian poster
 champion model's probability (`score_weight` on logit P(acquire)) plus an offset, so the policy
 is sensible before any feedback arrives.
 
-A decision ranks the offers the rules allow by expected value sigmoid(x . w) * value: with
+A decision ranks the offers the rules allow by expected value sigmoid(x . w) * value (with
+`arbitration: uplift` in bandit.yaml, by the offer's expected incremental value instead,
+max(sigmoid(x . w) - P(acquire unprompted), 0) * value, P(acquire unprompted) being the
+next-best-product model's probability of the product, 0 for an action): with
 probability 1 - explore_share by the posterior mean (exploit), otherwise by one posterior sample
 (explore), except that a `uniform_share` part of the exploration ranks uniformly at random. The
 propensity of each served offer in its slot is the probability of that slot under this mixture:
@@ -292,8 +295,20 @@ class Choice:
     expected_value: np.ndarray  # probability x value per candidate, shape (n,)
 
 
+def utility(prob: np.ndarray, value: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """What a ranking maximises: P(accept) x value, or with `base` (P(acquire unprompted) per
+    candidate) the incremental value max(P(accept) - base, 0) x value, ties among offers that add
+    nothing broken by P(accept) x value. prob is (n,) or (n, draws); value and base are (n,)."""
+    value = value if prob.ndim == 1 else value[:, None]
+    if base is None:
+        return prob * value
+    base = base if prob.ndim == 1 else base[:, None]
+    return np.maximum(prob - base, 0.0) * value + 1e-9 * prob * value
+
+
 def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,
-           rng: np.random.Generator, samples: int, uniform_share: float = 0.0) -> Choice:
+           rng: np.random.Generator, samples: int, uniform_share: float = 0.0,
+           base: np.ndarray | None = None) -> Choice:
     """Ranks candidates by expected value, exploring with a Thompson sample on a share of decisions.
 
     Args:
@@ -305,6 +320,7 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
         rng: the policy's random generator.
         samples: Monte-Carlo draws for the propensities of the explore branch (more for a rare offer).
         uniform_share: the part of explore_share that ranks uniformly at random (at most explore_share).
+        base: with uplift arbitration, each candidate's P(acquire unprompted) (`utility`).
 
     Returns:
         The choice, with the marginal probability of each served offer in its slot under the policy
@@ -313,7 +329,7 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
     n = x.shape[0]
     k = min(k, n)
     prob = sigmoid(x @ posterior.mean)
-    ev = prob * value
+    ev = utility(prob, value, base)
     greedy = np.argsort(-ev, kind="stable")[:k]
     if k == 0:
         return Choice([], [], [], False, prob, ev)
@@ -328,9 +344,9 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
         drawn = exploring and not uniform
         sampler = posterior.logit_sampler(x)
         if drawn:
-            served = _top(sampler.draw(rng, 1), value, k)[:, 0]
+            served = _top(sampler.draw(rng, 1), value, k, base)[:, 0]
         # Only a drawn ranking needs its rare slots estimated closely: a uniform one has its exact floor.
-        hits = _thompson_hits(sampler, value, k, served, rng, samples, rare=(served != greedy) & drawn)
+        hits = _thompson_hits(sampler, value, k, served, rng, samples, rare=(served != greedy) & drawn, base=base)
     # A uniform ranking puts each candidate in each slot with probability 1/n.
     prop = (1 - explore_share) * (served == greedy) + thompson * hits + uniform_share / n
     return Choice(order=[int(i) for i in served], propensity=[float(p) for p in prop],
@@ -338,13 +354,14 @@ def choose(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explo
                   probability=prob, expected_value=ev)
 
 
-def _top(logits: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+def _top(logits: np.ndarray, value: np.ndarray, k: int, base: np.ndarray | None = None) -> np.ndarray:
     """The candidate in each of the k slots under each draw of the logits (n, m), shape (k, m)."""
-    return np.argsort(-(sigmoid(logits) * value[:, None]), axis=0, kind="stable")[:k]
+    return np.argsort(-utility(sigmoid(logits), value, base), axis=0, kind="stable")[:k]
 
 
 def _thompson_hits(sampler: LogitSampler, value: np.ndarray, k: int, served: np.ndarray,
-                   rng: np.random.Generator, samples: int, rare: np.ndarray) -> np.ndarray:
+                   rng: np.random.Generator, samples: int, rare: np.ndarray,
+                   base: np.ndarray | None = None) -> np.ndarray:
     """P(served[j] in slot j | Thompson), estimated on draws independent of the served one.
 
     `samples` draws estimate every slot. A slot in `rare` (an offer the exploit ranking does not put
@@ -356,7 +373,7 @@ def _thompson_hits(sampler: LogitSampler, value: np.ndarray, k: int, served: np.
     bounded on average (RARE_HITS / P draws for an offer served with probability P, at most
     RARE_HITS x n per slot in expectation) and in the worst case by RARE_MAX_DRAWS.
     """
-    ranks = _top(sampler.draw(rng, samples), value, k)
+    ranks = _top(sampler.draw(rng, samples), value, k, base)
     hits = (ranks == served[:, None]).mean(axis=1)
     todo = np.flatnonzero(rare)
     if not len(todo):
@@ -366,7 +383,7 @@ def _thompson_hits(sampler: LogitSampler, value: np.ndarray, k: int, served: np.
     drawn = 0
     batch = max(samples, 1024)
     while (first == 0).any() and drawn < RARE_MAX_DRAWS:
-        hit = _top(sampler.draw(rng, batch), value, k)[todo] == served[todo][:, None]  # (t, batch)
+        hit = _top(sampler.draw(rng, batch), value, k, base)[todo] == served[todo][:, None]  # (t, batch)
         cum = seen[:, None] + np.cumsum(hit, axis=1)
         for row in np.flatnonzero(first == 0):
             at = np.searchsorted(cum[row], RARE_HITS)  # first index where the count reaches RARE_HITS
@@ -381,20 +398,21 @@ def _thompson_hits(sampler: LogitSampler, value: np.ndarray, k: int, served: np.
 
 
 def slot_propensities(posterior: Posterior, x: np.ndarray, value: np.ndarray, k: int, explore_share: float,
-                      rng: np.random.Generator, samples: int, uniform_share: float = 0.0) -> np.ndarray:
+                      rng: np.random.Generator, samples: int, uniform_share: float = 0.0,
+                      base: np.ndarray | None = None) -> np.ndarray:
     """P(candidate i in slot j) under the policy for every candidate and slot, shape (n, k).
 
     For off-policy evaluation of this policy on logged contexts (it is what `choose` samples from).
     """
     n = x.shape[0]
     k = min(k, n)
-    ev = sigmoid(x @ posterior.mean) * value
+    ev = utility(sigmoid(x @ posterior.mean), value, base)
     out = np.zeros((n, k))
     out[np.argsort(-ev, kind="stable")[:k], np.arange(k)] = 1 - explore_share
     uniform_share = min(uniform_share, explore_share)
     thompson = explore_share - uniform_share
     if thompson > 0 and k:
-        ranks = _top(posterior.logit_sampler(x).draw(rng, samples), value, k)
+        ranks = _top(posterior.logit_sampler(x).draw(rng, samples), value, k, base)
         for j in range(k):
             out[:, j] += thompson * np.bincount(ranks[j], minlength=n) / samples
     out += uniform_share / max(n, 1)
@@ -438,9 +456,15 @@ class OnlinePolicy:
         x = self.rows(candidates, ctx)
         value = np.array([c.value for c in candidates])
         share = self.cfg.explore_share if explore_share is None else explore_share
+        base = self.unprompted(candidates)
         with self._lock:
             return choose(self.posterior, x, value, k, share, self.rng, self.cfg.propensity_samples,
-                          self.cfg.uniform_share)
+                          self.cfg.uniform_share, base)
+
+    def unprompted(self, candidates) -> np.ndarray | None:
+        """With uplift arbitration, each candidate's P(acquire unprompted): the model's probability of a
+        product, 0 for an action (nothing happens without it); None with propensity arbitration."""
+        return unprompted(self.cfg, candidates)
 
     def learn(self) -> int:
         """Applies the rewards logged since the last update; returns how many."""
@@ -473,3 +497,14 @@ class OnlinePolicy:
         if rows is None or arm not in rows[0]:
             return None
         return rows[1][rows[0].index(arm)]
+
+
+def unprompted(cfg, candidates) -> np.ndarray | None:
+    """`OnlinePolicy.unprompted` for a bandit config and candidates (each with `arm` and `base_prob`,
+    objects or the logged dicts)."""
+    if getattr(cfg, "arbitration", "propensity") != "uplift":
+        return None
+    actions = set(cfg.actions)
+    arm = (lambda c: c["arm"]) if candidates and isinstance(candidates[0], dict) else (lambda c: c.arm)
+    prob = (lambda c: c["base_prob"]) if candidates and isinstance(candidates[0], dict) else (lambda c: c.base_prob)
+    return np.array([0.0 if arm(c) in actions else float(prob(c)) for c in candidates])

@@ -137,6 +137,10 @@ class BanditConfig(BaseModel):
 
     version: int
     policy: str = "lin_ts"
+    arbitration: Literal["propensity", "uplift"] = Field(
+        default="propensity", description="How offers are valued: propensity, P(accept) x value; uplift, the "
+                                          "incremental value max(P(accept) - P(acquire unprompted), 0) x value, "
+                                          "P(acquire unprompted) being the next-best-product model's probability.")
     explore_share: float = Field(default=0.1, ge=0, le=1)
     uniform_share: float = Field(default=0.0, ge=0, le=1,
                                  description="Part of explore_share ranked uniformly at random: every allowed offer "

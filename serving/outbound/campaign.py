@@ -240,7 +240,8 @@ def plan_campaign(paths: Paths, name: str, day: date, progress=None) -> Plan:
         costs = np.array([camp.channels[c].cost for c in channels])
         say("valuing offers")
         valued = value_offers(featuriser, policy.posterior.mean, list(camp.products), margins, probs[:, cols], viewed,
-                              engagement, channels, costs, hours, weekday, allowed)
+                              engagement, channels, costs, hours, weekday, allowed,
+                              uplift=bandit.arbitration == "uplift")
         quota_products = [camp.products.index(p) for p in camp.quotas]
         capacity = np.array([camp.channels[c].capacity for c in channels], dtype=float)
         quotas = np.array([camp.quotas[p] for p in camp.quotas], dtype=float)

@@ -1,11 +1,13 @@
 """Valuing and choosing one day's outbound contacts (pure: arrays in, arrays out).
 
 Each allowed (customer, offer, channel) is worth P(accept) x value - contact cost at the customer's
-send hour on that channel, where P(accept) is the served policy's posterior mean (the featuriser of
-`nextbest.serving.bandit`, the same numbers `/recommend` ranks by) and value is the product's margin
-times its business levers (`nextbest.serving.decide.candidates`). Only the best product per channel
-can be chosen unless a product has a quota, so the assignment sees, per channel, that product and
-each quota'd one (`options`): the plan is the same as over every product, in far fewer columns.
+send hour on that channel (with `arbitration: uplift` in bandit.yaml, max(P(accept) - P(acquire
+unprompted), 0) x value - contact cost, P(acquire unprompted) being the next-best-product model's),
+where P(accept) is the served policy's posterior mean (the featuriser of `nextbest.serving.bandit`,
+the same numbers `/recommend` ranks by) and value is the product's margin times its business levers
+(`nextbest.serving.decide.candidates`). Only the best product per channel can be chosen unless a
+product has a quota, so the assignment sees, per channel, that product and each quota'd one
+(`options`): the plan is the same as over every product, in far fewer columns.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class Valued:
 
 def value_offers(featuriser, weights: np.ndarray, products: list[str], margins: np.ndarray, base_prob: np.ndarray,
                  viewed: np.ndarray, engagement: np.ndarray, channels: list[str], costs: np.ndarray,
-                 hours: np.ndarray, weekday: int, allowed: np.ndarray) -> Valued:
-    """P(accept) x value - cost per customer, product and channel.
+                 hours: np.ndarray, weekday: int, allowed: np.ndarray, uplift: bool = False) -> Valued:
+    """P(accept) x value - cost per customer, product and channel; with `uplift` (bandit.yaml's
+    `arbitration: uplift`), the incremental value max(P(accept) - base_prob, 0) x value - cost.
 
     Args:
         margins: (P,) value if accepted, levers applied.
@@ -52,7 +55,8 @@ def value_offers(featuriser, weights: np.ndarray, products: list[str], margins: 
         z = featuriser.logits(weights, products, base_prob, viewed, channel, hours[:, j], weekday, engagement)
         pj = sigmoid(z)
         prob[:, :, j] = pj
-        value[:, :, j] = np.where(allowed[:, :, j] & (margins[None, :] > 0), pj * margins[None, :] - costs[j],
+        gain = np.maximum(pj - base_prob, 0.0) if uplift else pj
+        value[:, :, j] = np.where(allowed[:, :, j] & (margins[None, :] > 0), gain * margins[None, :] - costs[j],
                                   -np.inf)
     return Valued(prob, value)
 

@@ -88,3 +88,36 @@ def test_no_plan_breaks_a_limit_or_a_rule_on_any_campaign(project, camp, monkeyp
     assert not control & set(sent.customer_id)
     assert set(held.customer_id) <= control
     assert pd.Series(list(control)).isin(plan.inputs.customer_ids).all()
+
+
+def test_with_uplift_arbitration_a_contact_is_valued_by_what_it_adds(project, monkeypatch, tmp_path):
+    from nextbest.config import load_catalogue
+    from nextbest.serving.outbound.campaign import plan_campaign
+    from nextbest.settings import Paths, default_config_dir
+
+    bank, wd = project
+    path = bank / "configs" / "campaigns.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["campaigns"] = {"random": {"products": PRODUCTS[:5], "audience": {"lifecycle": ["new", "active", "dormant"]},
+                                   "channels": {"email": {"capacity": 60, "cost": 0.02}},
+                                   "window": {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                                              "hours": [9, 13, 18]},
+                                   "holdout_share": 0.0, "explore_share": 0.0}}
+    path.write_text(yaml.safe_dump(cfg))
+    bandit = (default_config_dir() / "bandit.yaml").read_text().replace("arbitration: propensity",
+                                                                        "arbitration: uplift")
+    (bank / "configs" / "bandit.yaml").write_text(bandit)
+    monkeypatch.setenv("NEXTBEST_PROJECT", str(bank))
+    try:
+        plan = plan_campaign(Paths.from_workdir(wd), "random", _first_weekday_after(wd).date())
+    finally:
+        (bank / "configs" / "bandit.yaml").unlink()
+    assert len(plan.contacts) > 0
+    margin = {p.product_id: p.margin for p in load_catalogue().products}
+    base = {}
+    for row in plan.decisions:
+        offer, context = row[5][0], row[7]
+        base[row[0]] = next(c["base_prob"] for c in context["candidates"] if c["arm"] == offer["product_id"])
+    for rec in plan.contacts.itertuples():
+        expected = max(rec.probability - base[rec.decision_id], 0.0) * margin[rec.product_id] - 0.02
+        assert rec.expected_value == pytest.approx(expected, abs=1e-4)

@@ -220,3 +220,38 @@ def test_prior_variance_by_block_and_what_a_small_score_variance_buys():
         after = sigmoid(x @ p.mean)
         moved[score_variance] = np.abs(np.log(after[1:] / before[1:])).max()  # the other offers' odds
     assert moved[0.01] < 0.5 * moved[None]
+
+
+def test_uplift_arbitration_ranks_by_what_an_offer_adds():
+    from types import SimpleNamespace
+
+    from nextbest.serving.bandit import unprompted, utility
+
+    prob, value = np.array([0.30, 0.12, 0.05]), np.array([100.0, 100.0, 100.0])
+    base = np.array([0.28, 0.02, 0.06])  # the first would mostly buy anyway; the third adds nothing
+    assert list(np.argsort(-utility(prob, value))) == [0, 1, 2]
+    assert list(np.argsort(-utility(prob, value, base))) == [1, 0, 2]
+    np.testing.assert_allclose(utility(prob, value, base), [2.0, 10.0, 0.0], atol=1e-6)
+    # the propensities stay those of the policy that ranks by it
+    _, post, x, v = _setup()
+    b = np.array([0.02, 0.9, 0.0, 0.0])  # term_deposit would be bought anyway
+    greedy = choose(post, x, v, 1, 0.0, np.random.default_rng(0), 64, base=b)
+    assert greedy.order[0] != 1 and greedy.propensity == [1.0]
+    probs = slot_propensities(post, x, v, 2, 0.3, np.random.default_rng(1), 4000, base=b)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-9)
+    # a product's unprompted probability is the model's score; an action's is 0; propensity: none
+    cands = [Candidate("savings_account", "S", 0.04, 45.0), Candidate("retention_call", "R", 0.3, 80.0)]
+    cfg = SimpleNamespace(arbitration="uplift", actions={"retention_call": None})
+    np.testing.assert_allclose(unprompted(cfg, cands), [0.04, 0.0])
+    assert unprompted(SimpleNamespace(arbitration="propensity", actions={}), cands) is None
+
+
+def test_an_unknown_arbitration_is_refused(tmp_path):
+    from nextbest.config import ConfigError
+    from nextbest.settings import default_config_dir
+
+    text = (default_config_dir() / "bandit.yaml").read_text().replace("arbitration: propensity",
+                                                                       "arbitration: incremental")
+    (tmp_path / "bandit.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="arbitration"):
+        load_bandit(tmp_path / "bandit.yaml")
