@@ -18,7 +18,7 @@ import numpy as np
 from nextbest.constants import CHANNELS
 
 # Every policy the replay knows by name: the engine's own (ENGINE_POLICY), then the baselines and the oracle.
-POLICIES = ("nextbest", "greedy", "epsilon_greedy", "linucb", "lints", "vw", "oracle", "random")
+POLICIES = ("nextbest", "greedy", "epsilon_greedy", "linucb", "lints", "vw", "oracle", "uplift_oracle", "random")
 ENGINE_POLICY = "nextbest"
 
 
@@ -42,10 +42,16 @@ class Step:
     u: np.ndarray           # the answer draws: accepted iff u < p_true, (n,), common to all policies
     decision_id: str | None = None
     at: float = 0.0
+    p0: np.ndarray | None = None  # true P(acquire unprompted) per candidate, (n,); 0 for actions
 
     @property
     def true_value(self) -> np.ndarray:
         return self.p_true * self.value
+
+    @property
+    def true_uplift(self) -> np.ndarray:
+        """What each offer adds: max(P(accept) - P(acquire unprompted), 0) (`Truth.uplift_grid`)."""
+        return self.p_true if self.p0 is None else np.maximum(self.p_true - self.p0, 0.0)
 
     def rows(self, featuriser) -> np.ndarray:
         """The feature rows our policy scores this step's candidates with, (n, featuriser.dim)."""
@@ -85,6 +91,18 @@ class Oracle(Policy):
 
     def rank(self, steps, k):
         return [_top(s.true_value, k) for s in steps]
+
+    def propensity(self, step, order):
+        return [1.0] * len(order)
+
+
+class UpliftOracle(Policy):
+    """Knows the true uplift: the best expected incremental value among the allowed candidates."""
+
+    name = "uplift_oracle"
+
+    def rank(self, steps, k):
+        return [_top(s.true_uplift * s.value + 1e-9 * s.true_value, k) for s in steps]
 
     def propensity(self, step, order):
         return [1.0] * len(order)
@@ -286,6 +304,8 @@ def make_policy(name: str, arms: list[str], seed: int) -> Policy:
     """A baseline (or the oracle) by name; `nextbest` is the engine itself, not built here."""
     if name == "oracle":
         return Oracle()
+    if name == "uplift_oracle":
+        return UpliftOracle()
     if name == "greedy":
         return Greedy()
     if name == "random":

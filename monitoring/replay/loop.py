@@ -72,19 +72,31 @@ class Tally:
     accepts: np.ndarray
     shown: np.ndarray
     seconds: float = 0.0
+    incremental: np.ndarray | None = None           # incremental acceptances (not bought unprompted anyway)
+    incremental_expected: np.ndarray | None = None  # true uplift x value of the offers shown
+    incremental_realised: np.ndarray | None = None
 
     @classmethod
     def zeros(cls, n: int) -> "Tally":
-        return cls(np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32))
+        return cls(np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32), 0.0,
+                   np.zeros(n, dtype=np.int32), np.zeros(n), np.zeros(n))
 
     def record(self, s: Step, order: np.ndarray) -> np.ndarray:
-        """Books the expected and realised value of the offers shown; returns their answers (0/1)."""
+        """Books the expected and realised value of the offers shown; returns their answers (0/1).
+
+        The answer's draw also decides what the customer would have done unprompted (`Truth.uplift_grid`):
+        an acceptance is incremental iff P(acquire unprompted) <= u."""
         order = np.asarray(order, dtype=int)
         accepted = (s.u[order] < s.p_true[order]).astype(float)
+        p0 = np.zeros(len(order)) if s.p0 is None else s.p0[order]
+        added = accepted * (s.u[order] >= p0)
         self.expected[s.t] = float(s.true_value[order].sum())
         self.realised[s.t] = float((accepted * s.value[order]).sum())
         self.accepts[s.t] = int(accepted.sum())
         self.shown[s.t] = len(order)
+        self.incremental[s.t] = int(added.sum())
+        self.incremental_expected[s.t] = float((s.true_uplift[order] * s.value[order]).sum())
+        self.incremental_realised[s.t] = float((added * s.value[order]).sum())
         return accepted
 
 
@@ -111,10 +123,17 @@ class Result:
         oracle_total = float(self.oracle.sum())
         for name, t in self.tallies.items():
             shown = int(t.shown.sum())
+            per = 1000 / shown if shown else 0.0
             out[name] = {"expected_reward": float(t.expected.sum()), "oracle_reward": oracle_total,
                          "regret": float((self.oracle - t.expected).sum()), "realised_reward": float(t.realised.sum()),
                          "offers": shown, "accepts": int(t.accepts.sum()),
                          "acceptance_rate": float(t.accepts.sum() / shown) if shown else 0.0,
+                         "incremental": int(t.incremental.sum()),
+                         "incremental_expected": float(t.incremental_expected.sum()),
+                         "incremental_realised": float(t.incremental_realised.sum()),
+                         "per_1000_offers": {"incremental": float(t.incremental.sum() * per),
+                                             "incremental_expected_value": float(t.incremental_expected.sum() * per),
+                                             "incremental_realised_value": float(t.incremental_realised.sum() * per)},
                          "seconds": round(t.seconds, 3)}
         return out
 
@@ -126,11 +145,13 @@ def _step_from(t: int, traffic: Traffic, truth: Truth, cands: list[dict], reques
     ci = int(traffic.customer[t])
     hour, weekday = int(request["hour"]), int(request["weekday"])
     p_true = truth.acceptance(ci, arms, request["channel"], hour, weekday)
+    # What the customer would do without the offer: a product's true hazard; an action has none.
+    p0 = truth.unprompted(np.array([ci]), arms)[0] if arms else np.zeros(0)
     return Step(t, ci, request["channel"], hour, weekday, float(request.get("engagement") or 0.0), arms,
                 np.array([c["base_prob"] for c in cands], dtype=float),
                 np.array([c["value"] for c in cands], dtype=float),
                 np.array([bool(c.get("viewed")) for c in cands], dtype=float), p_true,
-                u_row[[truth.column(a) for a in arms]] if arms else np.zeros(0), at=float(traffic.at[t]))
+                u_row[[truth.column(a) for a in arms]] if arms else np.zeros(0), at=float(traffic.at[t]), p0=p0)
 
 
 def run(engine, truth: Truth, traffic: Traffic, driver: str = ENGINE_POLICY, shadows: tuple[str, ...] = (),

@@ -138,8 +138,10 @@ class Truth:
         return out if hours.ndim == 2 else out[:, :, 0]
 
     def unprompted(self, customers: np.ndarray, arms: list[str]) -> np.ndarray:
-        """True P(acquire this month without any offer), (n, A): `p_next` (actions: their fixed rate)."""
-        return self._p[np.ix_(np.asarray(customers, dtype=np.int64), [self._col[a] for a in arms])]
+        """True P(acquire this month without any offer), (n, A): a product's `p_next` (0 once acquired), 0
+        for an action (nothing happens without it)."""
+        out = self._p[np.ix_(np.asarray(customers, dtype=np.int64), [self._col[a] for a in arms])]
+        return np.where(np.array([a in self.actions for a in arms], dtype=bool)[None, :], 0.0, out)
 
     def uplift_grid(self, customers: np.ndarray, arms: list[str], channel: str, hours: np.ndarray,
                     weekday: int | np.ndarray) -> np.ndarray:

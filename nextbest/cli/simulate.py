@@ -25,6 +25,7 @@ class PolicyName(str, Enum):
     lints = "lints"
     vw = "vw"
     oracle = "oracle"
+    uplift_oracle = "uplift_oracle"
     random = "random"
 
 
@@ -79,12 +80,14 @@ def simulate(
     result, files = run_stage(go)
     table = Table(title=f"{steps:,} requests, {int(result.has_candidates.sum()):,} with allowed offers, "
                         f"{result.config['days']:.0f} simulated days")
-    for col in ("policy", "expected reward", "regret", "realised reward", "acceptance", "policy time (s)"):
+    for col in ("policy", "expected reward", "regret", "realised reward", "acceptance",
+                "incremental / 1,000 offers", "incremental value / 1,000 offers", "policy time (s)"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, s in result.summary().items():
+        per = s["per_1000_offers"]
         table.add_row(name + (" (on the path)" if name == result.driver else ""), f"{s['expected_reward']:,.0f}",
                       f"{s['regret']:,.0f}", f"{s['realised_reward']:,.0f}", f"{s['acceptance_rate']:.2%}",
-                      f"{s['seconds']:.1f}")
+                      f"{per['incremental']:.1f}", f"{per['incremental_expected_value']:,.0f}", f"{s['seconds']:.1f}")
     console.print(table)
     for kind, path in files.items():
         console.print(f"{kind}: {path}")

@@ -171,8 +171,13 @@ def test_regret_accounting_on_the_decision_path(runs):
     assert set(summary) == set(POLICIES)
     assert summary["oracle"]["regret"] == 0
     assert summary["random"]["regret"] > summary["greedy"]["regret"] > 0
+    lift = result.tallies["uplift_oracle"].incremental_expected
     for name, t in result.tallies.items():
         assert (t.expected <= result.oracle + 1e-9).all(), name  # every policy chose among the same candidates
+        # the uplift oracle adds the most each step; an acceptance is incremental at most once
+        assert (t.incremental_expected <= lift + 1e-9).all() and (t.incremental <= t.accepts).all(), name
+        assert summary[name]["per_1000_offers"]["incremental"] == pytest.approx(
+            1000 * t.incremental.sum() / max(t.shown.sum(), 1))
         assert (t.shown[~result.has_candidates] == 0).all() and (t.shown[result.has_candidates] == 1).all(), name
     # Many requests end with no allowed offer: opt-out, consent, caps, cool-downs.
     assert 0.2 < result.has_candidates.mean() < 0.95

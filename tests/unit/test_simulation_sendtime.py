@@ -152,6 +152,13 @@ def test_the_replay_truth_answers_as_the_bank_does(tmp_path, catalogue):
     np.testing.assert_allclose(one_hour, grid[:, :, 1])
     # The preference moves each customer's answer with the hour.
     assert (np.ptp(grid, axis=2) > 0).all()
+    # What an offer adds: the acceptance above what the customer would do unprompted; an action has
+    # no unprompted rate.
+    p0 = truth.unprompted(customers, arms)
+    assert (p0[:, -1] == 0).all() and (p0[:, :-1] == truth.p_next[customers][:, :5]).all()
+    lift = truth.uplift_grid(customers, arms, "push", np.tile(slots, (len(customers), 1)), weekday=2)
+    np.testing.assert_allclose(lift, np.maximum(grid - p0[:, :, None], 0.0))
+    assert (lift <= grid).all() and (lift[:, -1] == grid[:, -1]).all()
 
 
 def test_a_bank_without_a_preference_gives_a_truth_without_one(tmp_path, catalogue):
