@@ -25,8 +25,6 @@ Sections:
 
 from __future__ import annotations
 
-import html
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from nextbest.config import GateSection, MonitoringConfig, load_monitoring
 from nextbest.constants import CHURN_MODEL_NAME, NBP_MODEL_NAME
 from nextbest.io import atomic_write, write_json
 from nextbest.monitoring import drift as D
+from nextbest.monitoring.index_page import index_html
 from nextbest.settings import Paths
 
 
@@ -190,26 +189,5 @@ def run_monitor(paths: Paths, config: MonitoringConfig | None = None,
         "stage_seconds": timings,
     }
     files["summary"] = write_json(out_dir / "summary.json", summary)
-    files["html"] = atomic_write(out_dir / "index.html", lambda t: Path(t).write_text(_index_html(summary, files)))
+    files["html"] = atomic_write(out_dir / "index.html", lambda t: Path(t).write_text(index_html(summary, files)))
     return MonitorResult(summary, 0 if passed else 1, files)
-
-
-def _index_html(summary: dict, files: dict[str, Path]) -> str:
-    esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(c['check'])}</td><td>{esc(json.dumps(c['value'], default=str))}</td>"
-        f"<td>{esc(json.dumps(c['limit'], default=str))}</td>"
-        f"<td style='color:{'green' if c['passed'] else 'red'}'>{'pass' if c['passed'] else 'FAIL'}</td></tr>"
-        for c in summary["gate"]["checks"])
-    links = "".join(f"<li><a href='{esc(p.name)}'>{esc(p.name)}</a></li>"
-                    for k, p in files.items() if p.suffix in (".html", ".json") and k != "html")
-    statuses = "".join(f"<li><b>{esc(k)}</b>: {esc(v['status'])}</li>" for k, v in summary["sections"].items()
-                       if isinstance(v, dict) and "status" in v)
-    drifted = ", ".join(summary["drifted_columns"]) or "none"
-    verdict = "PASSED" if summary["passed"] else "FAILED"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>nextbest monitoring {verdict}</title></head>"
-            f"<body style='font-family:sans-serif'><h1>Monitoring: {verdict}</h1>"
-            f"<p>Drifted feature columns ({summary['share_drifted']:.1%}): {esc(drifted)}</p>"
-            f"<table border='1' cellpadding='4'><tr><th>check</th><th>value</th><th>limit</th><th>result</th></tr>"
-            f"{rows}</table><h2>Reports</h2><ul>{links}<li><a href='summary.json'>summary.json</a></li></ul>"
-            f"<h2>Not computed</h2><ul>{statuses or '<li>none</li>'}</ul></body></html>")
