@@ -116,13 +116,25 @@ def page(title: str, body: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- KPIs
-KPI_HEADERS = ["", "decisions", "offers shown", "impressions", "click rate", "acceptance rate", "value",
-               "value / decision", "explored offers"]
+KPI_HEADERS = ["", "decisions", "offers shown", "impressions", "click rate", "acceptance rate", "value (EUR)",
+               "value / decision (EUR)", "explored offers"]
+FEW_ACCEPTANCES = 10  # an acceptance rate on fewer acceptances is shown with its counts and a warning
+
+
+def acceptance_cell(m: dict) -> str:
+    """The acceptance rate, with its counts when it rests on few acceptances."""
+    rate, shown = m["acceptance_rate"], m["offers_shown"]
+    if rate is None or not shown:
+        return "–"
+    accepted = round(rate * shown)
+    if accepted < FEW_ACCEPTANCES:
+        return f"{pct(rate, 2)} ({accepted} of {num(shown)}: too few to read)"
+    return pct(rate, 2)
 
 
 def _kpi_rows(groups: dict) -> list[list[str]]:
     return [[key, num(m["decisions"]), num(m["offers_shown"]), num(m["impressions"]), pct(m["click_rate"]),
-             pct(m["acceptance_rate"], 2), num(m["value"]), num(m["value_per_decision"], 2),
+             acceptance_cell(m), num(m["value"]), num(m["value_per_decision"], 2),
              pct(m["exploration_share"])] for key, m in groups.items()]
 
 
@@ -178,7 +190,8 @@ def kpi_html(kpis: dict, full: bool = True) -> str:
 
 # -------------------------------------------------------------------------------------------------- uplift
 UPLIFT_HEADERS = ["", "control", "treatment", "rate control", "rate treatment", "uplift (pp)", "CI",
-                  "relative", "value / customer control", "value / customer treatment", "value uplift", "CI"]
+                  "relative", "value / customer control (EUR)", "value / customer treatment (EUR)",
+                  "value uplift (EUR)", "CI"]
 
 
 def uplift_row(label: str, s: dict) -> list[str]:
@@ -208,6 +221,15 @@ def uplift_html(result: dict, full: bool = True) -> str:
                      f"{num(imm['treatment'])} treatment; unassigned: {num(camp['unassigned'])}; in the global "
                      f"control group: {num(camp['in_global_control'])}.</p>")
         rows = [("overall", camp["overall"]), *camp["by_segment"].items()]
+        o = camp["overall"]
+        if not (o["n_control"] and o["n_treatment"]):
+            parts.append(f"<p>No uplift yet: it needs customers in both groups whose {num(result['window_days'])}-day "
+                         f"window after their first exposure has passed ({num(o['n_control'])} control and "
+                         f"{num(o['n_treatment'])} treatment so far; {num(imm['control'] + imm['treatment'])} "
+                         "still within their window).</p>")
+        elif not o["significant"]:
+            parts.append("<p>The difference between the groups is within what chance gives: the interval "
+                         "includes zero.</p>")
         parts.append(html_table(UPLIFT_HEADERS, [uplift_row(k, s) for k, s in rows]))
         parts.append('<div class="charts">'
                      + ci_chart("Uplift in conversion (pp)",

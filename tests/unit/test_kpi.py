@@ -315,3 +315,11 @@ def bench(n_decisions: int, folder: str = "/tmp/kpi-bench-log") -> None:
     result = uplift(path, catalogue, {"all": "all", "cards": ["credit_card", "cashback_card"]}, until=T0 + 30 * DAY)
     print(f"uplift: {result['exposed']:,} customers in {time.perf_counter() - started:.1f} s "
           f"({time.process_time() - cpu:.1f} s CPU)")
+
+
+def test_an_acceptance_rate_on_few_acceptances_says_so():
+    from nextbest.monitoring.charts import acceptance_cell
+
+    assert acceptance_cell({"acceptance_rate": 1 / 7, "offers_shown": 7}) == "14.29% (1 of 7: too few to read)"
+    assert acceptance_cell({"acceptance_rate": 0.25, "offers_shown": 400}) == "25.00%"
+    assert acceptance_cell({"acceptance_rate": None, "offers_shown": 0}) == "–"

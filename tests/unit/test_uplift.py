@@ -226,6 +226,9 @@ def test_accept_feedback_counts_only_when_asked(hand, catalogue):
     assert early["campaigns"]["all"]["overall"]["n_control"] == 0
     assert early["campaigns"]["all"]["immature"] == {"control": 2, "treatment": 4}
     assert early["campaigns"]["all"]["overall"]["uplift_ci"] is None
+    page = " ".join(re.sub(r"<[^>]+>", " ", uplift_html(early)).split())
+    assert "No uplift yet: it needs customers in both groups whose 30-day window" in page
+    assert "0 control and 0 treatment so far; 6 still within their window" in page
 
 
 def test_empty_and_missing_logs(tmp_path, catalogue):
