@@ -94,7 +94,7 @@ def read_log(path: Path, action: str, propensity: str, reward: str, decision: st
     rew = np.zeros((n, k))
     served[dec, pos], prop[dec, pos], rew[dec, pos] = act, p, r
     return Logged(served, prop, rew, tuple(ids.tolist())), {
-        "actions": actions, "decision_ids": ids, "slots": slots, "row_decision": dec, "row_action": act}
+        "actions": actions, "decision_ids": ids, "slots": slots, "row_decision": dec}
 
 
 def read_policy(path: Path, actions: list[str], slots: list[str], decision_ids: np.ndarray, decision: str | None,

@@ -456,15 +456,10 @@ class OnlinePolicy:
         x = self.rows(candidates, ctx)
         value = np.array([c.value for c in candidates])
         share = self.cfg.explore_share if explore_share is None else explore_share
-        base = self.unprompted(candidates)
+        base = unprompted(self.cfg, candidates)
         with self._lock:
             return choose(self.posterior, x, value, k, share, self.rng, self.cfg.propensity_samples,
                           self.cfg.uniform_share, base)
-
-    def unprompted(self, candidates) -> np.ndarray | None:
-        """With uplift arbitration, each candidate's P(acquire unprompted): the model's probability of a
-        product, 0 for an action (nothing happens without it); None with propensity arbitration."""
-        return unprompted(self.cfg, candidates)
 
     def learn(self) -> int:
         """Applies the rewards logged since the last update; returns how many."""
@@ -500,11 +495,10 @@ class OnlinePolicy:
 
 
 def unprompted(cfg, candidates) -> np.ndarray | None:
-    """`OnlinePolicy.unprompted` for a bandit config and candidates (each with `arm` and `base_prob`,
-    objects or the logged dicts)."""
-    if getattr(cfg, "arbitration", "propensity") != "uplift":
+    """With uplift arbitration (`cfg.arbitration`), each candidate's P(acquire unprompted): the model's
+    probability of a product, 0 for an action (nothing happens without it); None with propensity
+    arbitration. Candidates are objects or the logged dicts, each with `arm` and `base_prob`."""
+    if cfg.arbitration != "uplift":
         return None
-    actions = set(cfg.actions)
-    arm = (lambda c: c["arm"]) if candidates and isinstance(candidates[0], dict) else (lambda c: c.arm)
-    prob = (lambda c: c["base_prob"]) if candidates and isinstance(candidates[0], dict) else (lambda c: c.base_prob)
-    return np.array([0.0 if arm(c) in actions else float(prob(c)) for c in candidates])
+    pairs = [(c["arm"], c["base_prob"]) if isinstance(c, dict) else (c.arm, c.base_prob) for c in candidates]
+    return np.array([0.0 if arm in cfg.actions else float(prob) for arm, prob in pairs])

@@ -181,7 +181,7 @@ def build_world(campaign: str, inputs, truth, window_hours: list[int], limits: L
     return World(campaign, list(inputs.customer_ids), list(inputs.products), list(inputs.channels), inputs.valued,
                  allowed, inputs.control.copy(), np.asarray(inputs.margins, dtype=float),
                  np.asarray(inputs.hours, dtype=int), true_learned, true_best, best_hour, limits, first_day,
-                 int((~known).sum()), unprompted, getattr(inputs, "unprompted", None))
+                 int((~known).sum()), unprompted, inputs.unprompted)
 
 
 def available(world: World, state: State) -> np.ndarray:

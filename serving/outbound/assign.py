@@ -259,6 +259,8 @@ def _fill(problem: Problem, choice: np.ndarray, rows: np.ndarray) -> None:
     """Greedy completion of `rows` (free customers) within what the plan leaves (in place)."""
     room = problem.rhs - used(problem, choice)
     cap, quota = room[:len(problem.capacity)], room[len(problem.capacity):-1]
+    if not (cap >= 1 - _EPS).any():  # every channel full: nothing to complete (skips copying the rows)
+        return
     sub = Problem(problem.value[rows], problem.channel, problem.quota_of, np.maximum(cap, 0), problem.cost,
                   np.maximum(quota, 0), max(float(room[-1]), 0.0))
     extra = greedy(sub)
