@@ -258,6 +258,50 @@ class Posterior:
         self.n_updates += 1
         return share
 
+    def fit(self, x: np.ndarray, reward: np.ndarray, weight: np.ndarray | None = None,
+            iters: int = 50) -> "Posterior":
+        """The Laplace posterior after a batch of observations, this posterior being the prior.
+
+        The mean is the MAP of the weighted logistic log-likelihood plus this Gaussian (Newton's
+        method, step halved whenever the objective would not fall), the covariance the inverse
+        Hessian there: what many online `update`s approximate, in one exact step, without their
+        order mattering. Used to learn from history before the first decision.
+
+        Args:
+            x: feature rows, (n, d).
+            reward: 0/1 per row, (n,).
+            weight: how many observations each row counts as, (n,); default 1.
+
+        Returns:
+            A new Posterior; `n_updates` grows by n.
+        """
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(reward, dtype=float)
+        wt = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=float)
+        precision = np.linalg.inv(self.cov)
+        precision = (precision + precision.T) / 2
+
+        def objective(w: np.ndarray) -> float:
+            z = x @ w
+            return float(wt @ (np.logaddexp(0.0, z) - y * z) + 0.5 * (w - self.mean) @ precision @ (w - self.mean))
+
+        w, current = self.mean.copy(), objective(self.mean)
+        for _ in range(iters):
+            p = sigmoid(x @ w)
+            grad = x.T @ (wt * (p - y)) + precision @ (w - self.mean)
+            hess = (x * (wt * p * (1 - p))[:, None]).T @ x + precision
+            step = np.linalg.solve(hess, grad)
+            size = 1.0
+            while size > 1e-6 and objective(w - size * step) > current:
+                size /= 2
+            w = w - size * step
+            previous, current = current, objective(w)
+            if previous - current < 1e-10 * max(1.0, abs(current)):
+                break
+        p = sigmoid(x @ w)
+        cov = np.linalg.inv((x * (wt * p * (1 - p))[:, None]).T @ x + precision)
+        return Posterior(w, (cov + cov.T) / 2, self.n_updates + len(y))
+
     def logit_sampler(self, x: np.ndarray) -> "LogitSampler":
         """Draws of the logits x @ w of the rows of x under this posterior (see `LogitSampler`)."""
         return LogitSampler(self, x)

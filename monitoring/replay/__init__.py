@@ -63,9 +63,9 @@ This module re-exports what callers use.
 
 from nextbest.monitoring.replay.baselines import (POLICIES, EpsilonGreedy, Greedy, MabLinear, Oracle, Random, Step,
                                                   VowpalCB)
-from nextbest.monitoring.replay.loop import Tally
+from nextbest.monitoring.replay.loop import PastRun, Tally
 from nextbest.monitoring.replay.outputs import ope_against_truth, simulate_workdir
 from nextbest.monitoring.replay.world import CHANNEL_MIX, Truth, make_traffic
 
-__all__ = ["CHANNEL_MIX", "POLICIES", "EpsilonGreedy", "Greedy", "MabLinear", "Oracle", "Random", "Step", "Tally",
-           "Truth", "VowpalCB", "make_traffic", "ope_against_truth", "simulate_workdir"]
+__all__ = ["CHANNEL_MIX", "POLICIES", "EpsilonGreedy", "Greedy", "MabLinear", "Oracle", "PastRun", "Random", "Step",
+           "Tally", "Truth", "VowpalCB", "make_traffic", "ope_against_truth", "simulate_workdir"]

@@ -83,6 +83,11 @@ class Policy:
     def learn(self, steps: list[Step], ranks: list[np.ndarray], accepted: list[np.ndarray]) -> None:
         """One batch of answers (accepted: 0/1 per shown offer)."""
 
+    def learn_logged(self, steps: list[Step], ranks: list[np.ndarray], accepted: list[np.ndarray],
+                     propensities: list[list[float]]) -> None:
+        """Learns from offers another policy made (a history), with that policy's logged propensities."""
+        self.learn(steps, ranks, accepted)
+
 
 class Oracle(Policy):
     """Knows the true acceptance: the best expected value among the allowed candidates."""
@@ -295,6 +300,14 @@ class VowpalCB(Policy):
             lines = self._lines(s)
             lines[1 + i] = f"0:{-a * s.value[i] / self.scale:.6f}:{max(pmf[i], 1e-6):.6f} " + lines[1 + i]
             self.vw.learn(lines)
+
+    def learn_logged(self, steps, ranks, accepted, propensities):
+        for s, order, acc, q in zip(steps, ranks, accepted, propensities):
+            if len(order) and len(q):
+                i, a = int(order[0]), float(acc[0])
+                lines = self._lines(s)
+                lines[1 + i] = f"0:{-a * s.value[i] / self.scale:.6f}:{max(q[0], 1e-6):.6f} " + lines[1 + i]
+                self.vw.learn(lines)
 
     def finish(self) -> None:
         self.vw.finish()

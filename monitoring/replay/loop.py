@@ -101,6 +101,36 @@ class Tally:
 
 
 @dataclass
+class PastRun:
+    """What an earlier run offered and heard, as the baselines learn it: steps with offers, the
+    offered candidates' indices, their answers and their logged propensities."""
+
+    steps: list[Step]
+    ranks: list[np.ndarray]
+    accepted: list[np.ndarray]
+    propensities: list[list[float]]
+
+    @classmethod
+    def from_result(cls, result: "Result") -> "PastRun":
+        """The driver's answered offers of a run kept with `keep_steps`, propensities from its log."""
+        from nextbest.eventlog import EventLogReader
+
+        with EventLogReader(result.events_db) as log:
+            offers = log.offers(("decision_id", "product_id", "propensity"))
+        logged = {(d, p): q for d, p, q in offers.itertuples(index=False)}
+        out = cls([], [], [], [])
+        for step, t in zip(result.steps, result.trace):
+            if not step.arms or not t["offers"]:
+                continue
+            index = {a: i for i, a in enumerate(step.arms)}
+            out.steps.append(step)
+            out.ranks.append(np.array([index[a] for a in t["offers"]], dtype=int))
+            out.accepted.append(np.array(t["accepted"], dtype=float))
+            out.propensities.append([float(logged.get((t["decision_id"], a), float("nan"))) for a in t["offers"]])
+        return out
+
+
+@dataclass
 class Result:
     """A finished run: per-step tallies per policy, the oracle's value, the driver's trace."""
 
@@ -156,7 +186,7 @@ def _step_from(t: int, traffic: Traffic, truth: Truth, cands: list[dict], reques
 
 def run(engine, truth: Truth, traffic: Traffic, driver: str = ENGINE_POLICY, shadows: tuple[str, ...] = (),
         k: int = 1, update_every: int = 100, seed: int = DEFAULT_SEED, keep_steps: bool = False,
-        progress: Callable[[int], None] | None = None) -> Result:
+        progress: Callable[[int], None] | None = None, history: "PastRun | None" = None) -> Result:
     """Replays the traffic through the engine with `driver` choosing, and scores the shadows on the same steps.
 
     Args:
@@ -171,6 +201,9 @@ def run(engine, truth: Truth, traffic: Traffic, driver: str = ENGINE_POLICY, sha
         seed: seed of the answer draws and of the baselines.
         keep_steps: keep every Step in the result (memory: ~1 KB a step).
         progress: called with the number of steps done after each batch.
+        history: an earlier run's answered offers (`PastRun.from_result`): every baseline learns
+            from them, in batches of `update_every`, before the first step (the engine's own policy
+            is warm-started apart, from that run's decision log: `nextbest.monitoring.warm_start`).
     """
     n = len(traffic)
     answers = np.random.default_rng([seed, 1]).random((n, len(truth.arms)), dtype=np.float32)
@@ -185,6 +218,12 @@ def run(engine, truth: Truth, traffic: Traffic, driver: str = ENGINE_POLICY, sha
     by_id = engine.catalogue.by_id()
     loans = {p.product_id for p in engine.catalogue.products if p.category == "loan"}
     versions = {"nbp": engine.nbp.registered.version, "churn": engine.churn.registered.version}
+    if history is not None:
+        for policy in policies.values():
+            for b in range(0, len(history.steps), update_every):
+                part = slice(b, b + update_every)
+                policy.learn_logged(history.steps[part], history.ranks[part], history.accepted[part],
+                                    history.propensities[part])
     timer = _PolicyTimer(engine.policy) if driver == ENGINE_POLICY else None
     engine_seconds = 0.0
     for start in range(0, n, update_every):

@@ -121,12 +121,14 @@ def simulate_workdir(paths, policy: str = ENGINE_POLICY, steps: int = 10_000, se
                      shadows: tuple[str, ...] = (), update_every: int = 100, visits_per_week: float = 1.0,
                      customers: int | None = None, keep_steps: bool = False, out_dir: Path | None = None,
                      progress: Callable[[int], None] | None = None,
-                     tune: Callable[[object], None] | None = None) -> tuple[Result, dict[str, Path]]:
+                     tune: Callable[[object], None] | None = None,
+                     history=None) -> tuple[Result, dict[str, Path]]:
     """One simulation on a work dir: engine, truth, traffic, run, files under reports/<date>/simulation/.
 
     The decision log of the run is `<workdir>/simulation/<name>.events.db` (replaced on each run),
     never the work dir's own events.db. `tune(engine)`, if given, may change the loaded engine
-    (the benchmark's labelled experiments with another bandit configuration).
+    (the benchmark's labelled experiments with another bandit configuration, or a warm-started
+    posterior); `history` (`loop.PastRun`) is what the baselines learn before the first step.
     """
     from nextbest.config import load_catalogue
 
@@ -151,7 +153,7 @@ def simulate_workdir(paths, policy: str = ENGINE_POLICY, steps: int = 10_000, se
                        catalogue.categories())
     start = truth.snapshot + timedelta(days=1)
     traffic = make_traffic(len(truth.customer_ids), steps, seed, start, visits_per_week, customers)
-    result = run(engine, truth, traffic, policy, shadows, k, update_every, seed, keep_steps, progress)
+    result = run(engine, truth, traffic, policy, shadows, k, update_every, seed, keep_steps, progress, history)
     result.events_db = events_db
     result.config["visits_per_week"] = visits_per_week
     out_dir = out_dir or paths.reports / time.strftime("%Y-%m-%d") / "simulation"

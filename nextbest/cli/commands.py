@@ -26,6 +26,7 @@ from nextbest.cli.server import demo_request, free_port, preflight, serve_comman
 from nextbest.cli.plan import plan as plan_command
 from nextbest.cli.simulate import simulate as simulate_command
 from nextbest.cli.uplift import uplift as uplift_command
+from nextbest.cli.warm_start import warm_start as warm_start_command
 from nextbest.cli.stages import (do_campaign, do_evaluate, do_features_apply, do_features_build, do_features_import,
                                  do_features_materialize, do_generate, do_ingest, do_monitor, do_ope, do_ope_file,
                                  do_train, do_tune)
@@ -344,6 +345,7 @@ def ope(
 app.command("simulate")(simulate_command)
 app.command("plan")(plan_command)
 app.command("uplift")(uplift_command)
+app.command("warm-start")(warm_start_command)
 
 
 @app.command()
