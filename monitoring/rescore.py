@@ -37,10 +37,6 @@ def model_rescorer(paths: Paths, name: str, alias_or_version: str) -> Rescorer:
         LookupError: the model, alias or version is not registered.
         FileNotFoundError: a feature table is missing (the message names it).
     """
-    import pyarrow.parquet as pq
-
-    from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW
-    from nextbest.serving.privacy import load_key, pseudonymise
     from nextbest.training.models import from_checkpoint, predict_proba
     from nextbest.training.registry import fetch_alias, fetch_version
 
@@ -49,7 +45,31 @@ def model_rescorer(paths: Paths, name: str, alias_or_version: str) -> Rescorer:
     else:
         registered = fetch_alias(paths, name, alias_or_version)
     model, meta = from_checkpoint(registered.local_dir)
-    needed = set(meta.preprocessor.numeric) | set(meta.preprocessor.categorical)
+    table = feature_snapshots(paths, set(meta.preprocessor.numeric) | set(meta.preprocessor.categorical))
+
+    def score(who: list[str], at: np.ndarray) -> np.ndarray:
+        joined = snapshot_at(table, who, at)
+        out = np.full((len(who), len(meta.outputs)), np.nan)
+        found = joined[CUSTOMER_ID].notna().to_numpy()
+        if found.any():
+            out[np.flatnonzero(found)] = predict_proba(model, meta, joined[found].reset_index(drop=True))
+        return out
+
+    return Rescorer(name, registered.version, list(meta.outputs), score)
+
+
+def feature_snapshots(paths: Paths, needed: set[str]) -> pd.DataFrame:
+    """The feature tables' `needed` columns, one row per customer and snapshot, with each customer's
+    pseudonym (`_pseudonym`, the work dir's key) and the snapshot time (`_at`, epoch seconds), sorted by time.
+
+    Raises:
+        FileNotFoundError: a feature table is missing (the message names it).
+    """
+    import pyarrow.parquet as pq
+
+    from nextbest.features.build import ACTIVITY_VIEW, HOLDINGS_VIEW, PROFILE_VIEW, SEGMENTS_VIEW
+    from nextbest.serving.privacy import load_key, pseudonymise
+
     table = None
     for view in (PROFILE_VIEW, HOLDINGS_VIEW, ACTIVITY_VIEW, SEGMENTS_VIEW):
         path = paths.features / f"{view}.parquet"
@@ -68,21 +88,17 @@ def model_rescorer(paths: Paths, name: str, alias_or_version: str) -> Rescorer:
     pseudonyms = dict(zip(ids, (pseudonymise(c, key) for c in ids)))
     table["_pseudonym"] = table[CUSTOMER_ID].astype(str).map(pseudonyms)
     table["_at"] = pd.to_datetime(table[EVENT_TIMESTAMP], utc=True).astype("int64") / 1e9
-    table = table.sort_values(["_at"]).reset_index(drop=True)
+    return table.sort_values(["_at"]).reset_index(drop=True)
 
-    def score(who: list[str], at: np.ndarray) -> np.ndarray:
-        query = pd.DataFrame({"_pseudonym": who, "_at": np.asarray(at, dtype=float), "_row": np.arange(len(who))})
-        query = query[np.isfinite(query["_at"])]  # a decision logged without its time keeps its scores
-        # The latest snapshot at or before each decision: what the online store served then.
-        joined = pd.merge_asof(query.sort_values("_at"), table, on="_at", by="_pseudonym", direction="backward")
-        out = np.full((len(who), len(meta.outputs)), np.nan)
-        found = joined[CUSTOMER_ID].notna().to_numpy()
-        if found.any():
-            rows = joined[found]
-            out[rows["_row"].to_numpy()] = predict_proba(model, meta, rows.reset_index(drop=True))
-        return out
 
-    return Rescorer(name, registered.version, list(meta.outputs), score)
+def snapshot_at(table: pd.DataFrame, who: list[str], at: np.ndarray) -> pd.DataFrame:
+    """For each (pseudonym, time), the latest snapshot of `feature_snapshots` at or before it (what the
+    online store served then): one row per query, in query order, NaN (and no customer id) where there
+    is none. A query without a time (NaN) finds none."""
+    query = pd.DataFrame({"_pseudonym": who, "_at": np.asarray(at, dtype=float), "_row": np.arange(len(who))})
+    known = query[np.isfinite(query["_at"])]
+    joined = pd.merge_asof(known.sort_values("_at"), table, on="_at", by="_pseudonym", direction="backward")
+    return joined.set_index("_row").reindex(np.arange(len(who))).reset_index(drop=True)
 
 
 def rescore_contexts(contexts: list[dict], pseudonyms: list[str], rescorer: Rescorer) -> tuple[list[dict], int]:

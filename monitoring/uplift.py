@@ -80,15 +80,31 @@ def uplift(events_db: Path, catalogue, campaigns: dict[str, list[str] | str] | N
               "method": {"conversion": "newcombe_hybrid_score", "relative": "katz_log_ratio",
                          "value": f"bootstrap_percentile_{n_boot}"},
               "campaigns": {}}
+    read = _read(events_db, lo, hi, as_of, conversion_feedback)
+    if read is None:
+        return result
+    exposures, first, acquisitions = read
+    margins = {p.product_id: float(p.margin) for p in catalogue.products}
+    rng = np.random.default_rng(seed)
+    result["empty"] = False
+    result["exposed"] = int(len(first))
+    result["campaigns"] = {name: _campaign(first if name == GLOBAL else _first_exposures(exposures, name), acquisitions,
+                                           name, products, margins, window, as_of, z, n_boot, rng)
+                           for name, products in campaigns.items()}
+    return result
+
+
+def _read(events_db: Path, lo, hi, as_of: float, conversion_feedback: tuple[str, ...]):
+    """(exposures, first exposures, acquisitions) of the log, None when it has no decision in the period."""
     try:
         log = EventLogReader(events_db)
     except FileNotFoundError:
-        return result
+        return None
     with log:
         exposures = log.decisions(("at", "customer_pseudonym", "segment", "groups_json"), since=lo, until=hi)
         exposures.columns = ["t0", "pseudonym", "segment", "groups"]
         if exposures.empty:
-            return result
+            return None
         first = _first_exposures(exposures)
         start = float(first["t0"].min())
         # Outcomes up to and including `as_of`: the bank's acquisitions, then conversion feedback.
@@ -98,14 +114,27 @@ def uplift(events_db: Path, catalogue, campaigns: dict[str, list[str] | str] | N
             parts.append(log.feedback(("customer_pseudonym", "product_id", "created_at", "value"),
                                       events=conversion_feedback, since=start, until=as_of, include_until=True))
     acquisitions = pd.concat([part.set_axis(ACQUISITION_COLUMNS, axis=1) for part in parts], ignore_index=True)
+    return exposures, first, acquisitions
+
+
+def campaign_units(events_db: Path, catalogue, campaign: str = GLOBAL, products: list[str] | str = GLOBAL,
+                   window_days: float = 30, since: float | None = None, until: float | None = None,
+                   conversion_feedback: tuple[str, ...] = CONVERSION_FEEDBACK) -> pd.DataFrame:
+    """The customers `uplift` compares for one campaign, one row each: those assigned to its control or
+    treatment group whose window has elapsed by `until` (else now), with columns pseudonym, t0
+    (exposure time, epoch seconds), segment, group (control|treatment), converted (bool) and value.
+    Empty when the log has no decision in the period. Arguments as for `uplift`."""
+    lo, hi = bounds(since, until)
+    as_of = float(until) if until is not None else time.time()
+    read = _read(events_db, lo, hi, as_of, conversion_feedback)
+    columns = ["pseudonym", "t0", "segment", "group", "converted", "value"]
+    if read is None:
+        return pd.DataFrame(columns=columns)
+    exposures, first, acquisitions = read
     margins = {p.product_id: float(p.margin) for p in catalogue.products}
-    rng = np.random.default_rng(seed)
-    result["empty"] = False
-    result["exposed"] = int(len(first))
-    result["campaigns"] = {name: _campaign(first if name == GLOBAL else _first_exposures(exposures, name), acquisitions,
-                                           name, products, margins, window, as_of, z, n_boot, rng)
-                           for name, products in campaigns.items()}
-    return result
+    units, _ = _units(first if campaign == GLOBAL else _first_exposures(exposures, campaign), acquisitions, campaign,
+                      products, margins, float(window_days) * DAY, as_of)
+    return units[columns].reset_index(drop=True)
 
 
 def _first_exposures(exposures: pd.DataFrame, campaign: str | None = None) -> pd.DataFrame:
@@ -128,8 +157,9 @@ def _first_exposures(exposures: pd.DataFrame, campaign: str | None = None) -> pd
     return first.reset_index(drop=True)
 
 
-def _campaign(first: pd.DataFrame, acquisitions: pd.DataFrame, name: str, products, margins: dict, window: float,
-              as_of: float, z: float, n_boot: int, rng: np.random.Generator) -> dict:
+def _units(first: pd.DataFrame, acquisitions: pd.DataFrame, name: str, products, margins: dict, window: float,
+           as_of: float) -> tuple[pd.DataFrame, dict]:
+    """The campaign's mature units with their outcome (converted, value), and the counts of the others."""
     every = products == GLOBAL or products is None or GLOBAL in list(products)
     group = first["groups"].map(lambda g: g.get(name))
     units = first.assign(group=group)
@@ -155,12 +185,18 @@ def _campaign(first: pd.DataFrame, acquisitions: pd.DataFrame, name: str, produc
     value = per_product.groupby("pseudonym", sort=False)["value"].sum()
     units = units.assign(converted=units["pseudonym"].isin(value.index),
                          value=units["pseudonym"].map(value).fillna(0.0))
+    counts = {"products": GLOBAL if every else sorted(products),
+              "assigned": int(len(units)) + int((~mature).sum()),  # to control or treatment, mature or not
+              "unassigned": unassigned, "in_global_control": in_global_control,
+              "immature": {g: int(immature.get(g, 0)) for g in GROUPS}}
+    return units, counts
+
+
+def _campaign(first: pd.DataFrame, acquisitions: pd.DataFrame, name: str, products, margins: dict, window: float,
+              as_of: float, z: float, n_boot: int, rng: np.random.Generator) -> dict:
+    units, counts = _units(first, acquisitions, name, products, margins, window, as_of)
     return {
-        "products": GLOBAL if every else sorted(products),
-        "assigned": int(len(units)) + int((~mature).sum()),  # to control or treatment, mature or not
-        "unassigned": unassigned,
-        "in_global_control": in_global_control,
-        "immature": {g: int(immature.get(g, 0)) for g in GROUPS},
+        **counts,
         "overall": compare(units, z, n_boot, rng),
         "by_segment": {str(seg): compare(part, z, n_boot, rng) for seg, part in sorted(units.groupby("segment"))},
     }

@@ -95,24 +95,33 @@ def folds(n: int, k: int = FOLDS, seed: int = DEFAULT_SEED) -> np.ndarray:
     return np.random.default_rng(seed).permutation(np.arange(n) % k)
 
 
-def _params(binary: bool, seed: int, final: bool = False) -> dict:
+def _params(binary: bool, seed: int, final: bool = False, rows: int = 10**9) -> dict:
+    # Leaves of at least a tenth of the rows on small data (a few hundred customers), so a tree can
+    # still split; the caps rule from a few thousand rows on.
+    leaf = min(200 if final else 50, max(20, rows // 10))
     return {"objective": "binary" if binary else "regression", "learning_rate": 0.05,
-            "num_leaves": 7 if final else 15, "min_data_in_leaf": 200 if final else 50, "lambda_l2": 10.0,
+            "num_leaves": 7 if final else 15, "min_data_in_leaf": leaf, "lambda_l2": 10.0,
             "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "verbose": -1, "seed": seed,
             "num_threads": 2, "deterministic": True, "force_row_wise": True}
+
+
+def fit_booster(x: np.ndarray, y: np.ndarray, rows: np.ndarray, categorical: list[int], binary: bool, seed: int,
+                final: bool = False, rounds: int = 150):
+    """A LightGBM fitted on `rows`, or the training mean (a float) where too few rows vary."""
+    import lightgbm as lgb
+
+    yr = y[rows]
+    if x.shape[1] == 0 or len(rows) < 100 or np.ptp(yr) == 0 or (binary and min(yr.sum(), len(yr) - yr.sum()) < 5):
+        return float(yr.mean()) if len(yr) else 0.0
+    data = lgb.Dataset(x[rows], yr, categorical_feature=categorical, free_raw_data=True)
+    return lgb.train(_params(binary, seed, final, len(rows)), data, num_boost_round=rounds)
 
 
 def _fit_predict(x: np.ndarray, y: np.ndarray, rows: np.ndarray, out_rows: np.ndarray, categorical: list[int],
                  binary: bool, seed: int, final: bool = False, rounds: int = 150) -> np.ndarray:
     """A LightGBM fitted on `rows`, predicting `out_rows` (the training mean where too few rows vary)."""
-    import lightgbm as lgb
-
-    yr = y[rows]
-    if x.shape[1] == 0 or len(rows) < 100 or np.ptp(yr) == 0 or (binary and min(yr.sum(), len(yr) - yr.sum()) < 5):
-        return np.full(len(out_rows), float(yr.mean()) if len(yr) else 0.0)
-    data = lgb.Dataset(x[rows], yr, categorical_feature=categorical, free_raw_data=True)
-    booster = lgb.train(_params(binary, seed, final), data, num_boost_round=rounds)
-    return booster.predict(x[out_rows])
+    model = fit_booster(x, y, rows, categorical, binary, seed, final, rounds)
+    return np.full(len(out_rows), model) if isinstance(model, float) else model.predict(x[out_rows])
 
 
 def outcome_models(x: np.ndarray, y: np.ndarray, arm: np.ndarray, arms: int, fold: np.ndarray,
@@ -181,6 +190,95 @@ def arm_shares(arm: np.ndarray, arms: int, fold: np.ndarray) -> np.ndarray:
         other = arm[fold != f]
         out[fold == f] = np.bincount(other, minlength=arms) / max(len(other), 1)
     return out
+
+
+@dataclass
+class UpliftModel:
+    """A fitted uplift learner that scores new customers: uplift(x) = sum of weight_i f_i(x).
+
+    T-learner: mu_t(x) - mu_c(x) (the two outcome models). X-learner: g tau_c(x) + (1 - g) tau_t(x)
+    (the two effect models, g the treated share). Stored as `model.json` (learner, inputs, their
+    vocabularies, the terms) and each model in LightGBM's own text format (or a constant): it loads
+    without unpickling anything.
+    """
+
+    preprocessor: Preprocessor
+    terms: list[tuple[str, object, float]]  # (name, lightgbm.Booster or float, weight)
+    info: dict
+
+    @classmethod
+    def fit(cls, learner: str, frame: pd.DataFrame, columns: list[str], y: np.ndarray, treated: np.ndarray,
+            mu: np.ndarray, seed: int = DEFAULT_SEED, info: dict | None = None) -> "UpliftModel":
+        """`learner` ("t_learner" or "x_learner") refitted on every row of `frame`. The X-learner's
+        imputed effects come from the cross-fitted outcome predictions `mu` (n, 2: control,
+        treatment), so no row's effect comes from a model that saw it.
+
+        Args:
+            columns: the inputs (as `design` keeps them).
+            treated: bool per row (the others are control); y: 0/1 outcome per row.
+        """
+        d = design(frame, columns)
+        t = np.asarray(treated, dtype=bool)
+        on_t, on_c = np.flatnonzero(t), np.flatnonzero(~t)
+        if learner == "t_learner":
+            terms = [("mu_t", fit_booster(d.x, y, on_t, d.categorical, binary=True, seed=seed + 1), 1.0),
+                     ("mu_c", fit_booster(d.x, y, on_c, d.categorical, binary=True, seed=seed), -1.0)]
+        elif learner == "x_learner":
+            g = float(t.mean())
+            terms = [("tau_t", fit_booster(d.x, y - mu[:, 0], on_t, d.categorical, binary=False, seed=seed,
+                                           final=True), 1.0 - g),
+                     ("tau_c", fit_booster(d.x, mu[:, 1] - y, on_c, d.categorical, binary=False, seed=seed + 1,
+                                           final=True), g)]
+        else:
+            raise ValueError(f"learner {learner!r}: expected t_learner or x_learner")
+        numeric = [d.names[j] for j in range(len(d.names)) if j not in set(d.categorical)]
+        categorical = [d.names[j] for j in d.categorical]
+        pre = Preprocessor(numeric, categorical,
+                           vocabs={c: sorted(frame[c].astype(str).unique().tolist()) for c in categorical})
+        return cls(pre, terms, {"learner": learner, **(info or {})})
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted uplift per row, (n,); a missing input column reads as missing values."""
+        view = frame.reindex(columns=self.preprocessor.numeric + self.preprocessor.categorical).copy()
+        for c in self.preprocessor.numeric:
+            view[c] = pd.to_numeric(view[c], errors="coerce").astype("float64")
+        x = tree_matrix(self.preprocessor, view)
+
+        def predict(model) -> np.ndarray:
+            return np.full(len(frame), float(model)) if isinstance(model, float) else model.predict(x)
+
+        return np.sum([weight * predict(model) for _, model, weight in self.terms], axis=0)
+
+    def save(self, directory) -> None:
+        import json
+        from pathlib import Path
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        terms = []
+        for name, model, weight in self.terms:
+            if isinstance(model, float):
+                terms.append({"name": name, "weight": weight, "constant": model})
+            else:
+                (out / f"{name}.txt").write_text(model.model_to_string())
+                terms.append({"name": name, "weight": weight, "file": f"{name}.txt"})
+        (out / "model.json").write_text(json.dumps({
+            "numeric": self.preprocessor.numeric, "categorical": self.preprocessor.categorical,
+            "vocabs": self.preprocessor.vocabs, "terms": terms, "info": self.info}, indent=1))
+
+    @classmethod
+    def load(cls, directory) -> "UpliftModel":
+        import json
+        from pathlib import Path
+
+        import lightgbm as lgb
+
+        src = Path(directory)
+        meta = json.loads((src / "model.json").read_text())
+        terms = [(t["name"], float(t["constant"]) if "constant" in t else
+                  lgb.Booster(model_str=(src / t["file"]).read_text()), float(t["weight"])) for t in meta["terms"]]
+        pre = Preprocessor(meta["numeric"], meta["categorical"], vocabs=meta["vocabs"])
+        return cls(pre, terms, meta["info"])
 
 
 # ------------------------------------------------------------------------------------------------ curves

@@ -235,15 +235,32 @@ def features_materialize(workdir: Optional[Path] = WorkdirOpt):
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="nbp or churn"),
+    task: str = typer.Argument(..., help="nbp, churn or uplift"),
     config: Optional[Path] = typer.Option(None, help="Config file (default configs/<task>.yaml)."),
     processes: int = typer.Option(1, min=1, help="Train with DistributedDataParallel on N processes (torchrun, gloo)."),
+    campaign: str = typer.Option("all", help="uplift: the control group learnt from: all (the global one) or a "
+                                 "campaign of holdout.campaigns in bandit.yaml."),
+    window_days: float = typer.Option(30.0, min=1.0, help="uplift: days after exposure an acquisition counts."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
     """Train a model, evaluate it beside the baselines, log it to MLflow, register it as challenger
-    and promote it to champion if it beats the current one (margin in the config)."""
-    check_task(task)
+    and promote it to champion if it beats the current one (margin in the config). `uplift` learns
+    from the decision log's control groups which customers the offers change (T- and X-learner,
+    Qini and AUUC cross-fitted), registered as `uplift` (or `uplift_<campaign>`)."""
     paths = workdir_paths(workdir)
+    if task == "uplift":
+        from nextbest.monitoring.uplift_model import train_uplift
+
+        with stage(f"train the uplift model of {campaign!r} from the decision log"):
+            result = run_stage(train_uplift, paths, campaign, window_days)
+        m = result["metrics"]
+        console.print(f"{result['units']['treatment']:,} treated and {result['units']['control']:,} control "
+                      f"customers, observed uplift {100 * result['observed_uplift']:+.2f} pp; Qini: X-learner "
+                      f"{m['x_learner']['qini_coefficient']:.5f}, T-learner {m['t_learner']['qini_coefficient']:.5f}")
+        console.print(f"{result['name']} version {result['version']} "
+                      f"({'champion' if result['promoted'] else 'challenger'}): {result['reason']}")
+        return
+    check_task(task)
     if processes == 1:
         run_stage(do_train, paths, task, config)
         return
