@@ -33,6 +33,7 @@ from nextbest.settings import Paths
 
 ANSWERS = {"accept": 1.0, "reject": 0.0, "no_response": 0.0}
 OFFER_COLUMNS = ("customer_id", "product_id", "channel", "offered_at", "response")
+MAX_OFFER_ROWS = 1_000_000
 
 
 @dataclass
@@ -52,10 +53,12 @@ class History:
                 "weight_max": float(self.weight.max()) if len(self.weight) else None, "skipped": self.skipped}
 
 
-def offer_history(paths: Paths, featuriser, offers: pd.DataFrame, rescorer=None) -> History:
+def offer_history(paths: Paths, featuriser, offers: pd.DataFrame, rescorer=None,
+                  max_rows: int = MAX_OFFER_ROWS) -> History:
     """Rows of the offer history (`raw/offers.parquet`'s columns) for `featuriser`.
 
     Args:
+        max_rows: the most recent offers kept (the rows are held in memory: dim floats each).
         rescorer: P(acquire) per (pseudonym, time) (`monitoring.rescore.model_rescorer`); default the
             registered nbp champion on the work dir's feature tables.
 
@@ -88,6 +91,10 @@ def offer_history(paths: Paths, featuriser, offers: pd.DataFrame, rescorer=None)
     known_channel = frame["channel"].astype(str).isin(featuriser.channels).to_numpy()
     drop(keep & known_arm & ~known_channel, "unknown channel")
     frame = frame[keep & known_arm & known_channel].reset_index(drop=True)
+    if len(frame) > max_rows:  # the most recent offers: the bank's behaviour drifts, memory is finite
+        frame = frame.sort_values("offered_at", kind="stable")
+        skipped[f"older than the latest {max_rows:,} offers"] = len(frame) - max_rows
+        frame = frame.iloc[-max_rows:].reset_index(drop=True)
     if rescorer is None:
         from nextbest.constants import NBP_MODEL_NAME
         from nextbest.monitoring.rescore import model_rescorer
@@ -103,7 +110,8 @@ def offer_history(paths: Paths, featuriser, offers: pd.DataFrame, rescorer=None)
     base = np.full(len(frame), np.nan)
     rows = np.flatnonzero(scored)
     base[rows] = probs[rows, [index[p] for p in frame["product_id"].to_numpy()[rows]]]
-    drop(~np.isfinite(base), "no feature snapshot at or before the offer")
+    drop(~scored, "not a product the champion scores (an action)")
+    drop(scored & ~np.isfinite(base), "no feature snapshot at or before the offer")
     inputs = _activity(paths, featuriser.arms, frame[CUSTOMER_ID].astype(str), frame["offered_at"])
     x, reward = [], []
     for i in np.flatnonzero(np.isfinite(base)):

@@ -86,6 +86,8 @@ def test_the_uplift_model_ranks_the_changed_customers_first_and_is_registered(qu
     assert again["version"] == "2" and again["champion_qini"] is not None
     assert again["promoted"] == (again["metrics"]["x_learner"]["qini_coefficient"] > again["champion_qini"])
     assert alias_version(paths, "uplift") == ("2" if again["promoted"] else "1")
+    history = run_cli("registry", "history", "uplift", workdir=wd)
+    assert history.returncode == 0 and "promote" in history.stdout and "v1" in history.stdout, history.stderr[-2000:]
 
 
 def test_too_little_data_and_an_unknown_campaign_are_one_line(quickstart_workdir, tmp_path):

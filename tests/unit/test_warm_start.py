@@ -153,6 +153,12 @@ def test_the_offer_history_is_scored_point_in_time(tmp_path):
     first = featuriser.matrix([featuriser.arms[0]], np.array([0.04]), np.array([1.0]),
                               Context("branch", 10, 0, float(np.log1p(4.0))))[0]
     assert np.allclose(history.x[0], first)  # the snapshot of 28 February: 4 logins, the page viewed
+    latest = offer_history(paths, featuriser, offers, rescorer, max_rows=3)
+    assert latest.skipped == {"older than the latest 3 offers": 1, "no feature snapshot at or before the offer": 2}
+    assert latest.reward.tolist() == [0.0]  # the first offer (accepted) is the one left out
+    actions = offers.assign(product_id=[featuriser.arms[-1]] * len(offers))  # an action, not a product
+    assert offer_history(paths, featuriser, actions, rescorer).skipped == {
+        "not a product the champion scores (an action)": 4}
 
 
 @pytest.mark.parametrize("change, message", [
