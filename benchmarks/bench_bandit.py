@@ -136,13 +136,13 @@ def _history(paths, args, out_dir: Path, tune):
                                   out_dir=out_dir / "history")
     history = PastRun.from_result(earlier)
     featuriser, cfg = earlier.engine.policy.featuriser, earlier.engine.policy_cfg
-    sources = [log_history(earlier.events_db, featuriser)]
+    sources = [log_history(earlier.events_db, featuriser, args.max_weight)]
     offers = paths.raw / "offers.parquet"
-    if offers.exists():
+    if offers.exists() and not args.no_offer_history:
         sources.insert(0, offer_history(paths, featuriser, pd.read_parquet(offers)))
     prior = Posterior.from_config(featuriser, cfg.prior, math.log(cfg.cold_start.page_boost))
     warm = warm_posterior(prior, sources)
-    report = {"history_steps": args.history_steps, "history_seed": args.seed + 1000,
+    report = {"history_steps": args.history_steps, "history_seed": args.seed + 1000, "max_weight": args.max_weight,
               "sources": [h.summary() for h in sources], "answered_offers_for_baselines": len(history.steps)}
     for h in report["sources"]:
         print(f"  history {h['source']}: {h['rows']:,} answered offers, {h['accepted']:,} accepted", file=sys.stderr)
@@ -240,6 +240,9 @@ def main() -> None:
                          "(--history-steps decisions of our policy on other traffic) and, for ours, the offer "
                          "history raw/offers.parquet")
     ap.add_argument("--history-steps", type=int, default=20_000)
+    ap.add_argument("--no-offer-history", action="store_true", help="warm-start ours from the decision log only")
+    ap.add_argument("--max-weight", type=float, default=10.0,
+                    help="largest inverse-propensity weight of a logged offer in our warm start (1: unweighted)")
     args = ap.parse_args()
 
     from nextbest.serving.bandit import Posterior
@@ -267,7 +270,8 @@ def main() -> None:
     history, warm = None, None
     if args.warm_start:
         history, warm, tune = _history(paths, args, out_dir, tune)
-        label += " (warm start)"
+        label += " (warm start" + ("" if args.max_weight == 10.0 else f", max weight {args.max_weight:g}") + (
+            ", decision log only" if args.no_offer_history else "") + ")"
     result, files = simulate_workdir(paths, "nextbest", args.steps, args.seed, args.k, BASELINES + ("random",),
                                      args.update_every, args.visits_per_week, keep_steps=True,
                                      out_dir=out_dir, progress=progress, tune=tune, history=history)
@@ -356,7 +360,8 @@ def main() -> None:
     out = out_dir / f"bench_bandit-{args.steps}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nfiles: {', '.join(str(v) for v in files.values())}, {out}")
-    if not changes:  # an experiment is not the shipped policy's figure
+    shipped_warm_start = not args.no_offer_history and args.max_weight == 10.0
+    if not changes and shipped_warm_start:  # an experiment is not the shipped policy's figure
         record.figures.update({k: v for k, v in report.items() if k not in ("files", "variant")})
         record.write()
 
