@@ -152,6 +152,7 @@ def _history(paths, args, out_dir: Path, tune):
             tune(engine)
         engine.policy.posterior = Posterior(warm.mean.copy(), warm.cov.copy(), warm.n_updates)
 
+    report["posterior"] = warm  # the warm posterior itself, for the analysis (not written out)
     return history, report, warm_tune
 
 
@@ -319,6 +320,12 @@ def main() -> None:
         frozen = frozen_regret(result.steps, featuriser, final)
         ideal = frozen_regret(result.steps, featuriser, best_in_class(result.steps, featuriser, final))
         report["learning"] = {"frozen_final_posterior_regret": frozen, "best_in_class_regret": ideal}
+        if warm is not None:
+            start = frozen_regret(result.steps, featuriser, warm["posterior"].mean)
+            report["learning"]["frozen_warm_posterior_regret"] = start
+            notes.append(f"The warm posterior, frozen (no learning during the run): regret {start:,.0f} = "
+                         f"{start / best_regret:.3f} x {best}.")
+            print(notes[-1])
         notes.append(f"Cost of learning: the final posterior, known from the first decision, would have regret "
                      f"{frozen:,.0f} = {frozen / best_regret:.3f} x {best}; our model class fitted to the true "
                      f"probabilities (in-sample) {ideal:,.0f} = {ideal / best_regret:.3f} x. The rest of our regret "
@@ -357,6 +364,8 @@ def main() -> None:
                                  f"{ope['dm']['value']:.3f} ({err['dm']:+.2%})", f"{ope['logged_value']:.4f}"])
                 print("| " + " | ".join(ope_rows[-1]) + " |")
         record.table(ope_title, ope_columns, ope_rows, align="llrrrrrrrr")
+    if warm is not None:
+        warm.pop("posterior", None)
     out = out_dir / f"bench_bandit-{args.steps}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nfiles: {', '.join(str(v) for v in files.values())}, {out}")
