@@ -1,7 +1,7 @@
 """`nextbest train uplift` on the simulated bank: how well the uplift model learnt from the decision
 log ranks customers, beside the truth's own ranking.
 
-    python benchmarks/bench_uplift_log.py [--source .nextbest/sim-bench-new] [--seeds 5] [--channel email]
+    python benchmarks/bench_uplift_log.py [--source .nextbest/sim-bench] [--seeds 5] [--channel email]
 
 A deposits campaign on every customer of the work dir's bank (latest snapshot): half of them, at
 random, in the campaign's control group; each treated customer is offered the deposit product
@@ -87,12 +87,11 @@ def campaign_log(paths, truth, seed: int, channel: str) -> tuple[np.ndarray, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", type=Path, default=REPO / ".nextbest" / "sim-bench-new")
+    ap.add_argument("--source", type=Path, default=REPO / ".nextbest" / "sim-bench")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--channel", default="email")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from results import Run
 
     from nextbest.config import load_catalogue

@@ -4,8 +4,10 @@ The service appends every decision, its feedback and rewards, real-time customer
 bandit's saved state and a sample of served feature vectors to `<workdir>/events.db`
 (`nextbest.serving.eventlog.EventLog` is the only writer). Everything that reads the log
 afterwards (business KPIs, uplift, off-policy evaluation, served-feature and served-score drift,
-the acceptance section, the replay simulator's reports) reads it through `EventLogReader`: a
-read-only connection that never writes to the live log, and frames with declared dtypes.
+the acceptance section, the replay simulator's reports, the console's pages) reads it through
+`EventLogReader`: a read-only connection that never writes to the live log, and frames with declared
+dtypes. Its bounded reads (a page of decisions, sums over a window, one customer's rows) follow the
+indexes, for pages a person waits for on a log of millions of decisions.
 
 Times are epoch seconds (UTC), float64. A decision's business time `at` is the time it was made
 for: the request's timestamp (`context.request.at`; the simulated clock in replays), else its
@@ -44,6 +46,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     context TEXT NOT NULL          -- JSON: request context and model inputs needed to replay the decision
 );
 CREATE INDEX IF NOT EXISTS decisions_by_customer ON decisions(customer_pseudonym, created_at);
+-- Time windows (monitoring, the console's weekly figures and date searches) read a range of this index.
+CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions(created_at);
 CREATE TABLE IF NOT EXISTS feedback (
     decision_id TEXT NOT NULL REFERENCES decisions(decision_id),
     product_id TEXT NOT NULL,
@@ -52,6 +56,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     created_at REAL NOT NULL,
     PRIMARY KEY (decision_id, product_id, event)
 );
+-- Feedback received since a time (the console's figures of a period join it to its decisions).
+CREATE INDEX IF NOT EXISTS feedback_by_time ON feedback(created_at);
 -- One reward per served offer: the first accept/convert (1) or reject/dismiss (0). Rowid order is
 -- the order the policy learns in, so a restart replays exactly what it had not yet saved.
 CREATE TABLE IF NOT EXISTS rewards (
@@ -103,6 +109,17 @@ AMOUNT_EVENTS = ("salary_received", "large_deposit")  # amount
 CONSENT_CHANGES = ("consent_granted", "consent_withdrawn")  # consent
 # Posted by the bank's core for offered and unoffered products alike: payload {product_id, value?}.
 PRODUCT_ACQUIRED = "product_acquired"
+
+_ACCEPTED_SQL = ", ".join(f"'{e}'" for e in ACCEPTED)
+WEEK = 7 * 86400.0
+# Conditions a page of decisions can be filtered on (`EventLogReader.decision_page`), over the decision row `d`.
+DECISION_CONDITIONS = {
+    "exploring": "d.context ->> '$.exploring' = 1",
+    "degraded": "d.context ->> '$.degraded' IS NOT NULL",
+    "suppressed": "IFNULL(json_array_length(d.context -> '$.suppressed'), 0) > 0",
+    "holdout": "d.context ->> '$.holdout' = 1",
+    "empty": "IFNULL(json_array_length(d.offers), 0) = 0",
+}
 
 # Times a result may hold (epoch seconds, UTC): [1678-01-01, 2262-01-01), inside pandas' datetime64[ns].
 EARLIEST = -9_214_560_000.0
@@ -328,6 +345,159 @@ class EventLogReader:
         return {t: self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] if t in self.tables else 0
                 for t in TABLES if t != "policy_state"}
 
+    # -- bounded reads: a page or a window at a time, along the indexes (the console's pages) -----
+
+    def time_span(self) -> tuple[float, float] | None:
+        """(first, last) `created_at` of the logged decisions, None when there are none (two index seeks)."""
+        if "decisions" not in self.tables:
+            return None
+        ends = [self._conn.execute("SELECT created_at FROM decisions WHERE created_at >= ? AND created_at < ? "
+                                   f"ORDER BY created_at {order} LIMIT 1", (EARLIEST, LATEST)).fetchone()
+                for order in ("ASC", "DESC")]
+        return None if ends[0] is None else (float(ends[0][0]), float(ends[1][0]))
+
+    def count_decisions(self, since: float | None = None, until: float | None = None,
+                        customer_pseudonym: str | None = None) -> int:
+        """Decisions logged in `[since, until)` (of one customer), read from an index alone."""
+        if "decisions" not in self.tables:
+            return 0
+        where, params = _window("created_at", since, until)
+        if customer_pseudonym is not None:
+            where, params = f"customer_pseudonym = ? AND {where}", (customer_pseudonym, *params)
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM decisions WHERE {where}", params).fetchone()[0])
+
+    def decision_page(self, since: float | None = None, until: float | None = None,
+                      customer_pseudonym: str | None = None, channel: str | None = None,
+                      product_id: str | None = None, conditions: Sequence[str] = (), after: int | None = None,
+                      limit: int = 50) -> pd.DataFrame:
+        """Up to `limit` decisions logged in `[since, until)`, newest first (by `created_at`, then rowid),
+        that match every filter given and come after the decision of rowid `after` in that order.
+
+        The time index (or the customer's) gives the order, so a page reads its own rows and those the
+        filters skip, however deep it is. Columns: rowid, decision_id, created_at, customer_pseudonym,
+        channel, offers (list), context (dict).
+
+        Args:
+            product_id: decisions that showed this product.
+            conditions: names of `DECISION_CONDITIONS`, all of which must hold.
+        """
+        columns = ("rowid", "decision_id", "created_at", "customer_pseudonym", "channel", "offers", "context")
+        unknown = [c for c in conditions if c not in DECISION_CONDITIONS]
+        if unknown:
+            raise ValueError(f"unknown condition(s) {unknown}; known: {', '.join(DECISION_CONDITIONS)}")
+        if "decisions" not in self.tables:
+            return self._empty(DECISION_FIELDS, columns)
+        if after is not None:
+            row = self._conn.execute("SELECT created_at FROM decisions WHERE rowid = ?", (int(after),)).fetchone()
+            if row is None:
+                return self._empty(DECISION_FIELDS, columns)
+        lo = EARLIEST if since is None else max(float(since), EARLIEST)
+        hi = LATEST if until is None else min(float(until), LATEST)
+        # One upper bound on the time, so that the index seeks to the page's start (the planner cannot tell
+        # which of two bound parameters is tighter); the row value breaks ties in time.
+        upper, params = ("d.created_at < ?", [hi]) if after is None or hi <= row[0] else ("d.created_at <= ?",
+                                                                                          [row[0]])
+        clauses, params = ["d.created_at >= ?", upper], [lo, *params]
+        if after is not None:
+            clauses.append("(d.created_at, d.rowid) < (?, ?)")
+            params += [row[0], int(after)]
+        for value, sql in ((customer_pseudonym, "d.customer_pseudonym = ?"), (channel, "d.channel = ?"),
+                           (product_id, "EXISTS (SELECT 1 FROM json_each(d.offers) o "
+                                        "WHERE o.value ->> 'product_id' = ?)")):
+            if value is not None:
+                clauses.append(sql)
+                params.append(value)
+        clauses += [DECISION_CONDITIONS[c] for c in conditions]
+        select = ", ".join(DECISION_FIELDS[c].sql for c in columns)
+        rows = self._conn.execute(f"SELECT {select} FROM decisions d WHERE {' AND '.join(clauses)} "
+                                  "ORDER BY d.created_at DESC, d.rowid DESC LIMIT ?", (*params, int(limit))).fetchall()
+        data = {c: _typed(list(map(itemgetter(i), rows)), DECISION_FIELDS[c].kind) for i, c in enumerate(columns)}
+        return pd.DataFrame(data, columns=list(columns))
+
+    def feedback_of(self, decision_ids: Sequence[str]) -> pd.DataFrame:
+        """The feedback on the given decisions, in the order it arrived (by the feedback's key index).
+        Columns: decision_id, product_id, event, value, created_at."""
+        columns = ("decision_id", "product_id", "event", "value", "created_at")
+        if "feedback" not in self.tables or not decision_ids:
+            return self._empty(FEEDBACK_FIELDS, columns)
+        rows = []
+        for chunk in _chunks(list(decision_ids)):
+            rows += self._conn.execute(
+                f"SELECT decision_id, product_id, event, value, created_at FROM feedback "
+                f"WHERE decision_id IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+        rows.sort(key=itemgetter(4))
+        data = {c: _typed(list(map(itemgetter(i), rows)), FEEDBACK_FIELDS[c].kind) for i, c in enumerate(columns)}
+        return pd.DataFrame(data, columns=list(columns))
+
+    def shown_by_week(self, since: float, until: float, weeks_to: float | None = None) -> dict[int, tuple[int, int]]:
+        """{week: (decisions, offers shown)} of the decisions logged in `[since, until)`; weeks are 7-day bins
+        counted back from `weeks_to` (0: the 7 days before it), or one bin, 0, without it."""
+        if "decisions" not in self.tables:
+            return {}
+        week, extra = _week_bin(weeks_to)
+        return {int(w): (int(n), int(o)) for w, n, o in self._conn.execute(
+            f"SELECT {week} AS w, COUNT(*), IFNULL(SUM(json_array_length(d.offers)), 0) FROM decisions d "
+            "WHERE d.created_at >= ? AND d.created_at < ? GROUP BY w", (*extra, since, until))}
+
+    def taken_by_week(self, since: float, until: float,
+                      weeks_to: float | None = None) -> list[tuple[int, str, float | None]]:
+        """One (week, product_id, value) per offer taken (accept or convert) of the decisions logged in
+        `[since, until)`: the largest value its feedback gave, None if none did; weeks as in `shown_by_week`.
+
+        Read from the feedback side (its time index): feedback comes after its decision, so only
+        feedback from `since` on is joined to its decision.
+        """
+        if not {"decisions", "feedback"} <= self.tables:
+            return []
+        week, extra = _week_bin(weeks_to)
+        return self._conn.execute(
+            f"SELECT {week}, f.product_id, MAX(f.value) FROM feedback f CROSS JOIN decisions d "
+            f"ON d.decision_id = f.decision_id WHERE f.created_at >= ? AND f.event IN ({_ACCEPTED_SQL}) "
+            "AND d.created_at >= ? AND d.created_at < ? GROUP BY d.rowid, f.product_id",
+            (*extra, since, since, until)).fetchall()
+
+    def condition_counts(self, since: float, until: float, conditions: Sequence[str]) -> dict[str, int]:
+        """How many decisions logged in `[since, until)` meet each of `conditions` (names of `DECISION_CONDITIONS`)."""
+        if "decisions" not in self.tables or not conditions:
+            return {c: 0 for c in conditions}
+        sums = ", ".join(f"IFNULL(SUM({DECISION_CONDITIONS[c]}), 0)" for c in conditions)
+        row = self._conn.execute(f"SELECT {sums} FROM decisions d WHERE d.created_at >= ? AND d.created_at < ?",
+                                 (since, until)).fetchone()
+        return {c: int(v) for c, v in zip(conditions, row)}
+
+    def plan_contacts(self, plan: str, since: float, until: float) -> list[tuple[str, str, int]]:
+        """(decision_id, channel, offers) of the decisions an outbound plan (`context.plan`, "campaign@date")
+        logged in `[since, until)`."""
+        if "decisions" not in self.tables:
+            return []
+        return self._conn.execute(
+            "SELECT d.decision_id, d.channel, IFNULL(json_array_length(d.offers), 0) FROM decisions d "
+            "WHERE d.created_at >= ? AND d.created_at < ? AND d.context ->> '$.plan' = ?",
+            (since, until, plan)).fetchall()
+
+    def outcomes_of(self, decision_ids: Sequence[str]) -> list[tuple[str, str, bool, float | None]]:
+        """(decision_id, product_id, taken, value) per offer of the given decisions that got feedback:
+        taken when accepted or converted, with the largest value its accept or convert feedback gave."""
+        if "feedback" not in self.tables:
+            return []
+        out = []
+        for chunk in _chunks(list(decision_ids)):
+            out += [(d, p, bool(t), v) for d, p, t, v in self._conn.execute(
+                f"SELECT decision_id, product_id, MAX(event IN ({_ACCEPTED_SQL})), "
+                f"MAX(CASE WHEN event IN ({_ACCEPTED_SQL}) THEN value END) FROM feedback "
+                f"WHERE decision_id IN ({', '.join('?' * len(chunk))}) GROUP BY decision_id, product_id", chunk)]
+        return out
+
+    def events_of(self, customer_pseudonym: str, limit: int = 20) -> list[tuple[str, dict, float]]:
+        """A customer's newest events (event, payload, occurred_at), at most `limit`."""
+        if "customer_events" not in self.tables:
+            return []
+        rows = self._conn.execute("SELECT event, payload, occurred_at FROM customer_events "
+                                  "WHERE customer_pseudonym = ? ORDER BY occurred_at DESC LIMIT ?",
+                                  (customer_pseudonym, int(limit))).fetchall()
+        payloads = _typed([r[1] for r in rows], "dict")
+        return [(r[0], payload, float(r[2])) for r, payload in zip(rows, payloads)]
+
     # -- machinery -----------------------------------------------------------------------------
 
     @staticmethod
@@ -355,6 +525,17 @@ class EventLogReader:
         rows = self._conn.execute(f"SELECT {select} FROM {source} WHERE {where} ORDER BY {order}", params).fetchall()
         data = {c: _typed(list(map(itemgetter(i), rows)), fields[c].kind) for i, c in enumerate(columns)}
         return pd.DataFrame(data, columns=list(columns))
+
+
+def _week_bin(weeks_to: float | None) -> tuple[str, tuple]:
+    """SQL of a decision's 7-day bin counted back from `weeks_to` (one bin, 0, without it)."""
+    return ("0", ()) if weeks_to is None else ("CAST((? - d.created_at) / ? AS INTEGER)", (float(weeks_to), WEEK))
+
+
+def _chunks(values: list, size: int = 500):
+    """Slices of at most `size` values, for `IN (...)` lists within SQLite's parameter limit."""
+    for i in range(0, len(values), size):
+        yield tuple(values[i:i + size])
 
 
 def _check(fields: dict[str, Field], columns: Sequence[str]) -> None:

@@ -23,6 +23,7 @@ from nextbest.cli.common import (WorkdirOpt, check_task, console, print_error, r
 from nextbest.cli.registry import registry_app
 from nextbest.cli.render import command_path, metrics_table
 from nextbest.cli.server import demo_request, free_port, preflight, serve_command, serve_env
+from nextbest.cli.console import console_command
 from nextbest.cli.plan import plan as plan_command
 from nextbest.cli.simulate import simulate as simulate_command
 from nextbest.cli.uplift import uplift as uplift_command
@@ -362,6 +363,7 @@ def ope(
 app.command("simulate")(simulate_command)
 app.command("plan")(plan_command)
 app.command("uplift")(uplift_command)
+app.command("console")(console_command)
 app.command("warm-start")(warm_start_command)
 
 
