@@ -141,8 +141,9 @@ def _history(paths, args, out_dir: Path, tune):
     if offers.exists() and not args.no_offer_history:
         sources.insert(0, offer_history(paths, featuriser, pd.read_parquet(offers)))
     prior = Posterior.from_config(featuriser, cfg.prior, math.log(cfg.cold_start.page_boost))
-    warm = warm_posterior(prior, sources)
+    warm = warm_posterior(prior, sources, args.history_weight)
     report = {"history_steps": args.history_steps, "history_seed": args.seed + 1000, "max_weight": args.max_weight,
+              "history_weight": args.history_weight,
               "sources": [h.summary() for h in sources], "answered_offers_for_baselines": len(history.steps)}
     for h in report["sources"]:
         print(f"  history {h['source']}: {h['rows']:,} answered offers, {h['accepted']:,} accepted", file=sys.stderr)
@@ -242,6 +243,8 @@ def main() -> None:
                          "history raw/offers.parquet")
     ap.add_argument("--history-steps", type=int, default=20_000)
     ap.add_argument("--no-offer-history", action="store_true", help="warm-start ours from the decision log only")
+    ap.add_argument("--history-weight", type=float, default=1.0,
+                    help="observations each past answer counts as in our warm start (`nextbest warm-start`)")
     ap.add_argument("--max-weight", type=float, default=10.0,
                     help="largest inverse-propensity weight of a logged offer in our warm start (1: unweighted)")
     args = ap.parse_args()
@@ -272,7 +275,8 @@ def main() -> None:
     if args.warm_start:
         history, warm, tune = _history(paths, args, out_dir, tune)
         label += " (warm start" + ("" if args.max_weight == 10.0 else f", max weight {args.max_weight:g}") + (
-            ", decision log only" if args.no_offer_history else "") + ")"
+            ", decision log only" if args.no_offer_history else "") + (
+            "" if args.history_weight == 1.0 else f", history weight {args.history_weight:g}") + ")"
     result, files = simulate_workdir(paths, "nextbest", args.steps, args.seed, args.k, BASELINES + ("random",),
                                      args.update_every, args.visits_per_week, keep_steps=True,
                                      out_dir=out_dir, progress=progress, tune=tune, history=history)
@@ -369,7 +373,7 @@ def main() -> None:
     out = out_dir / f"bench_bandit-{args.steps}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nfiles: {', '.join(str(v) for v in files.values())}, {out}")
-    shipped_warm_start = not args.no_offer_history and args.max_weight == 10.0
+    shipped_warm_start = not args.no_offer_history and args.max_weight == 10.0 and args.history_weight == 1.0
     if not changes and shipped_warm_start:  # an experiment is not the shipped policy's figure
         record.figures.update({k: v for k, v in report.items() if k not in ("files", "variant")})
         record.write()

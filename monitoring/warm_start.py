@@ -199,17 +199,21 @@ def log_history(path: Path, featuriser, max_weight: float = 10.0) -> History:
     return History(str(path), x_arr, np.array(reward, dtype=float), weight, skipped, last)
 
 
-def warm_posterior(prior, histories: list[History]):
-    """The prior updated by every history at once (`Posterior.fit`)."""
+def warm_posterior(prior, histories: list[History], history_weight: float = 1.0):
+    """The prior updated by every history at once (`Posterior.fit`), each answer counting as
+    `history_weight` observations (below 1: the history informs the start but leaves the posterior
+    open to what the service sees now)."""
+    if not 0 < history_weight <= 1:
+        raise ValueError(f"history_weight must be in (0, 1], got {history_weight}")
     rows = [h for h in histories if len(h.reward)]
     if not rows:
         return prior
     return prior.fit(np.vstack([h.x for h in rows]), np.concatenate([h.reward for h in rows]),
-                     np.concatenate([h.weight for h in rows]))
+                     history_weight * np.concatenate([h.weight for h in rows]))
 
 
 def warm_start(paths: Paths, offers: bool = True, logs: tuple[Path, ...] = (), max_weight: float = 10.0,
-               force: bool = False) -> dict:
+               force: bool = False, history_weight: float = 1.0) -> dict:
     """Learns the served policy's posterior from history and saves it in the work dir's event log.
 
     Args:
@@ -217,6 +221,7 @@ def warm_start(paths: Paths, offers: bool = True, logs: tuple[Path, ...] = (), m
         logs: decision logs to learn from (another deployment's, or this work dir's own).
         force: replace a posterior the policy has already saved (it has learnt online); by default
             that is refused, since the warm start would throw that learning away.
+        history_weight: how many observations each past answer counts as, in (0, 1].
 
     Returns:
         {"policy", "sources": [History.summary()...], "observations", "accepted", "acceptance_before",
@@ -260,7 +265,7 @@ def warm_start(paths: Paths, offers: bool = True, logs: tuple[Path, ...] = (), m
         raise LookupError("nothing to learn from: " + ("; ".join(notes) if notes else "no answered offer in "
                                                        + ", ".join(h.source for h in histories)))
     prior = Posterior.from_config(featuriser, cfg.prior, math.log(cfg.cold_start.page_boost))
-    posterior = warm_posterior(prior, histories)
+    posterior = warm_posterior(prior, histories, history_weight)
     x = np.vstack([h.x for h in histories])
     events = EventLog(paths.events_db)
     try:

@@ -17,6 +17,8 @@ def warm_start(
     log: Optional[list[Path]] = typer.Option(None, "--log", help="A decision log (events.db) to learn from: another "
                                              "deployment's, or this work dir's own. Repeatable."),
     max_weight: float = typer.Option(10.0, min=1.0, help="Largest inverse-propensity weight of a logged offer."),
+    history_weight: float = typer.Option(1.0, min=0.001, max=1.0, help="How many observations each past answer "
+                                         "counts as: below 1 leaves the policy more open to what it sees now."),
     force: bool = typer.Option(False, help="Replace a posterior the policy has already learnt online."),
     workdir: Optional[Path] = WorkdirOpt,
 ):
@@ -31,7 +33,8 @@ def warm_start(
         from nextbest.monitoring.warm_start import warm_start as learn
 
         with console.status("learning from history"):
-            return learn(paths, offers=offers, logs=tuple(log or ()), max_weight=max_weight, force=force)
+            return learn(paths, offers=offers, logs=tuple(log or ()), max_weight=max_weight, force=force,
+                         history_weight=history_weight)
 
     result = run_stage(go)
     for note in result["notes"]:

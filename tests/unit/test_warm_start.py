@@ -170,3 +170,17 @@ def test_a_malformed_offer_history_is_named(tmp_path, change, message):
     paths, offers, rescorer = _offers_workdir(tmp_path, featuriser, ["accept", "reject", "reject", "reject"])
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         offer_history(paths, featuriser, change(offers), rescorer)
+
+
+def test_a_history_weight_below_one_leaves_the_posterior_wider(tmp_path):
+    from nextbest.monitoring.warm_start import warm_posterior
+
+    cfg, featuriser = _policy()
+    _log(tmp_path / "events.db", featuriser, n=400)
+    history = log_history(tmp_path / "events.db", featuriser)
+    prior = Posterior.from_config(featuriser, cfg.prior)
+    full, half = warm_posterior(prior, [history]), warm_posterior(prior, [history], 0.5)
+    assert np.allclose(half.mean, prior.fit(history.x, history.reward, 0.5 * history.weight).mean)
+    assert np.trace(half.cov) > np.trace(full.cov) and np.trace(half.cov) < np.trace(prior.cov)
+    with pytest.raises(ValueError, match="history_weight"):
+        warm_posterior(prior, [history], 0.0)
