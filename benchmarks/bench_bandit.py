@@ -54,7 +54,7 @@ it writes no result file (benchmarks/results/).
 an earlier deployment's decision log (our policy from its prior for `--history-steps` decisions on
 other traffic, seed + 1000, over the same simulated period); every baseline learns its answered
 offers before the first step (Vowpal Wabbit with the logged propensities), and ours is warm-started
-by the product's own path (`nextbest warm-start`: `nextbest.monitoring.warm_start`) from that log
+by the product's own path (`nextbest warm-start`: `nextbest.monitoring.warm_start`, its defaults) from that log
 and the offer history raw/offers.parquet. Written to benchmarks/results/bench_bandit_warm_start.json;
 compare with bench_bandit.json, the same run without history. The source work dir is never written: it is
 copied to `--workdir` once (Feast paths rewritten).
@@ -245,7 +245,7 @@ def main() -> None:
     ap.add_argument("--no-offer-history", action="store_true", help="warm-start ours from the decision log only")
     ap.add_argument("--history-weight", type=float, default=1.0,
                     help="observations each past answer counts as in our warm start (`nextbest warm-start`)")
-    ap.add_argument("--max-weight", type=float, default=10.0,
+    ap.add_argument("--max-weight", type=float, default=1.0,
                     help="largest inverse-propensity weight of a logged offer in our warm start (1: unweighted)")
     args = ap.parse_args()
 
@@ -274,7 +274,7 @@ def main() -> None:
     history, warm = None, None
     if args.warm_start:
         history, warm, tune = _history(paths, args, out_dir, tune)
-        label += " (warm start" + ("" if args.max_weight == 10.0 else f", max weight {args.max_weight:g}") + (
+        label += " (warm start" + ("" if args.max_weight == 1.0 else f", max weight {args.max_weight:g}") + (
             ", decision log only" if args.no_offer_history else "") + (
             "" if args.history_weight == 1.0 else f", history weight {args.history_weight:g}") + ")"
     result, files = simulate_workdir(paths, "nextbest", args.steps, args.seed, args.k, BASELINES + ("random",),
@@ -373,7 +373,7 @@ def main() -> None:
     out = out_dir / f"bench_bandit-{args.steps}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nfiles: {', '.join(str(v) for v in files.values())}, {out}")
-    shipped_warm_start = not args.no_offer_history and args.max_weight == 10.0 and args.history_weight == 1.0
+    shipped_warm_start = not args.no_offer_history and args.max_weight == 1.0 and args.history_weight == 1.0
     if not changes and shipped_warm_start:  # an experiment is not the shipped policy's figure
         record.figures.update({k: v for k, v in report.items() if k not in ("files", "variant")})
         record.write()

@@ -16,7 +16,8 @@ def warm_start(
                                 "raw/offers.parquet."),
     log: Optional[list[Path]] = typer.Option(None, "--log", help="A decision log (events.db) to learn from: another "
                                              "deployment's, or this work dir's own. Repeatable."),
-    max_weight: float = typer.Option(10.0, min=1.0, help="Largest inverse-propensity weight of a logged offer."),
+    max_weight: float = typer.Option(1.0, min=1.0, help="Above 1: weight a logged offer by its inverse propensity, "
+                                     "clipped at this (default 1: every logged offer counts once)."),
     history_weight: float = typer.Option(1.0, min=0.001, max=1.0, help="How many observations each past answer "
                                          "counts as: below 1 leaves the policy more open to what it sees now."),
     force: bool = typer.Option(False, help="Replace a posterior the policy has already learnt online."),
@@ -24,7 +25,8 @@ def warm_start(
 ):
     """Learn the policy's acceptance model from history and save it, so the service starts from it:
     the offer history (rescored point-in-time by the champion model) and any decision logs (each
-    answered offer weighted by its inverse propensity). Run it after `nextbest train`, before serving."""
+    answered offer once, or weighted by its inverse propensity with --max-weight). Run it after
+    `nextbest train`, before serving."""
     from nextbest.cli.common import console, run_stage, workdir_paths
 
     paths = workdir_paths(workdir)
