@@ -79,7 +79,8 @@ def console(workdir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+        pytest.fail("the console's browser test needs Debian's chromium and chromium-driver: install them "
+                    "(apt-get install chromium chromium-driver) or run .ci/run, which does")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
