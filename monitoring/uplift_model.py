@@ -103,7 +103,7 @@ def train_uplift(paths: Paths, campaign: str = "all", window_days: float = 30.0,
             "units": {"control": int((~treated).sum()), "treatment": int(treated.sum())}}
     # The learner that ranked the held-out customers best is the one refitted and registered.
     chosen = max(measured, key=lambda k: measured[k].qini_coefficient)
-    model = learn.UpliftModel.fit(chosen, frame, d.names, y, treated, mu, seed, info)
+    model = learn.UpliftModel.fit(chosen, d, y, treated, mu, seed, info)
 
     name = model_name(campaign)
     champion_qini = None

@@ -61,6 +61,7 @@ class Design:
     names: list[str]
     categorical: list[int]
     dropped: dict[str, str]
+    preprocessor: Preprocessor  # turns new rows into the same matrix (`UpliftModel.score`)
 
 
 def design(frame: pd.DataFrame, columns: list[str], max_levels: int = 200) -> Design:
@@ -87,7 +88,8 @@ def design(frame: pd.DataFrame, columns: list[str], max_levels: int = 200) -> De
     for c in numeric:
         view[c] = pd.to_numeric(view[c], errors="coerce").astype("float64")
     x = tree_matrix(pre, view) if len(pre.numeric) + len(pre.categorical) else np.zeros((len(frame), 0), np.float32)
-    return Design(x, numeric + categorical, list(range(len(numeric), len(numeric) + len(categorical))), dropped)
+    return Design(x, numeric + categorical, list(range(len(numeric), len(numeric) + len(categorical))), dropped,
+                  pre)
 
 
 def folds(n: int, k: int = FOLDS, seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -207,17 +209,15 @@ class UpliftModel:
     info: dict
 
     @classmethod
-    def fit(cls, learner: str, frame: pd.DataFrame, columns: list[str], y: np.ndarray, treated: np.ndarray,
-            mu: np.ndarray, seed: int = DEFAULT_SEED, info: dict | None = None) -> "UpliftModel":
-        """`learner` ("t_learner" or "x_learner") refitted on every row of `frame`. The X-learner's
-        imputed effects come from the cross-fitted outcome predictions `mu` (n, 2: control,
-        treatment), so no row's effect comes from a model that saw it.
+    def fit(cls, learner: str, d: Design, y: np.ndarray, treated: np.ndarray, mu: np.ndarray,
+            seed: int = DEFAULT_SEED, info: dict | None = None) -> "UpliftModel":
+        """`learner` ("t_learner" or "x_learner") refitted on every row of the design `d`. The
+        X-learner's imputed effects come from the cross-fitted outcome predictions `mu` (n, 2:
+        control, treatment), so no row's effect comes from a model that saw it.
 
         Args:
-            columns: the inputs (as `design` keeps them).
             treated: bool per row (the others are control); y: 0/1 outcome per row.
         """
-        d = design(frame, columns)
         t = np.asarray(treated, dtype=bool)
         on_t, on_c = np.flatnonzero(t), np.flatnonzero(~t)
         if learner == "t_learner":
@@ -231,11 +231,7 @@ class UpliftModel:
                                            final=True), g)]
         else:
             raise ValueError(f"learner {learner!r}: expected t_learner or x_learner")
-        numeric = [d.names[j] for j in range(len(d.names)) if j not in set(d.categorical)]
-        categorical = [d.names[j] for j in d.categorical]
-        pre = Preprocessor(numeric, categorical,
-                           vocabs={c: sorted(frame[c].astype(str).unique().tolist()) for c in categorical})
-        return cls(pre, terms, {"learner": learner, **(info or {})})
+        return cls(d.preprocessor, terms, {"learner": learner, **(info or {})})
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Predicted uplift per row, (n,); a missing input column reads as missing values."""
