@@ -2,7 +2,7 @@
 measured in the same run, and how fast a shed request (429) is answered.
 
     python benchmarks/bench_overload.py [--workdir .nextbest/bench-overload] [--customers 2000]
-                                        [--connections 8] [--factor 8] [--seconds 20]
+                                        [--connections 8] [--factor 8] [--seconds 15] [--rounds 3]
 
 A real `nextbest serve` (one worker, shipped settings) on a quickstart work dir (built once if
 missing). The load generator is a closed loop of keep-alive HTTP/1.1 connections in its own
@@ -10,7 +10,8 @@ process (asyncio, raw sockets: about 20 microseconds of client CPU per request),
 next request as soon as the answer arrives, without backing off on 429 (as `wrk` does).
 
 Phases, each after a 5 s warm-up: `--connections` connections (the capacity: 2xx per second), then
-`--factor` x as many. The same two phases run against the same work dir served with the shipped
+`--factor` x as many, alternated `--rounds` times on the same server so that the machine's slow
+spells fall on both. The same two phases run against the same work dir served with the shipped
 admission control, with it off and BentoML's own `max_concurrency` of 32 shedding instead, and
 with no limit at all (every request queues).
 
@@ -89,13 +90,23 @@ async def _closed_loop(port: int, customers: list[str], connections: int, warmup
     cpu0 = os.times()
     await asyncio.gather(*(connection(j) for j in range(connections)))
     cpu1 = os.times()
-    out = {"connections": connections, "seconds": seconds, "errors": errors[0],
-           "client_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2)}
-    for status, lat in sorted(by_status.items()):
-        ms = np.asarray(lat) * 1000
-        out[str(status)] = {"count": len(ms), "per_s": round(len(ms) / seconds, 1),
-                            "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {"connections": connections, "seconds": seconds, "errors": errors[0],
+            "client_cpu_s": cpu1.user + cpu1.system - cpu0.user - cpu0.system,
+            "latencies": {str(status): lat for status, lat in by_status.items()}}
+
+
+def _summary(rounds: list[dict]) -> dict:
+    """One phase's figures over its rounds: counts and CPU summed, latency percentiles over every answer."""
+    seconds = sum(r["seconds"] for r in rounds)
+    out = {"connections": rounds[0]["connections"], "rounds": len(rounds), "seconds": seconds,
+           "errors": sum(r["errors"] for r in rounds),
+           "client_cpu_s": round(sum(r["client_cpu_s"] for r in rounds), 2),
+           "server_cpu_s": round(sum(r["server_cpu_s"] for r in rounds), 2)}
+    for status in sorted({s for r in rounds for s in r["latencies"]}):
+        ms = np.concatenate([np.asarray(r["latencies"].get(status, []), dtype=float) for r in rounds]) * 1000
+        out[status] = {"count": len(ms), "per_s": round(len(ms) / seconds, 1),
+                       "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                       "p99_ms": round(float(np.percentile(ms, 99)), 2)}
     return out
 
 
@@ -148,7 +159,7 @@ def _measure(pid: int, spec: dict, pool: ProcessPoolExecutor) -> dict:
     time.sleep(spec["seconds"])
     cpu1 = _tree_cpu(pid)
     out = future.result()
-    out["server_cpu_s"] = round(cpu1 - cpu0, 2)
+    out["server_cpu_s"] = cpu1 - cpu0
     return out
 
 
@@ -163,35 +174,40 @@ def _phases(workdir: Path, env: dict, args, customers: list[str], pool: ProcessP
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(port, proc)
-            out = []
-            for connections in (args.connections, args.connections * args.factor):
-                spec = {"port": port, "customers": customers, "connections": connections, "warmup": 5.0,
-                        "seconds": float(args.seconds)}
-                out.append(_measure(proc.pid, spec, pool))
-            return out
+            out: list[list[dict]] = [[], []]
+            for _ in range(args.rounds):  # alternated, so that a slow spell of the machine hits both phases
+                for phase, connections in enumerate((args.connections, args.connections * args.factor)):
+                    spec = {"port": port, "customers": customers, "connections": connections, "warmup": 5.0,
+                            "seconds": float(args.seconds)}
+                    out[phase].append(_measure(proc.pid, spec, pool))
+            return [_summary(rounds) for rounds in out]
         finally:
             stop_server(proc)
 
 
 FLOOR_APP = """
 import sys, uvicorn
-from nextbest.serving.admission import Admission
+from nextbest.serving.admission import Admission, SheddingProtocol
 
 async def never(scope, receive, send):
     raise RuntimeError("the floor server admits nothing")
 
+http = SheddingProtocol if sys.argv[2] == "protocol" else "httptools"
 uvicorn.run(Admission(never, ("/recommend",), limit=0), host="127.0.0.1", port=int(sys.argv[1]),
-            log_level="warning", server_header=False)
+            log_level="warning", server_header=False, http=http)
 """
 
+# The two places a 429 can be answered in the worker: the HTTP protocol (shipped), or the ASGI layer.
+FLOORS = {"protocol": "the HTTP protocol, from parsed headers", "asgi": "the ASGI admission layer"}
 
-def _shed_floor(args, customers: list[str], pool: ProcessPoolExecutor, shedding: int) -> dict:
-    """The cheapest a 429 can be in one Python process: the same admission layer alone under uvicorn (uvloop,
-    httptools, as the BentoML worker runs it), every request shed, `shedding` connections."""
+
+def _shed_floor(args, customers: list[str], pool: ProcessPoolExecutor, shedding: int, where: str) -> dict:
+    """The cheapest a 429 can be in one Python process: the admission alone under uvicorn (uvloop, httptools, as
+    the BentoML worker runs it), every request shed at `where` (FLOORS), `shedding` connections."""
     from nextbest.cli.server import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port), where], start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -204,31 +220,34 @@ def _shed_floor(args, customers: list[str], pool: ProcessPoolExecutor, shedding:
                 time.sleep(0.1)
         spec = {"port": port, "customers": customers, "connections": shedding, "warmup": 3.0,
                 "seconds": float(args.seconds)}
-        return _measure(proc.pid, spec, pool)
+        return _summary([_measure(proc.pid, spec, pool)])
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _bound(shipped: dict, floor: dict, shedding: int, seconds: float) -> dict:
-    """What the single worker's CPU allows: the decision cost from the capacity phase, the cost of a 429 in the
-    shipped server and in the floor server, and the best ratio any in-process shedding can reach when
-    `shedding` connections each get their 429 within the p99 target (so at least shedding / target per second)."""
+def _bound(shipped: dict, floors: dict, shedding: int) -> dict:
+    """What the single worker's CPU allows: the decision cost from the capacity phase, the cost of a 429 in
+    each floor server, the best ratio any in-process shedding can reach when `shedding` connections each get
+    their 429 within the p99 target (so at least shedding / target per second) at the shipped floor's cost,
+    and the decision's own cost under overload (the server's CPU less the 429s at that cost)."""
     cap, over = shipped["capacity"], shipped["overload"]
-    decisions = cap["200"]["count"]
-    per_decision = cap["server_cpu_s"] / decisions
-    worker_cores = cap["server_cpu_s"] / seconds
+    per_decision = cap["server_cpu_s"] / cap["200"]["count"]
+    worker_cores = cap["server_cpu_s"] / cap["seconds"]
+    per_429 = {where: floor["server_cpu_s"] / floor["429"]["count"] for where, floor in floors.items()}
     shed = over.get("429", {}).get("count", 0)
     served = over.get("200", {}).get("count", 0)
-    per_429_shipped = (over["server_cpu_s"] - served * per_decision) / shed if shed else None
-    per_429_floor = floor["server_cpu_s"] / floor["429"]["count"]
+    per_decision_over = (over["server_cpu_s"] - shed * per_429["protocol"]) / served if served else None
     min_rate = shedding / (TARGET_429_P99_MS / 1000)
-    return {"worker_cores_at_capacity": round(worker_cores, 2), "cpu_ms_per_decision": round(per_decision * 1000, 3),
-            "cpu_ms_per_429_shipped": round(per_429_shipped * 1000, 3) if per_429_shipped else None,
-            "cpu_ms_per_429_floor": round(per_429_floor * 1000, 3), "shedding_connections": shedding,
-            "min_429_per_s_at_target": round(min_rate), "floor_429_per_s": floor["429"]["per_s"],
-            "floor_p99_429_ms": floor["429"]["p99_ms"],
-            "best_ratio_in_process": round(1 - min_rate * per_429_floor / worker_cores, 3)}
+    out = {"worker_cores_at_capacity": round(worker_cores, 2), "cpu_ms_per_decision": round(per_decision * 1000, 3),
+           "cpu_ms_per_decision_overload": round(per_decision_over * 1000, 3) if per_decision_over else None,
+           "shedding_connections": shedding, "min_429_per_s_at_target": round(min_rate)}
+    for where, floor in floors.items():
+        out[f"cpu_ms_per_429_{where}"] = round(per_429[where] * 1000, 4)
+        out[f"floor_429_per_s_{where}"] = floor["429"]["per_s"]
+        out[f"floor_p99_429_ms_{where}"] = floor["429"]["p99_ms"]
+    out["best_ratio_in_process"] = round(1 - min_rate * per_429["protocol"] / worker_cores, 3)
+    return out
 
 
 def _row(label: str, capacity: dict, overload: dict) -> tuple[list[str], dict]:
@@ -252,7 +271,8 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=2000)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--factor", type=int, default=8)
-    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=15, help="measured seconds of each phase in each round")
+    ap.add_argument("--rounds", type=int, default=3, help="capacity and overload phases, alternated, per server")
     ap.add_argument("--shipped-only", action="store_true", help="only the shipped server (no peers; no result file)")
     args = ap.parse_args()
     record = Run("bench_overload")
@@ -275,9 +295,9 @@ def main() -> None:
             print(f"{label}: {json.dumps(figures)}", flush=True)
         n, m = args.connections, args.connections * args.factor
         shedding = m - DEFAULT_MAX_IN_FLIGHT
-        floor = _shed_floor(args, customers, pool, shedding)
-    raw["shed floor"] = floor
-    record.figures["shed floor"] = bound = _bound(raw["admission control (shipped)"], floor, shedding, args.seconds)
+        floors = {where: _shed_floor(args, customers, pool, shedding, where) for where in FLOORS}
+    raw["shed floor"] = floors
+    record.figures["shed floor"] = bound = _bound(raw["admission control (shipped)"], floors, shedding)
     print(f"shed floor: {json.dumps(bound)}", flush=True)
     title = f"POST /recommend, one worker: capacity at {n} connections, overload at {m}"
     header = ["server", f"2xx/s at {n}", f"2xx/s at {m}", "ratio", "429/s", "p99 of a 429 (ms)", "p99 of a 2xx (ms)"]
@@ -288,12 +308,14 @@ def main() -> None:
                 f"under {TARGET_429_P99_MS:g} ms: {'met' if met else 'not met'} (ratio {shipped['ratio']:.2f}, "
                 f"p99 of a 429 {shipped['p99_429_ms']} ms).")
     record.note(f"Bound: a single worker at capacity uses {bound['worker_cores_at_capacity']} cores, "
-                f"{bound['cpu_ms_per_decision']} ms of CPU per decision. The cheapest 429 measured in one Python "
-                f"process (the admission layer alone under uvicorn) costs {bound['cpu_ms_per_429_floor']} ms "
-                f"(the shipped server: {bound['cpu_ms_per_429_shipped']} ms). {shedding} connections answered within "
+                f"{bound['cpu_ms_per_decision']} ms of CPU per decision. A 429 alone under uvicorn costs "
+                f"{bound['cpu_ms_per_429_protocol']} ms of CPU answered by the HTTP protocol (shipped) and "
+                f"{bound['cpu_ms_per_429_asgi']} ms by the ASGI layer. {shedding} connections answered within "
                 f"{TARGET_429_P99_MS:g} ms make at least {bound['min_429_per_s_at_target']:,} 429s per second, so "
-                f"shedding in the deciding process leaves at most {bound['best_ratio_in_process']:.2f} x the "
-                "capacity for decisions.")
+                f"the 429s' own cost leaves at least {bound['best_ratio_in_process']:.2f} x the capacity for "
+                f"decisions. Under overload a decision costs {bound['cpu_ms_per_decision_overload']} ms of the "
+                "worker's CPU (its total less the 429s at that cost): the rest of the gap is the decisions' own "
+                "cost, grown with more requests in flight and the 429s' wake-ups between them.")
     record.figures["raw"] = raw
     print("| " + " | ".join(header) + " |")
     for row in rows:

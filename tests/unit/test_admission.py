@@ -89,3 +89,133 @@ def test_a_client_error_is_logged_at_info_naming_fields_not_values(tmp_path, mon
     assert record.levelno == logging.INFO and record.exc_info is None
     line = record.getMessage()
     assert "['k']" in line and "C0000042" not in line and "many" not in line
+
+
+class _Server:
+    """A real uvicorn server (httptools) on a free port, in a thread, serving `app` with `SheddingProtocol`."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        from nextbest.serving.admission import SheddingProtocol
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, http=SheddingProtocol, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+
+    def connect(self):
+        import socket
+
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _post(path=b"/recommend", body=b'{"customer_id": "C1"}', declared=None):
+    length = len(body) if declared is None else declared
+    return (b"POST " + path + b" HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(length).encode() + b"\r\n\r\n" + body)
+
+
+def _answer(sock) -> tuple[int, dict, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _closed(sock) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_the_protocol_sheds_from_parsed_headers_in_order_and_keeps_the_connection_usable():
+    import threading
+
+    from nextbest.serving.admission import Admission
+
+    reached, release = [], threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        reached.append(scope["path"])
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/recommend" and len(reached) == 1:
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    gate = Admission(app, ("/recommend", "/feedback"), limit=1, pause_ms=20)
+    server = _Server(gate)
+    try:
+        busy = server.connect()
+        busy.sendall(_post())  # takes the only slot until released
+        deadline = time.monotonic() + 5
+        while gate.in_flight < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+        shed = server.connect()
+        started = time.perf_counter()
+        shed.sendall(_post(b"/feedback?x=1"))
+        status, headers, body = _answer(shed)
+        waited = time.perf_counter() - started
+        assert status == 429 and headers["retry-after"] == "1" and headers["content-type"] == "application/json"
+        assert "1 requests in flight" in json.loads(body)["error"] and "connection" not in headers
+        assert 0.019 <= waited < 0.5  # paced: on the first tick at least the pause away
+        shed.sendall(b"GET /readyz HTTP/1.1\r\nhost: t\r\n\r\n")  # the same connection serves what comes next
+        assert _answer(shed)[0] == 200
+
+        partial = server.connect()  # a body not all sent: the 429, then the connection closes
+        partial.sendall(_post(body=b'{"custo', declared=100))
+        status, headers, _ = _answer(partial)
+        assert status == 429 and headers["connection"] == "close" and _closed(partial)
+
+        piped = server.connect()  # a request pipelined behind a shed one: one 429, then the connection closes
+        piped.sendall(_post() + _post(b"/feedback"))
+        status, headers, _ = _answer(piped)
+        assert status == 429 and headers["connection"] == "close" and _closed(piped)
+
+        assert reached == ["/recommend", "/readyz"]  # nothing shed reached the application
+        release.set()
+        assert _answer(busy)[0] == 200
+        busy.sendall(_post())  # the slot is free again: admitted
+        assert _answer(busy)[0] == 200 and reached[-1] == "/recommend"
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_the_service_worker_serves_http_with_the_shedding_protocol(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
+    import uvicorn
+
+    import nextbest.serving.service  # noqa: F401 - importing the service sets the worker's protocol
+    from nextbest.serving.admission import SheddingProtocol
+
+    config = uvicorn.Config(lambda scope, receive, send: None)
+    config.load()
+    assert config.http_protocol_class is SheddingProtocol
