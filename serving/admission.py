@@ -35,6 +35,7 @@ DEFAULT_MAX_IN_FLIGHT = 32
 SHED_PAUSE_ENV = "NEXTBEST_SHED_PAUSE_MS"
 DEFAULT_SHED_PAUSE_MS = 10.0
 SHED_LOG_SECONDS = 10.0
+ADMITTED = "nextbest.admitted"  # scope key: the HTTP protocol admitted the request and took its slot
 
 
 async def reject(send, status: int, message: str, extra: list | None = None) -> None:
@@ -93,6 +94,11 @@ class Admission:
             protocol.answer_429(self)
 
     async def __call__(self, scope, receive, send):
+        if scope.get(ADMITTED):
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
@@ -154,9 +160,11 @@ if HttpToolsProtocol is not None:
                 self._close_after = True
                 return
             gate = self.gate
-            if (gate is not None and gate.full() and not self.pipeline
-                    and (self.cycle is None or self.cycle.response_complete)
-                    and self.parser.get_method() == b"POST" and self.url.split(b"?", 1)[0] in gate.raw_paths):
+            gated = (gate is not None and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+                     and self.parser.get_method() == b"POST" and self.url.split(b"?", 1)[0] in gate.raw_paths)
+            if not gated:
+                return super().on_headers_complete()
+            if gate.full():
                 gate.count_shed()
                 self._pending, self._body_done = True, False
                 self._close_after = not self.parser.should_keep_alive() or self.expect_100_continue
@@ -164,7 +172,13 @@ if HttpToolsProtocol is not None:
                 self.flow.pause_reading()
                 gate.answer_later(self.loop, self)
                 return
+            # Admitted here, and the slot taken now: requests parsed later in the same turn of the event
+            # loop see it taken, before this one's task runs. `Admission` frees it when the request ends.
+            gate.in_flight += 1
+            self.scope[ADMITTED] = True
             super().on_headers_complete()
+            if self.cycle is None or self.cycle.scope is not self.scope:  # not started (an upgrade): no slot
+                gate.in_flight -= 1
 
         def on_message_complete(self) -> None:
             if self.cycle is _ANSWERED:

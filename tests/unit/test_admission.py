@@ -219,3 +219,62 @@ def test_the_service_worker_serves_http_with_the_shedding_protocol(tmp_path, mon
     config = uvicorn.Config(lambda scope, receive, send: None)
     config.load()
     assert config.http_protocol_class is SheddingProtocol
+
+
+class _Transport:
+    def __init__(self):
+        self.written, self.closed, self.reading = b"", False, True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def write(self, data):
+        self.written += data
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+
+def test_a_request_admitted_by_the_protocol_holds_its_slot_before_its_task_runs():
+    """Requests parsed in one turn of the event loop: the first takes the only slot at once, so the second
+    is shed by the protocol rather than reaching the application."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from nextbest.serving.admission import Admission, SheddingProtocol
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    gate = Admission(app, ("/recommend",), limit=1, pause_ms=10)
+    config = uvicorn.Config(gate, http=SheddingProtocol, lifespan="off", log_level="warning")
+    config.load()
+
+    async def run():
+        state, conns = ServerState(), []
+        for _ in range(2):
+            proto = SheddingProtocol(config, state, {}, _loop=asyncio.get_running_loop())
+            proto.connection_made(_Transport())
+            conns.append(proto)
+        for proto in conns:  # both parsed before either task runs
+            proto.data_received(_post())
+        assert gate.in_flight == 1 and gate.shed == 1
+        await asyncio.sleep(0.05)
+        return [p.transport for p in conns]
+
+    first, second = asyncio.run(run())
+    assert first.written.startswith(b"HTTP/1.1 200") and second.written.startswith(b"HTTP/1.1 429")
+    assert reached == ["/recommend"] and gate.in_flight == 0
