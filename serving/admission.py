@@ -75,11 +75,11 @@ class Admission:
         return self.in_flight >= self.limit
 
     def answer_later(self, loop, protocol) -> None:
-        """Queues a protocol-level 429 for the first tick at least `pause` away. The ticks are `pause / 2`
+        """Queues a protocol-level 429 for the first tick at least `pause` away. The ticks are `pause / 4`
         apart, and one timer answers every 429 due on a tick: the event loop then wakes for a burst of
         them (and the clients' retries come back together) rather than once per shed request, each
         wake-up taking the interpreter from the decision in progress."""
-        tick = self.pause / 2
+        tick = self.pause / 4
         if tick <= 0:
             return protocol.answer_429(self)
         at = (int((loop.time() + self.pause) / tick) + 1) * tick
