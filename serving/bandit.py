@@ -515,7 +515,7 @@ class OnlinePolicy:
                     self.posterior.update(x, reward, self.featuriser.max_logit_change, self.max_logit_step)
                 self.last_rowid = rowid
             self._unsaved += len(pending)
-            if self._unsaved >= self.cfg.snapshot_every:
+            if self._unsaved >= self.cfg.snapshot_every and not getattr(self.events, "readonly", False):
                 self._save()
         return len(pending)
 

@@ -15,11 +15,14 @@ import concurrent.futures
 import gc
 import logging
 import math
+import secrets
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 from nextbest.config import load_bandit, load_catalogue, load_rules
 from nextbest.constants import CHURN_MODEL_NAME, CUSTOMER_ID, NBP_MODEL_NAME
@@ -31,7 +34,7 @@ from nextbest.serving.decide import (Candidate, History, Profile, Suppression, a
 from nextbest.serving.eventlog import Contradiction, EventLog
 from nextbest.serving.models import LoadedModel
 from nextbest.serving.online import REALTIME_EVENT_FIELDS, StoreLink, push_realtime
-from nextbest.serving.privacy import load_key, pseudonymise
+from nextbest.serving.privacy import load_key, pseudonymise, read_key
 from nextbest.settings import Paths
 
 log = logging.getLogger("nextbest.serving")
@@ -94,17 +97,23 @@ class DecisionEngine:
             (tests, simulations); None reads the Feast online store of the work directory.
         durable: fsync every logged decision (production); False for simulations.
         stream: the policy's random stream (one per serving worker).
+        readonly: for `preview` only (the console): the work directory is read, never written (the
+            log opened read-only, the policy's state not saved, a stale fallback table rebuilt in a
+            temporary folder, no key created); `recommend`, `feedback` and `event` fail.
     """
 
     def __init__(self, paths: Paths, features: Callable[[str], dict | None] | None = None, durable: bool = True,
-                 stream: int = 0, eventlog: EventLog | None = None):
+                 stream: int = 0, eventlog: EventLog | None = None, readonly: bool = False):
         self.paths = paths
+        self.readonly = readonly
         self.catalogue = load_catalogue()
         self.products = self.catalogue.products
         self.policy_cfg = load_bandit(catalogue=self.catalogue)
         self.rules = load_rules(catalogue=self.catalogue, bandit=self.policy_cfg)
-        self.eventlog = eventlog or EventLog(paths.events_db, durable=durable)
-        self.key = load_key(paths.root)
+        self.eventlog = eventlog or EventLog(paths.events_db, durable=durable, readonly=readonly)
+        # Read-only with no key yet: nothing was logged under any pseudonym, so any key finds the same nothing.
+        self.key = (read_key(paths.root) or secrets.token_hex(32).encode()) if readonly else load_key(paths.root)
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self.sample_share = feature_sample_share()
         self._reader = features
         self._stream = stream
@@ -120,8 +129,15 @@ class DecisionEngine:
     def load(self) -> None:
         """Loads models, the fallback table, the policy and the online store; errors land in `error`."""
         try:
-            self.nbp = LoadedModel(NBP_MODEL_NAME, self.paths)
-            self.churn = LoadedModel(CHURN_MODEL_NAME, self.paths)
+            scratch = None
+            if self.readonly:
+                uri = self.paths.mlflow_uri  # MLflow would create a missing SQLite registry
+                if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+                    raise LookupError(f"no model registry yet ({uri}): train the models first")
+                self._scratch = self._scratch or tempfile.TemporaryDirectory(prefix="nextbest-preview-")
+                scratch = Path(self._scratch.name)
+            self.nbp = LoadedModel(NBP_MODEL_NAME, self.paths, scratch)
+            self.churn = LoadedModel(CHURN_MODEL_NAME, self.paths, scratch)
             for model in (self.nbp, self.churn):
                 changed = model.meta.catalogue_change(self.catalogue.ids)
                 if changed:
@@ -129,6 +145,8 @@ class DecisionEngine:
                                      f"(nextbest train {model.registered.name})")
             db = self.paths.root / "fallback.db"
             if fb.is_stale(db, self.paths.features):
+                if self.readonly:
+                    db = Path(self._scratch.name) / "fallback.db"
                 rows = fb.build(db, self.paths.features, self.catalogue, self.rules, self.key)
                 log.info("fallback table rebuilt: %d customers", rows)
             self.fallback = fb.Fallback(db)
@@ -147,14 +165,19 @@ class DecisionEngine:
             self.link = StoreLink(self.paths, [self.nbp.meta.feature_service, self.churn.meta.feature_service])
             self.link.connect()
             self.link.watch()
-        # Everything loaded so far (models, Feast, MLflow, pandas) lives as long as the process:
-        # freezing it keeps the garbage collector's full passes from walking it during requests.
-        gc.collect()
-        gc.freeze()
+        if not self.readonly:
+            # Everything loaded so far (models, Feast, MLflow, pandas) lives as long as the process:
+            # freezing it keeps the garbage collector's full passes from walking it during requests.
+            gc.collect()
+            gc.freeze()
         self.ready = True
         log.info("ready: nbp v%s, churn v%s, policy %s after %d updates (%d replayed)",
                  self.nbp.registered.version, self.churn.registered.version, self.policy.name,
                  self.policy.posterior.n_updates, self.policy.replayed)
+
+    def require_writable(self) -> None:
+        if self.readonly:
+            raise RuntimeError("a read-only decision engine only previews decisions")
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -233,6 +256,7 @@ class DecisionEngine:
                   explain: bool = False, categories: list[str] | None = None, trigger: str | None = None) -> dict:
         """The `/recommend` answer: the policy ranks the prepared candidates; the decision is logged first."""
         started = time.perf_counter()
+        self.require_writable()
         prep = self.prepare(customer_id, channel, k, context, categories, trigger)
         degraded = prep.degraded
         self.policy.learn()  # rewards another worker recorded since the last decision
@@ -277,6 +301,30 @@ class DecisionEngine:
                                      "groups": prep.groups, "suppressed": [s.__dict__ for s in prep.suppressed]}
         return answer
 
+    def preview(self, customer_id: str, channel: str = "mobile_app", context: dict | None = None) -> dict:
+        """What `/recommend` would rank for the customer on `channel` now, with nothing logged and nothing
+        explored: every offer the rules allow, in the policy's posterior-mean order, each with what
+        its score rests on; every offer the rules or control groups suppress, with the rule."""
+        prep = self.prepare(customer_id, channel, max(len(self.catalogue.ids), 1), context)
+        self.policy.learn()
+        n = len(prep.candidates)
+        choice = self.policy.choose(prep.candidates, prep.request, n, explore_share=0.0)
+        offers = [_offer(prep.candidates[i], r + 1, choice, i, channel, True, prop, False)
+                  for r, (i, prop) in enumerate(zip(choice.order, choice.propensity))]
+        for offer, i in zip(offers, choice.order):
+            offer["base_probability"] = round(prep.candidates[i].base_prob, 6)
+            offer["value"] = round(prep.candidates[i].value, 2)
+            offer["viewed"] = prep.candidates[i].viewed
+        profile = prep.profile
+        return {"channel": channel, "at": prep.when.isoformat(), "segment": profile.segment,
+                "lifecycle": profile.lifecycle, "known": profile.known, "offers": offers,
+                "suppressed": [s.__dict__ for s in prep.suppressed], "suppressed_by": prep.blocked,
+                "degraded": prep.degraded, "churn_risk": prep.churn_risk, "groups": prep.groups,
+                "policy": {"name": self.policy.name, "updates": self.policy.posterior.n_updates,
+                           "arbitration": self.policy_cfg.arbitration},
+                "model_versions": {NBP_MODEL_NAME: self.nbp.registered.version,
+                                   CHURN_MODEL_NAME: self.churn.registered.version}}
+
     def _probabilities(self, features: dict | None, profile: Profile,
                        degraded: str | None) -> tuple[dict, float | None]:
         """P(acquire) per product (model, else segment popularity, else cold-start priors) and churn risk."""
@@ -295,6 +343,7 @@ class DecisionEngine:
     def feedback(self, decision_id: str, product_id: str, event: str, value: float | None = None,
                  timestamp: datetime | None = None) -> dict:
         """Records the outcome of an offer (idempotent); a first reward updates the policy at once."""
+        self.require_writable()
         decision = self.eventlog.get_decision(decision_id)
         if decision is None:
             raise RequestError(404, f"unknown decision_id {decision_id!r}")
@@ -317,6 +366,7 @@ class DecisionEngine:
               value: float | None = None) -> dict:
         """A real-time customer event: logged (idempotent by event_id), pushed to the online store's
         short-term context, and perhaps a triggered next-best action."""
+        self.require_writable()
         by_id = self.catalogue.by_id()
         if event in PRODUCT_EVENTS:
             if product_id is None:

@@ -50,12 +50,19 @@ class Contradiction(ValueError):
 class EventLog:
     """Thread-safe writer over one SQLite connection."""
 
-    def __init__(self, path: Path | None, durable: bool = True):
+    def __init__(self, path: Path | None, durable: bool = True, readonly: bool = False):
         """`durable=False` (simulations only) skips the fsync per write: a crash may lose the last writes.
         `path=None`: an empty log in memory, for reading a history that does not exist yet without
-        creating a file."""
-        if path is None:
+        creating a file. `readonly`: opens an existing log without taking any write (a missing one
+        reads as empty, and is not created); writes then fail."""
+        self.readonly = readonly
+        if path is None or (readonly and not path.exists()):
             self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        elif readonly:
+            self._conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                         isolation_level=None)
+            self._lock = threading.Lock()
+            return
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only (0600): the log holds pseudonyms and every customer's decisions.

@@ -35,11 +35,13 @@ class LoadedModel:
     """A registered model at alias `champion` (or the version pinned in `$NEXTBEST_MODELS_DIR`, as a
     Bento carries it), loaded from its arrays and JSON (no unpickling)."""
 
-    def __init__(self, name: str, paths: Paths):
+    def __init__(self, name: str, paths: Paths, scratch: Path | None = None):
+        """`scratch`: where a model not in the work directory's cache is downloaded by a reader that
+        must not write there (see `fetch_version`)."""
         from nextbest.training.registry import fetch_alias, load_pinned
 
         pinned = os.environ.get(MODELS_DIR_ENV)
-        self.registered = load_pinned(Path(pinned), name) if pinned else fetch_alias(paths, name)
+        self.registered = load_pinned(Path(pinned), name) if pinned else fetch_alias(paths, name, scratch=scratch)
         self.scorer, self.meta = load_checkpoint(self.registered.local_dir)
 
     def predict(self, row: dict) -> np.ndarray:

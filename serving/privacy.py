@@ -24,6 +24,17 @@ def load_key(root: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
+def read_key(root: Path) -> bytes | None:
+    """The HMAC key as `load_key` finds it, read without creating one (None: none yet, so nothing has
+    been logged under any pseudonym)."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    try:
+        return (root / "secrets" / "pseudonym.key").read_text().strip().encode()
+    except OSError:
+        return None
+
+
 def private_file(path: Path) -> Path:
     """Makes `path` readable and writable by its owner only (0600), creating it empty if missing:
     the event log and the fallback table hold pseudonyms and a customer's decisions. SQLite gives a

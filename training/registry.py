@@ -234,12 +234,13 @@ class RegisteredModel:
     sha256: dict[str, str] | None = None  # file -> SHA-256 recorded at registration (None: not recorded)
 
 
-def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
+def fetch_version(paths: Paths, name: str, version: str, scratch: Path | None = None) -> RegisteredModel:
     """Downloads a registered version's checkpoint into `<workdir>/models/<name>/<version>/`, or reuses
     the copy there once its files match the SHA-256 recorded at registration.
 
     A cached copy that does not match is downloaded again; a download that does not match either
-    raises.
+    raises. With `scratch` (a reader that must not write to the work directory), a download goes
+    there instead, and the work directory's copy is left as it is.
 
     Raises:
         ValueError: the registry's files do not match their recorded SHA-256.
@@ -248,6 +249,9 @@ def fetch_version(paths: Paths, name: str, version: str) -> RegisteredModel:
     mv = mlflow.MlflowClient().get_model_version(name, str(version))
     expected = json.loads(mv.tags[SHA256_TAG]) if SHA256_TAG in (mv.tags or {}) else None
     target = _cache_dir(paths, name, str(mv.version))
+    if scratch is not None and not ((target / "model.json").exists()
+                                    and (expected is None or not corrupted(target, expected))):
+        target = Path(scratch) / name / str(mv.version)
     if (target / "model.json").exists() and expected is not None and corrupted(target, expected):
         log.warning("model '%s' v%s: the cached files %s do not match their SHA-256; downloading again",
                     name, mv.version, corrupted(target, expected))
@@ -290,8 +294,8 @@ def load_pinned(models_dir: Path, name: str) -> RegisteredModel:
                            expected)
 
 
-def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> RegisteredModel:
-    """Downloads the checkpoint behind `name@alias` and returns where it is.
+def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS, scratch: Path | None = None) -> RegisteredModel:
+    """Downloads the checkpoint behind `name@alias` (see `fetch_version`) and returns where it is.
 
     Raises:
         LookupError: the model or alias is not registered.
@@ -299,4 +303,4 @@ def fetch_alias(paths: Paths, name: str, alias: str = CHAMPION_ALIAS) -> Registe
     version = alias_version(paths, name, alias)
     if version is None:
         raise LookupError(f"no model '{name}' with alias '{alias}' in {paths.mlflow_uri}")
-    return fetch_version(paths, name, version)
+    return fetch_version(paths, name, version, scratch)

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import threading
+import time
 from contextlib import asynccontextmanager
 from functools import cached_property
 from html import escape
@@ -27,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from nextbest.constants import CHANNELS
 from nextbest.monitoring.console import queries
-from nextbest.monitoring.console.files import pseudonym_key, registry, registry_client
+from nextbest.monitoring.console.files import latest_features, pseudonym_key, registry, registry_client
 from nextbest.monitoring.console.campaigns import campaigns_page
 from nextbest.monitoring.console.customer import check_id, customer_page
 from nextbest.monitoring.console.decisions import decisions_page
@@ -45,6 +47,7 @@ COOKIE = "nextbest_console"
 REPORT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}[\w.-]*$")
 REPORT_FILE = re.compile(r"^[\w.-]+\.(html|json)$")
 DAY = 86400.0
+ENGINE_RETRY_S = 60.0  # a decision engine that could not start (no models yet) is tried again after this
 
 
 class Console:
@@ -55,6 +58,8 @@ class Console:
         self.root = paths.root
         self._clients: dict = {}
         self._lock = threading.Lock()
+        self._engine = self._engine_error = self._engine_thread = None
+        self._engine_failed_at = 0.0
 
     def connect(self):
         return queries.connect(self.paths.events_db)
@@ -118,12 +123,47 @@ class Console:
             log.warning("model registry %s could not be read: %s", self.mlflow_uri(), exc)
             return None, f"The model registry could not be read ({type(exc).__name__}); the console's log says why."
 
+    def engine(self):
+        """(the read-only decision engine, "") once it is ready, else (None, what the page should say). The
+        first call starts loading it in the background: models and the online store take seconds."""
+        with self._lock:
+            retry = (self._engine_error is not None and not self._engine_thread.is_alive()
+                     and time.monotonic() - self._engine_failed_at > ENGINE_RETRY_S)
+            if (self._engine is None and self._engine_thread is None) or retry:  # first call, or a later try
+                self._engine_thread = threading.Thread(target=self._load_engine, name="engine-loader", daemon=True)
+                self._engine_thread.start()
+            engine, error = self._engine, self._engine_error
+        if engine is not None and engine.ready:
+            return engine, ""
+        if error is not None:
+            return None, f"The decision engine could not start: {error}. It tries again a minute later."
+        return None, ("The decision engine is loading (the models and the online store take a few seconds the "
+                      "first time); reload the page.")
+
+    def _load_engine(self) -> None:
+        """The engine reads each customer's features from the feature files' newest rows (what
+        `materialize` puts in the online store), so the console never imports Feast."""
+        from nextbest.serving.engine import DecisionEngine
+
+        try:
+            engine = DecisionEngine(self.paths, readonly=True,
+                                    features=lambda customer_id: latest_features(self.paths.features, customer_id))
+            engine.load()
+            error = None if engine.ready else engine.error
+        except Exception as exc:  # noqa: BLE001 - the portrait says why, instead of failing
+            engine, error = None, f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._engine, self._engine_error = engine, error
+            self._engine_failed_at = time.monotonic()
+
     def warm(self) -> None:
-        """Imports MLflow and opens the registry ahead of the first models page."""
+        """Imports MLflow and opens the registry ahead of the first models page, then starts loading the
+        read-only decision engine ahead of the first portrait."""
         try:
             self._client()
         except Exception as exc:  # noqa: BLE001 - the models page reports it when asked
             log.info("model registry not opened ahead: %s", exc)
+        self.engine()
 
 
 def _html(text: str, status: int = 200) -> HTMLResponse:
@@ -157,7 +197,11 @@ def campaigns(request: Request) -> Response:
 
 
 def customer(request: Request) -> Response:
-    return _html(customer_page(request.app.state.console, request.query_params.get("id", "")))
+    channel = request.query_params.get("channel", "mobile_app")
+    if channel not in CHANNELS:
+        return _html(frame("Customer portrait", error(f"channel: {channel[:40]!r} is not one of "
+                                                      f"{', '.join(CHANNELS)}"), "/customer"), 400)
+    return _html(customer_page(request.app.state.console, request.query_params.get("id", ""), channel))
 
 
 def decisions(request: Request) -> Response:

@@ -15,6 +15,7 @@ from nextbest.monitoring.charts import html_table, num, pct
 from nextbest.monitoring.console import files, queries
 from nextbest.monitoring.console.decisions import decisions_table
 from nextbest.monitoring.console.layout import eur, facts, frame, missing, plural, when
+from nextbest.monitoring.console.offers_now import offers_now
 from nextbest.serving.privacy import pseudonymise
 
 MAX_ID = 64
@@ -31,7 +32,7 @@ def check_id(customer_id: str) -> str | None:
     return None
 
 
-def customer_page(ctx, customer_id: str) -> str:
+def customer_page(ctx, customer_id: str, channel: str = "mobile_app") -> str:
     form = ('<form class="search" method="get" action="/customer">Customer id <input name="id" value="'
             f'{escape(customer_id)}" size="20" autofocus> <button>Look up</button></form>')
     customer_id = customer_id.strip()
@@ -64,6 +65,7 @@ def customer_page(ctx, customer_id: str) -> str:
     parts.append(f"<h2>Customer {escape(customer_id)}</h2>")
     parts.append(_profile(profile, segments, decisions))
     parts.append(_holdings(holdings))
+    parts.append(offers_now(ctx, customer_id, channel))
     parts.append("<h2>Decisions and outcomes</h2>")
     if pseudonym is None:
         parts.append(missing("No pseudonymisation key yet (<code>secrets/pseudonym.key</code>): the service has "

@@ -6,7 +6,6 @@ and None (or an empty list) where the work directory does not have the thing yet
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import date
 from pathlib import Path
@@ -104,17 +103,10 @@ def registry(client, names: tuple[str, ...] = MODELS) -> dict:
 
 # ------------------------------------------------------------------------------------------------ customers
 def pseudonym_key(root: Path) -> bytes | None:
-    """The key the service pseudonymises ids with, read without creating one (None: none yet, so
-    nothing has been logged under any pseudonym)."""
-    from nextbest.serving.privacy import KEY_ENV
+    """The key the service pseudonymises ids with, read without creating one (None: none yet)."""
+    from nextbest.serving.privacy import read_key
 
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV].encode()
-    path = root / "secrets" / "pseudonym.key"
-    try:
-        return path.read_text().strip().encode()
-    except OSError:
-        return None
+    return read_key(root)
 
 
 def customer_rows(path: Path, customer_id: str, columns: list[str] | None = None):
@@ -127,3 +119,27 @@ def customer_rows(path: Path, customer_id: str, columns: list[str] | None = None
         return pd.read_parquet(path, columns=columns, filters=[("customer_id", "==", customer_id)])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def latest_features(features_dir: Path, customer_id: str) -> dict | None:
+    """The customer's newest row of every feature table in `features_dir` (the built views and the bank's
+    own tables, as `nextbest features materialize` loads them into the online store), merged into
+    {feature: value}; None when no table has the customer."""
+    out: dict = {}
+    for path in sorted(features_dir.glob("*.parquet")):
+        rows = customer_rows(path, customer_id)
+        if rows is None or rows.empty:
+            continue
+        if "event_timestamp" in rows.columns:
+            rows = rows.sort_values("event_timestamp")
+        latest = rows.iloc[-1]
+        out.update({k: (None if _missing(v) else v) for k, v in latest.items()
+                    if k not in ("customer_id", "event_timestamp", "created")})
+    return out or None
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(value != value)  # NaN and NaT
+    except (TypeError, ValueError):
+        return False

@@ -178,3 +178,19 @@ def test_every_page_in_a_browser(workdir, console, browser, tmp_path):
     assert all((shots / f"{n}.png").stat().st_size > 0 for n in ("overview", "campaigns", "customer", "models"))
     slow = {k: round(v, 3) for k, v in times.items() if v >= 1.0}
     assert not slow, f"pages over a second: {slow}"
+
+    # What the service would offer the customer now: the read-only decision engine loads in the background
+    # from the console's start, and the portrait shows its ranking once it is ready.
+    url = console + f"/customer?id={typed}&channel=mobile_app"
+    deadline = time.monotonic() + 120
+    browser.get(url)
+    while "is loading" in browser.find_element(By.TAG_NAME, "body").text:
+        assert time.monotonic() < deadline, "the decision engine did not load within 2 minutes"
+        time.sleep(1)
+        browser.get(url)
+    browser.save_screenshot(str(shots / "offers-now.png"))
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert "Offers now" in page and "could not" not in page, page[-2000:]
+    assert "P(accept), policy now" in page or "Nothing would be offered" in page
+    assert "already held" in page  # a customer holds at least the current account, held back by its rule
+    assert typed in browser.page_source and not _no_other_ids(browser.page_source, ids, typed)

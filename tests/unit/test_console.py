@@ -254,6 +254,33 @@ def test_customer_portrait(client):
     assert "1 decision logged" in text(client.get("/customer", params={"id": RAW["d"]}).text)
 
 
+def test_offers_now_say_why_they_cannot_be_shown(client, workdir):
+    """No model registry in this work directory: the portrait says the engine could not start, and why,
+    once its background load has given up (the offers themselves: tests/e2e/test_offers_now.py)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        page = text(client.get("/customer", params={"id": RAW["a"], "channel": "email"}).text)
+        if "is loading" not in page or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "Offers now" in page and "The decision engine could not start" in page
+    assert "no model registry yet" in page and not (workdir / "mlflow").exists()
+    bad = client.get("/customer", params={"id": RAW["a"], "channel": "fax"})
+    assert bad.status_code == 400 and "fax" in bad.text and "is not one of mobile_app" in text(bad.text)
+
+
+def test_rules_read_as_words():
+    from nextbest.monitoring.console.offers_now import rule_words
+
+    assert rule_words("already_held") == "already held"
+    assert rule_words("no_consent_sms") == "no consent to be contacted by sms"
+    assert rule_words("frequency_cap_call_center") == "this week's contacts on call center are used up"
+    assert rule_words("holdout:savings").startswith("in the control group of savings")
+    assert rule_words("some_new_rule") == "some new rule"
+
+
 def test_models_and_drift_from_the_report(client):
     page = text(client.get("/models").text)
     assert "No model registry yet" in page
