@@ -10,9 +10,9 @@ ignoring Retry-After, is paced by it instead of spinning the worker's event loop
 Cheaper still, `SheddingProtocol` sheds in the HTTP protocol itself, as soon as a request's headers
 are parsed: no ASGI scope, task or response cycle is built, and the canned 429 is written straight
 to the socket. Under overload a worker answers thousands of 429s a second, and every one of them
-takes CPU from the decisions it is admitting; this halves their cost. `Admission` still sheds what
-the protocol leaves to it (a request on a connection with a response pending, or a server running
-another HTTP implementation).
+takes CPU from the decisions it is admitting; this cuts their cost to about a third (bench_overload's
+floor servers). `Admission` still sheds what the protocol leaves to it (a request on a connection
+with a response pending, or a server running another HTTP implementation).
 """
 
 from __future__ import annotations
