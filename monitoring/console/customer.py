@@ -64,6 +64,7 @@ def customer_page(ctx, customer_id: str, channel: str = "mobile_app") -> str:
         return frame("Customer portrait", "".join(parts), "/customer")
     parts.append(f"<h2>Customer {escape(customer_id)}</h2>")
     parts.append(_profile(profile, segments, decisions))
+    parts.append(_segments_by_month(segments))
     parts.append(_holdings(holdings))
     parts.append(offers_now(ctx, customer_id, channel))
     parts.append("<h2>Decisions and outcomes</h2>")
@@ -110,6 +111,25 @@ def _profile(profile: pd.DataFrame | None, segments: pd.DataFrame | None, decisi
     rows.append(["churn risk (3 months)", pct(float(risk)) + " (churn model, at the latest decision)"
                  if isinstance(risk, (int, float)) else "not scored yet (the churn model scores at decision time)"])
     return "<h2>Lifecycle and segments</h2>" + facts(rows)
+
+
+def _segments_by_month(segments: pd.DataFrame | None) -> str:
+    """The lifecycle state and segments at each of the last months' snapshots, a month per column; a
+    change from the month before is in bold."""
+    if segments is None or segments.empty or "event_timestamp" not in segments.columns:
+        return ""
+    s = segments.sort_values("event_timestamp").tail(SNAPSHOTS)
+    months = pd.to_datetime(s["event_timestamp"]).dt.strftime("%Y-%m").tolist()
+    fields = [c for c in s.columns if c not in ("customer_id", "event_timestamp", "yearly_margin")]
+    rows = []
+    for col in fields:
+        values = ["–" if pd.isna(v) else str(v) for v in s[col]]
+        cells = [f"<b>{escape(v)}</b>" if i and v != values[i - 1] else escape(v) for i, v in enumerate(values)]
+        rows.append(f"<tr><td>{escape(col.replace('_', ' '))}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{m}</th>" for m in ["", *months])
+    return ("<h3>Lifecycle and segments by month</h3>"
+            '<p class="muted">At each month-end snapshot; a change from the month before in bold.</p>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _holdings(holdings: pd.DataFrame | None) -> str:

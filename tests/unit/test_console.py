@@ -98,6 +98,12 @@ def workdir(tmp_path_factory):
                   "product_id": ["current_account", "current_account", "credit_card", "current_account"],
                   "balance": [1200.0, 1500.0, -300.0, 10.0]}).to_parquet(root / "raw" / "holdings.parquet")
 
+    (root / "features").mkdir()
+    pd.DataFrame({"customer_id": [RAW["a"]] * 2,
+                  "event_timestamp": pd.to_datetime(["2025-11-30", "2025-12-31"], utc=True),
+                  "lifecycle": ["new", "active"], "value_tier": ["rest", "rest"]}).to_parquet(
+        root / "features" / "customer_segments.parquet")
+
     report = root / "reports" / "2026-01-06"
     report.mkdir(parents=True)
     (report / "summary.json").write_text(json.dumps({
@@ -246,6 +252,10 @@ def test_customer_portrait(client):
     assert "Holds 2 products as of 2025-12, balances 1,200 EUR in all" in page
     assert "current_account 1,200 1,500" in page
     assert "churn risk (3 months) 12.0%" in page
+    html = client.get("/customer", params={"id": RAW["a"]}).text
+    assert "Lifecycle and segments by month" in html and "<th>2025-11</th><th>2025-12</th>" in html
+    assert "<td>lifecycle</td><td>new</td><td><b>active</b></td>" in html  # the change, in bold
+    assert "<td>value tier</td><td>rest</td><td>rest</td>" in html
     assert "2 decisions logged" in page and "credit_card: accept" in page
     assert "term_deposit: convert (500.00 EUR)" in page
     unknown = client.get("/customer", params={"id": "CUST99999"})
