@@ -188,7 +188,8 @@ def test_every_page_in_a_browser(workdir, console, browser, tmp_path):
         assert time.monotonic() < deadline, "the decision engine did not load within 2 minutes"
         time.sleep(1)
         browser.get(url)
-    browser.save_screenshot(str(shots / "offers-now.png"))
+    seconds = _load(browser, url, shots, "offers-now")  # the engine ready: the portrait with its offers
+    assert seconds < 1.0, f"the portrait with offers now took {seconds:.2f} s"
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "Offers now" in page and "could not" not in page, page[-2000:]
     assert "P(accept), policy now" in page or "Nothing would be offered" in page
