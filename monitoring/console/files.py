@@ -139,7 +139,10 @@ def latest_features(features_dir: Path, customer_id: str) -> dict | None:
 
 
 def _missing(value) -> bool:
+    """NaN, NaT, None and pandas' NA (a list or array value is not missing)."""
+    import pandas as pd
+
     try:
-        return bool(value != value)  # NaN and NaT
+        return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
