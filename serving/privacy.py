@@ -13,14 +13,14 @@ KEY_ENV = "NEXTBEST_PSEUDONYM_KEY"
 
 def load_key(root: Path) -> bytes:
     """The HMAC key: `$NEXTBEST_PSEUDONYM_KEY`, else `<workdir>/secrets/pseudonym.key` (created 0600)."""
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV].encode()
+    key = read_key(root)
+    if key is not None:
+        return key
     path = root / "secrets" / "pseudonym.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
 
 

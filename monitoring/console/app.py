@@ -125,7 +125,7 @@ class Console:
 
     def engine(self):
         """(the read-only decision engine, "") once it is ready, else (None, what the page should say). The
-        first call starts loading it in the background: models and the online store take seconds."""
+        first call starts loading it in the background: the models take seconds."""
         with self._lock:
             retry = (self._engine_error is not None and not self._engine_thread.is_alive()
                      and time.monotonic() - self._engine_failed_at > ENGINE_RETRY_S)
@@ -137,8 +137,7 @@ class Console:
             return engine, ""
         if error is not None:
             return None, f"The decision engine could not start: {error}. It tries again a minute later."
-        return None, ("The decision engine is loading (the models and the online store take a few seconds the "
-                      "first time); reload the page.")
+        return None, "The decision engine is loading (the models take a few seconds the first time); reload the page."
 
     def _load_engine(self) -> None:
         """The engine reads each customer's features from the feature files' newest rows (what
