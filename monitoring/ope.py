@@ -11,7 +11,10 @@ estimators below reweight the logged rewards by the ratio of the two:
 
 Rewards are value-weighted (accepted offer x its value), so the estimate is expected value per
 decision. Confidence intervals are normal for IPS and DR (per-decision terms are i.i.d.) and a
-bootstrap percentile interval for SNIPS.
+bootstrap percentile interval for SNIPS. Where the candidates' values are known, the variance of
+IPS's and DR's intervals is at least what the reward model predicts for the logged decisions: with
+rare, valuable rewards at large weights the sample variance alone is usually too small, because the
+draws that would show the tail are rare too.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ class Logged:
         propensity: logging probability of that offer in that slot, (n, k).
         reward: realised value of that offer (accepted x value, 0 otherwise), (n, k).
         decision_ids: the logged decision of each row, when read from an event log.
+        value: each candidate's value when accepted, (n, m), when known: DR's interval then also
+            counts the rewards' own variance as the reward model predicts it (`doubly_robust`).
     """
 
     served: np.ndarray
     propensity: np.ndarray
     reward: np.ndarray
     decision_ids: tuple[str, ...] = ()
+    value: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +59,38 @@ class Estimate:
         return {"value": self.value, "ci95": [self.low, self.high], "n": self.n}
 
 
-def _normal(terms: np.ndarray) -> Estimate:
+def _normal(terms: np.ndarray, floor: float | None = None) -> Estimate:
+    """The mean of i.i.d. per-decision terms with its normal 95% interval; the variance is the sample's,
+    or `floor` where that is larger (`_predicted_variance`)."""
     n = len(terms)
     mean = float(terms.mean())
-    half = Z95 * float(terms.std(ddof=1)) / np.sqrt(n) if n > 1 else float("inf")
+    var = float(terms.var(ddof=1)) if n > 1 else float("inf")
+    if floor is not None and np.isfinite(floor):
+        var = max(var, floor)
+    half = Z95 * float(np.sqrt(var / n)) if n > 1 else float("inf")
     return Estimate(mean, mean - half, mean + half, n)
+
+
+def _predicted_variance(logged: Logged, w: np.ndarray, predicted: np.ndarray | None,
+                        expected: np.ndarray) -> float | None:
+    """The variance of the per-decision terms sum_j w_j (reward_j - b_j) + c as the reward model predicts
+    it, or None without candidate values or a reward model.
+
+    A served offer's reward is its value v with probability p = predicted / v, else 0: given the
+    decision, a term varies by sum_j w_j^2 v^2 p (1 - p); `expected` (each term's mean given its
+    decision) adds the spread across decisions. The sample variance of the terms hinges on whether
+    the rare large rewards at large weights (an accepted mortgage explored at weight 100) happened
+    to be drawn: in the many logs where they were not, it is a fraction of the truth and the normal
+    interval misses low. This one does not depend on the draw, so the interval takes the larger."""
+    if logged.value is None or predicted is None:
+        return None
+    filled = logged.served >= 0
+    idx = np.where(filled, logged.served, 0)
+    v = np.take_along_axis(logged.value, idx, axis=1)
+    pv = np.take_along_axis(predicted, idx, axis=1)
+    p = np.clip(np.where(v > 0, pv / np.where(v > 0, v, 1.0), 0.0), 0.0, 1.0)
+    given = np.where(filled, w ** 2 * v ** 2 * p * (1 - p), 0.0).sum(1)
+    return float(given.mean() + (expected.var(ddof=1) if len(expected) > 1 else 0.0))
 
 
 def _weights(logged: Logged, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,9 +107,17 @@ def _weights(logged: Logged, target: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return w, filled
 
 
-def ips(logged: Logged, target: np.ndarray) -> Estimate:
-    w, _ = _weights(logged, target)
-    return _normal((w * logged.reward).sum(1))
+def ips(logged: Logged, target: np.ndarray, predicted: np.ndarray | None = None) -> Estimate:
+    """IPS. With a reward model's `predicted` rewards (n, m) and the candidates' values on `logged`,
+    the interval's variance is at least the one the model predicts (`_predicted_variance`); the
+    estimate itself never reads the model."""
+    w, filled = _weights(logged, target)
+    floor = None
+    if predicted is not None:
+        idx = np.where(filled, logged.served, 0)
+        expected = (w * np.where(filled, np.take_along_axis(predicted, idx, axis=1), 0.0)).sum(1)
+        floor = _predicted_variance(logged, w, predicted, expected)
+    return _normal((w * logged.reward).sum(1), floor)
 
 
 def snips(logged: Logged, target: np.ndarray, n_boot: int = 200, seed: int = 0) -> Estimate:
@@ -98,10 +139,12 @@ def doubly_robust(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> 
     """DR estimate.
 
     Args:
-        predicted: the reward model's expected reward of each candidate, (n, m) (0 for padding).
+        predicted: the reward model's expected reward of each candidate, (n, m) (0 for padding). With the
+            candidates' values on `logged`, the interval's variance is also at least what this model
+            predicts (`_predicted_variance`).
     """
     w, direct, resid = _dr_terms(logged, target, predicted)
-    return _normal(direct + (w * resid).sum(1))
+    return _normal(direct + (w * resid).sum(1), _predicted_variance(logged, w, predicted, direct))
 
 
 def _dr_terms(logged: Logged, target: np.ndarray, predicted: np.ndarray):
@@ -178,7 +221,7 @@ def estimate_all(logged: Logged, target: np.ndarray, predicted: np.ndarray) -> d
     """IPS, SNIPS, DR, DR with shrunk weights (`dr_os`, with its `lambda`) and the direct method (`dm`)
     of one candidate policy, with weight diagnostics, as plain dicts for reports."""
     shrunk, lam = dr_shrunk(logged, target, predicted)
-    return {"ips": ips(logged, target).as_dict(), "snips": snips(logged, target).as_dict(),
+    return {"ips": ips(logged, target, predicted).as_dict(), "snips": snips(logged, target).as_dict(),
             "dr": doubly_robust(logged, target, predicted).as_dict(),
             "dr_os": {**shrunk.as_dict(), "lambda": None if np.isinf(lam) else lam},
             "dm": direct_method(logged, target, predicted).as_dict(), "diagnostics": diagnostics(logged, target)}
@@ -236,17 +279,19 @@ def from_event_log(db_path, posterior, featuriser, explore_share: float, samples
     reward = np.zeros((n, k))
     target = np.zeros((n, m, k))
     predicted = np.zeros((n, m))
+    values = np.zeros((n, m))
     for i, (decision_id, k_i, offers, cands, (arms, x), x_logged) in enumerate(decisions):
         value = np.array([c["value"] for c in cands])
         base = None if cfg is None else unprompted(cfg, cands)  # the candidate's arbitration (bandit.yaml)
         probs = slot_propensities(posterior, x, value, k_i, explore_share, rng, samples, uniform_share, base)
         target[i, :len(arms), :probs.shape[1]] = probs
         predicted[i, :len(arms)] = sigmoid(x_logged @ reward_model.mean) * value
+        values[i, :len(arms)] = value
         for o in offers:
             j, c = o["rank"] - 1, arms.index(o["product_id"])
             served[i, j], propensity[i, j] = c, o["propensity"]
             reward[i, j] = rewards.get((decision_id, o["product_id"]), 0.0) * value[c]
-    return Logged(served, propensity, reward, tuple(d[0] for d in decisions)), target, predicted
+    return Logged(served, propensity, reward, tuple(d[0] for d in decisions), values), target, predicted
 
 
 def evaluate(paths, explore_share: float = 0.0, model: str | None = None) -> dict:

@@ -199,7 +199,8 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
     out = []
     for window in windows:
         rows = np.arange(len(ids))[window]
-        part = Logged(logged.served[rows], logged.propensity[rows], logged.reward[rows])
+        part = Logged(logged.served[rows], logged.propensity[rows], logged.reward[rows],
+                      value=None if logged.value is None else logged.value[rows])
         estimates = estimate_all(part, target[rows], predicted[rows])
         truth = float(np.einsum("nmk,nm->n", target[rows], true_ev[rows]).mean())
         errors = {name: (estimates[name]["value"] - truth) / truth if truth else float("nan")
