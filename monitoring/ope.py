@@ -37,8 +37,8 @@ class Logged:
         propensity: logging probability of that offer in that slot, (n, k).
         reward: realised value of that offer (accepted x value, 0 otherwise), (n, k).
         decision_ids: the logged decision of each row, when read from an event log.
-        value: each candidate's value when accepted, (n, m), when known: DR's interval then also
-            counts the rewards' own variance as the reward model predicts it (`doubly_robust`).
+        value: each candidate's value when accepted, (n, m), when known: IPS's and DR's intervals then
+            also count the rewards' own variance as the reward model predicts it (`_predicted_variance`).
     """
 
     served: np.ndarray
