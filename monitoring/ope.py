@@ -47,6 +47,17 @@ class Logged:
     decision_ids: tuple[str, ...] = ()
     value: np.ndarray | None = None
 
+    def take(self, rows: np.ndarray) -> "Logged":
+        """These decisions only (an index array or mask over them), every field alike."""
+        return Logged(self.served[rows], self.propensity[rows], self.reward[rows],
+                      tuple(np.asarray(self.decision_ids, dtype=object)[rows]) if self.decision_ids else (),
+                      None if self.value is None else self.value[rows])
+
+    def at_served(self, per_candidate: np.ndarray) -> np.ndarray:
+        """A per-candidate array (n, m) read at each slot's served offer, (n, k); 0 in empty slots."""
+        filled = self.served >= 0
+        return np.where(filled, np.take_along_axis(per_candidate, np.where(filled, self.served, 0), axis=1), 0.0)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -84,12 +95,9 @@ def _predicted_variance(logged: Logged, w: np.ndarray, predicted: np.ndarray | N
     interval misses low. This one does not depend on the draw, so the interval takes the larger."""
     if logged.value is None or predicted is None:
         return None
-    filled = logged.served >= 0
-    idx = np.where(filled, logged.served, 0)
-    v = np.take_along_axis(logged.value, idx, axis=1)
-    pv = np.take_along_axis(predicted, idx, axis=1)
+    v, pv = logged.at_served(logged.value), logged.at_served(predicted)  # 0 in empty slots, where w is 0 too
     p = np.clip(np.where(v > 0, pv / np.where(v > 0, v, 1.0), 0.0), 0.0, 1.0)
-    given = np.where(filled, w ** 2 * v ** 2 * p * (1 - p), 0.0).sum(1)
+    given = (w ** 2 * v ** 2 * p * (1 - p)).sum(1)
     return float(given.mean() + (expected.var(ddof=1) if len(expected) > 1 else 0.0))
 
 
@@ -111,12 +119,9 @@ def ips(logged: Logged, target: np.ndarray, predicted: np.ndarray | None = None)
     """IPS. With a reward model's `predicted` rewards (n, m) and the candidates' values on `logged`,
     the interval's variance is at least the one the model predicts (`_predicted_variance`); the
     estimate itself never reads the model."""
-    w, filled = _weights(logged, target)
-    floor = None
-    if predicted is not None:
-        idx = np.where(filled, logged.served, 0)
-        expected = (w * np.where(filled, np.take_along_axis(predicted, idx, axis=1), 0.0)).sum(1)
-        floor = _predicted_variance(logged, w, predicted, expected)
+    w, _ = _weights(logged, target)
+    floor = None if predicted is None else _predicted_variance(logged, w, predicted,
+                                                               (w * logged.at_served(predicted)).sum(1))
     return _normal((w * logged.reward).sum(1), floor)
 
 
@@ -152,8 +157,7 @@ def _dr_terms(logged: Logged, target: np.ndarray, predicted: np.ndarray):
     served offers' residuals reward - predicted (n, k; 0 in empty slots)."""
     w, filled = _weights(logged, target)
     direct = np.einsum("nmk,nm->n", target, predicted)
-    idx = np.where(filled, logged.served, 0)
-    resid = np.where(filled, logged.reward - np.take_along_axis(predicted, idx, axis=1), 0.0)
+    resid = np.where(filled, logged.reward - logged.at_served(predicted), 0.0)
     return w, direct, resid
 
 

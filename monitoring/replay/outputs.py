@@ -181,7 +181,7 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
         Per window: {"n", "true_value", "logged_value", "ips", "snips", "dr", "dr_os", "dm" (each
         {"value", "ci95", "n"}), "dr_error" (relative), "errors" (each estimator's, relative)}.
     """
-    from nextbest.monitoring.ope import Logged, estimate_all, from_event_log
+    from nextbest.monitoring.ope import estimate_all, from_event_log
 
     if result.steps is None:
         raise ValueError("run the simulation with keep_steps=True to evaluate against the truth")
@@ -199,8 +199,7 @@ def ope_against_truth(result: Result, posterior, featuriser, explore_share: floa
     out = []
     for window in windows:
         rows = np.arange(len(ids))[window]
-        part = Logged(logged.served[rows], logged.propensity[rows], logged.reward[rows],
-                      value=None if logged.value is None else logged.value[rows])
+        part = logged.take(rows)
         estimates = estimate_all(part, target[rows], predicted[rows])
         truth = float(np.einsum("nmk,nm->n", target[rows], true_ev[rows]).mean())
         errors = {name: (estimates[name]["value"] - truth) / truth if truth else float("nan")
